@@ -1,0 +1,47 @@
+"""The ``botnet`` command line.
+
+Each sub-command lives in its own module ``botnet/cli/cmd_<name>.py`` exposing
+``register(subparsers)``; that function adds a parser and sets ``func`` to a handler
+``handler(args) -> int | None``. Heavy imports (torch, torchvision) belong inside the
+handlers so ``botnet --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="botnet",
+        description="Bottleneck Transformers (BoTNet): models, training, detection, benchmarks and export.",
+    )
+    from botnet import __version__
+
+    parser.add_argument("--version", action="version", version=f"botnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pkg = importlib.import_module(__name__)
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("cmd_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
