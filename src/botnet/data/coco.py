@@ -1,0 +1,446 @@
+"""COCO-format instance data sets (instances JSON + image folder) for detection and segmentation.
+
+Loading runs a validation pass *before* any training starts, so a bad record never crashes an
+epoch half-way. The pass checks every record and either drops it (with a warning that gives
+counts per problem) or, with ``strict=True``, raises :class:`CocoFormatError` listing the counts:
+
+- missing top-level keys (``images`` / ``annotations`` / ``categories``): always an error;
+- images without ``id`` / ``file_name`` / ``width`` / ``height``, duplicate image ids, image files
+  that do not exist (or whose header size disagrees with the record): image dropped;
+- annotations without ``id`` / ``image_id`` / ``category_id`` / ``bbox`` (and ``segmentation``
+  when masks are used), unknown category or image ids, non-finite boxes, boxes entirely outside
+  the image, zero-area boxes (< 1 px wide or high after clipping), degenerate polygons (fewer
+  than 3 points, odd coordinate count, zero area) and RLEs whose size disagrees with the image:
+  annotation dropped. Boxes partly outside the image are clipped (counted, not dropped).
+  A degenerate polygon inside a multi-polygon annotation is removed; the annotation stays if
+  another polygon of it is valid.
+
+Crowd annotations (``iscrowd=1``) are kept in the ground truth used for evaluation (COCO ignores
+detections matched to them) but are excluded from training targets, as in COCO practice.
+Images without any (non-crowd) annotation are kept by default: torchvision's R-CNN models train
+on them as pure background.
+
+Category ids are mapped to contiguous labels ``1..K`` (0 is background) in the order of the
+sorted category ids; :attr:`CocoDetection.label_to_cat_id` maps back.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "CocoFormatError",
+    "ValidationReport",
+    "validate_coco",
+    "load_coco",
+    "CocoDetection",
+    "detection_collate",
+]
+
+
+class CocoFormatError(ValueError):
+    """Raised when an annotation file cannot be used (or has bad records and ``strict=True``)."""
+
+
+PROBLEMS = {
+    "image_missing_fields": "image records without id/file_name/width/height",
+    "image_duplicate_id": "duplicate image ids",
+    "image_file_missing": "image files not found",
+    "image_size_mismatch": "image files whose size differs from the record",
+    "ann_missing_fields": "annotations without id/image_id/category_id/bbox",
+    "ann_missing_segmentation": "annotations without segmentation (masks requested)",
+    "ann_unknown_category": "annotations with an unknown category_id",
+    "ann_unknown_image": "annotations with an unknown image_id (or of a dropped image)",
+    "ann_bad_bbox": "annotations with a malformed or non-finite bbox",
+    "ann_box_outside": "boxes entirely outside the image",
+    "ann_box_clipped": "boxes partly outside the image (clipped, kept)",
+    "ann_zero_area": "zero-area boxes (< 1 px wide or high)",
+    "ann_degenerate_polygon": "annotations whose polygons are all degenerate",
+    "polygon_dropped": "degenerate polygons removed from otherwise valid annotations",
+    "ann_bad_rle": "annotations with a malformed RLE or an RLE size that differs from the image",
+    "ann_duplicate_id": "duplicate annotation ids",
+}
+# Problems that only adjust a record (never drop one) do not count as errors in strict mode.
+_NON_FATAL = {"ann_box_clipped", "polygon_dropped"}
+
+
+@dataclass
+class ValidationReport:
+    """Counts of each problem found by :func:`validate_coco` plus a few examples per problem."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    num_images: int = 0
+    num_annotations: int = 0
+    num_images_in: int = 0
+    num_annotations_in: int = 0
+
+    def add(self, problem: str, example: str) -> None:
+        self.counts[problem] += 1
+        ex = self.examples.setdefault(problem, [])
+        if len(ex) < 3:
+            ex.append(example)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(v for k, v in self.counts.items() if k not in _NON_FATAL)
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    def summary(self) -> str:
+        head = (
+            f"kept {self.num_images}/{self.num_images_in} images, "
+            f"{self.num_annotations}/{self.num_annotations_in} annotations"
+        )
+        if not self.counts:
+            return head + "; no problems found"
+        lines = [head + "; problems:"]
+        for k, v in sorted(self.counts.items()):
+            lines.append(f"  {v} x {PROBLEMS.get(k, k)} (e.g. {'; '.join(self.examples.get(k, []))})")
+        return "\n".join(lines)
+
+
+def _finite(*xs: Any) -> bool:
+    try:
+        return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+    except TypeError:
+        return False
+
+
+def _polygon_ok(poly: Any) -> bool:
+    if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+        return False
+    if not _finite(*poly):
+        return False
+    xs = np.asarray(poly[0::2], dtype=np.float64)
+    ys = np.asarray(poly[1::2], dtype=np.float64)
+    area = 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+    return area > 0.0
+
+
+def validate_coco(
+    data: dict,
+    image_dir: str | os.PathLike | None = None,
+    *,
+    require_masks: bool = False,
+    check_files: bool = True,
+    check_image_sizes: bool = False,
+) -> tuple[dict, ValidationReport]:
+    """Check a COCO instances dict; return ``(cleaned_copy, report)``.
+
+    The cleaned copy only holds valid records (partly-outside boxes clipped, degenerate polygons
+    removed, ``iscrowd`` and ``area`` filled in where missing). Raises :class:`CocoFormatError`
+    only for problems that make the whole file unusable (not a dict, missing top-level lists,
+    bad or duplicate categories); everything else is counted in the report.
+    """
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"annotation file must hold a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise CocoFormatError(f"annotation file lacks the top-level key(s) {missing}")
+    for k in ("images", "annotations", "categories"):
+        if not isinstance(data[k], list):
+            raise CocoFormatError(f"'{k}' must be a list, got {type(data[k]).__name__}")
+    cats = []
+    seen_cat = set()
+    for c in data["categories"]:
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise CocoFormatError(f"category record without id/name: {c!r}")
+        if c["id"] in seen_cat:
+            raise CocoFormatError(f"duplicate category id {c['id']}")
+        seen_cat.add(c["id"])
+        cats.append(dict(c))
+    if not cats:
+        raise CocoFormatError("annotation file has no categories")
+
+    rep = ValidationReport(num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
+    images: dict[Any, dict] = {}
+    for im in data["images"]:
+        if not isinstance(im, dict) or any(k not in im for k in ("id", "file_name", "width", "height")):
+            rep.add("image_missing_fields", repr(im)[:80])
+            continue
+        if not _finite(im["width"], im["height"]) or im["width"] <= 0 or im["height"] <= 0:
+            rep.add("image_missing_fields", f"image {im['id']}: width/height {im['width']}x{im['height']}")
+            continue
+        if im["id"] in images:
+            rep.add("image_duplicate_id", f"image id {im['id']}")
+            continue
+        if image_dir is not None and check_files:
+            path = os.path.join(os.fspath(image_dir), im["file_name"])
+            if not os.path.isfile(path):
+                rep.add("image_file_missing", path)
+                continue
+            if check_image_sizes:
+                from PIL import Image
+
+                try:
+                    with Image.open(path) as f:
+                        size = f.size
+                except Exception as e:  # unreadable header
+                    rep.add("image_file_missing", f"{path}: {e}")
+                    continue
+                if tuple(size) != (int(im["width"]), int(im["height"])):
+                    rep.add("image_size_mismatch", f"{path}: file {size}, record {im['width']}x{im['height']}")
+                    continue
+        images[im["id"]] = dict(im)
+
+    anns = []
+    seen_ann = set()
+    for a in data["annotations"]:
+        if not isinstance(a, dict) or any(k not in a for k in ("id", "image_id", "category_id", "bbox")):
+            rep.add("ann_missing_fields", repr(a)[:80])
+            continue
+        if a["id"] in seen_ann:
+            rep.add("ann_duplicate_id", f"annotation id {a['id']}")
+            continue
+        if a["category_id"] not in seen_cat:
+            rep.add("ann_unknown_category", f"annotation {a['id']}: category_id {a['category_id']}")
+            continue
+        im = images.get(a["image_id"])
+        if im is None:
+            rep.add("ann_unknown_image", f"annotation {a['id']}: image_id {a['image_id']}")
+            continue
+        bbox = a["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not _finite(*bbox):
+            rep.add("ann_bad_bbox", f"annotation {a['id']}: bbox {bbox!r}")
+            continue
+        W, H = float(im["width"]), float(im["height"])
+        x, y, w, h = (float(v) for v in bbox)
+        if w <= 0 or h <= 0:
+            rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox}")
+            continue
+        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
+        if x1 <= 0 or y1 <= 0 or x >= W or y >= H:
+            rep.add("ann_box_outside", f"annotation {a['id']}: bbox {bbox} in {int(W)}x{int(H)} image")
+            continue
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            rep.add("ann_box_clipped", f"annotation {a['id']}: bbox {bbox}")
+        if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+            rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox} (after clipping)")
+            continue
+        out = dict(a)
+        out["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+        out["iscrowd"] = int(a.get("iscrowd", 0) or 0)
+        seg = a.get("segmentation")
+        if seg is None or (isinstance(seg, list) and not seg):
+            if require_masks:
+                rep.add("ann_missing_segmentation", f"annotation {a['id']}")
+                continue
+            out.pop("segmentation", None)
+        elif isinstance(seg, list):
+            polys = [p for p in seg if _polygon_ok(p)]
+            if not polys:
+                rep.add("ann_degenerate_polygon", f"annotation {a['id']}")
+                continue
+            if len(polys) != len(seg):
+                rep.add("polygon_dropped", f"annotation {a['id']}: {len(seg) - len(polys)} of {len(seg)}")
+            out["segmentation"] = polys
+        elif isinstance(seg, dict):
+            size = seg.get("size")
+            if "counts" not in seg or not isinstance(size, (list, tuple)) or [int(v) for v in size] != [int(H), int(W)]:
+                rep.add("ann_bad_rle", f"annotation {a['id']}: size {size}, image {int(H)}x{int(W)}")
+                continue
+        else:
+            rep.add("ann_bad_rle", f"annotation {a['id']}: segmentation of type {type(seg).__name__}")
+            continue
+        if not _finite(out.get("area", None)) or out.get("area", 0) <= 0:
+            out["area"] = float((x1 - x0) * (y1 - y0))
+        seen_ann.add(a["id"])
+        anns.append(out)
+
+    cleaned = {k: copy.deepcopy(v) for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    cleaned["images"] = list(images.values())
+    cleaned["annotations"] = anns
+    cleaned["categories"] = cats
+    rep.num_images = len(images)
+    rep.num_annotations = len(anns)
+    return cleaned, rep
+
+
+def load_coco(
+    ann_file: str | os.PathLike | dict,
+    image_dir: str | os.PathLike | None = None,
+    *,
+    require_masks: bool = False,
+    strict: bool = False,
+    check_files: bool = True,
+    check_image_sizes: bool = False,
+    quiet: bool = False,
+):
+    """Read and validate an instances file; return ``(pycocotools.coco.COCO, ValidationReport)``.
+
+    With ``strict=True`` any dropped record raises :class:`CocoFormatError` (with the counts);
+    otherwise bad records are dropped and one warning with the counts is emitted.
+    """
+    from pycocotools.coco import COCO
+
+    if isinstance(ann_file, dict):
+        data = ann_file
+        src = "<dict>"
+    else:
+        src = os.fspath(ann_file)
+        if not os.path.isfile(src):
+            raise CocoFormatError(f"annotation file not found: {src}")
+        try:
+            with open(src) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CocoFormatError(f"{src} is not valid JSON: {e}") from e
+    cleaned, rep = validate_coco(
+        data, image_dir, require_masks=require_masks, check_files=check_files, check_image_sizes=check_image_sizes
+    )
+    if strict and rep.num_errors:
+        raise CocoFormatError(f"{src}: {rep.summary()}")
+    if rep.counts and not quiet:
+        warnings.warn(f"{src}: {rep.summary()}", stacklevel=2)
+    if rep.num_images == 0:
+        raise CocoFormatError(f"{src}: no usable images ({rep.summary()})")
+    coco = COCO()
+    coco.dataset = cleaned
+    _quiet_index(coco)
+    return coco, rep
+
+
+def _quiet_index(coco) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+
+
+def ann_to_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    """Decode one annotation's polygons / RLE into a (height, width) uint8 mask."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        rles = mask_utils.frPyObjects(seg, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = dict(seg)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    m = mask_utils.decode(rle)
+    if m.ndim == 3:
+        m = m.max(axis=2)
+    return m.astype(np.uint8)
+
+
+class CocoDetection:
+    """A map-style data set over a validated COCO instances file.
+
+    ``dataset[i]`` returns ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (uint8,
+    3 x H x W, before ``transforms``) and ``target`` holds ``boxes`` (``tv_tensors.BoundingBoxes``,
+    XYXY, absolute pixels), ``labels`` (int64, 1..K), ``masks`` (``tv_tensors.Mask``, N x H x W,
+    uint8; only with ``with_masks=True``), ``image_id`` (int), ``area`` and ``iscrowd``.
+    ``transforms`` is called as ``transforms(image, target)`` (torchvision.transforms.v2 style).
+
+    Args:
+        image_dir: folder the ``file_name`` entries are relative to.
+        ann_file: instances JSON path (or an already-loaded dict).
+        with_masks: decode instance masks (Mask R-CNN); annotations without a segmentation are
+            then dropped by the validation pass.
+        remove_empty: drop images that have no non-crowd annotation (default keeps them).
+        strict: raise instead of warning when the validation pass drops records.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        ann_file: str | os.PathLike | dict,
+        *,
+        transforms: Callable | None = None,
+        with_masks: bool = True,
+        remove_empty: bool = False,
+        strict: bool = False,
+        check_image_sizes: bool = False,
+        quiet: bool = False,
+    ):
+        self.image_dir = os.fspath(image_dir)
+        self.transforms = transforms
+        self.with_masks = with_masks
+        self.coco, self.report = load_coco(
+            ann_file,
+            image_dir,
+            require_masks=with_masks,
+            strict=strict,
+            check_image_sizes=check_image_sizes,
+            quiet=quiet,
+        )
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.cat_id_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self.label_to_cat_id = {i + 1: c for i, c in enumerate(self.cat_ids)}
+        self.class_names = ["__background__"] + [self.coco.cats[c]["name"] for c in self.cat_ids]
+        ids = sorted(self.coco.imgs.keys())
+        if remove_empty:
+            ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
+        self.ids = ids
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground categories (the detectors add the background class)."""
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, image_id: int):
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.io import ImageReadMode, decode_image
+
+        info = self.coco.imgs[image_id]
+        path = os.path.join(self.image_dir, info["file_name"])
+        img = decode_image(path, mode=ImageReadMode.RGB)
+        return tv_tensors.Image(img.to(torch.uint8))
+
+    def target_for(self, image_id: int, height: int, width: int) -> dict:
+        import torch
+        from torchvision import tv_tensors
+
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "image_id": int(image_id),
+            "area": torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32),
+            "iscrowd": torch.zeros(len(anns), dtype=torch.int64),
+        }
+        if self.with_masks:
+            if anns:
+                masks = np.stack([ann_to_mask(a, height, width) for a in anns])
+            else:
+                masks = np.zeros((0, height, width), dtype=np.uint8)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        return target
+
+    def __getitem__(self, idx: int):
+        image_id = self.ids[idx]
+        img = self.load_image(image_id)
+        h, w = img.shape[-2:]
+        target = self.target_for(image_id, h, w)
+        if self.transforms is not None:
+            img, target = self.transforms(img, target)
+        return img, target
+
+
+def detection_collate(batch):
+    """Keep images and targets as lists (images may differ in size)."""
+    return tuple(zip(*batch))
