@@ -1,0 +1,383 @@
+"""ResNet and BoTNet: one bottleneck network whose chosen blocks swap the 3x3 conv for MHSA.
+
+Model family (paper, arXiv 2101.11605; details in the paper notes):
+- ``resnet50/101/152/200``: plain ResNet baselines, state dict identical to torchvision's.
+- ``botnet50/101/152/200``: the detection backbones, the three c5 blocks made BoT blocks.
+- ``botnet_s1_59/77/110/128``: the ImageNet family T3-T7: stride 1 in c5, SE, SiLU.
+- ``botnet_mini``: a small BoT model for 28-64 px images (the CPU demo).
+
+Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``,
+``downsample.0/1``) and timm's SE (``se.fc1``, ``se.fc2``), so ResNet checkpoints transfer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from typing import Sequence
+
+import torch
+from timm.layers import DropPath, SEModule
+from torch import nn
+
+from botnet.layers import RelPosMHSA
+from botnet.models._registry import register_model
+
+__all__ = ["ResNet", "Bottleneck", "ResNetCfg", "MODEL_CFGS"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _act(name: str) -> type[nn.Module]:
+    try:
+        return {"relu": nn.ReLU, "silu": nn.SiLU}[name]
+    except KeyError:
+        raise ValueError(f"act must be 'relu' or 'silu', got {name!r}") from None
+
+
+def _down(size: int, stride: int) -> int:
+    """Output length of a stride-s conv/pool with 'same'-style padding (ceil division)."""
+    return -(-size // stride)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck; with ``attn=True`` the 3x3 conv is global MHSA (a BoT block).
+
+    conv1x1 -> BN -> act -> [conv3x3(stride) | MHSA -> AvgPool2d(2) if strided] -> BN -> act
+    -> conv1x1 -> BN(gamma=0) -> [SE] -> [drop path] -> + shortcut -> act
+
+    In a strided BoT block the attention runs at the block's input resolution and a 2x2 average
+    pool follows it (official code). The pool uses ``ceil_mode=True`` (without counting padding) so
+    an odd H or W gives ceil(H/2), the same as the strided 1x1 shortcut; the last row/column is
+    then averaged on its own.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_chs: int,
+        width: int,
+        stride: int = 1,
+        *,
+        attn: bool = False,
+        feat_size: tuple[int, int] = (14, 14),
+        heads: int = 4,
+        pos: str = "relative",
+        act_layer: type[nn.Module] = nn.ReLU,
+        se_rd: int = 0,
+        shortcut_act: bool = False,
+        drop_path: float = 0.0,
+        zero_init_last: bool = True,
+    ) -> None:
+        super().__init__()
+        out_chs = width * self.expansion
+        self.attn = attn
+        self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = act_layer(inplace=True)
+        if attn:
+            self.mhsa = RelPosMHSA(width, heads, feat_size, pos=pos)
+            self.pool = (
+                nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
+            )
+        else:
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act2 = act_layer(inplace=True)
+        self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.se = SEModule(out_chs, rd_channels=se_rd) if se_rd else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act3 = act_layer(inplace=True)
+        if stride != 1 or in_chs != out_chs:
+            layers: list[nn.Module] = [nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)]
+            if shortcut_act:  # the official snippet's BN -> ReLU on the projection shortcut
+                layers.append(act_layer(inplace=True))
+            self.downsample = nn.Sequential(*layers)
+        else:
+            self.downsample = nn.Identity()
+        self.zero_init_last = zero_init_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        y = self.act1(self.bn1(self.conv1(x)))  # (B, width, H, W)
+        if self.attn:
+            y = self.pool(self.mhsa(y))  # attention at (H, W), then pool to (H/s, W/s)
+        else:
+            y = self.conv2(y)
+        y = self.act2(self.bn2(y))
+        y = self.bn3(self.conv3(y))  # (B, 4*width, H/s, W/s)
+        y = self.drop_path(self.se(y))
+        return self.act3(y + shortcut)
+
+
+@dataclass(frozen=True)
+class ResNetCfg:
+    """Architecture of one registered model. Every field can be overridden in create_model."""
+
+    layers: tuple[int, int, int, int]
+    attn_blocks: tuple[int, int, int, int] = (0, 0, 0, 0)  # how many final blocks per stage are BoT
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)  # bottleneck widths (out = 4x)
+    strides: tuple[int, int, int, int] = (1, 2, 2, 2)
+    stem_width: int = 64
+    stem_kernel: int = 7  # 7: conv7x7/2 + maxpool3x3/2 (stride 4); 3: conv3x3/1 (stride 1)
+    act: str = "relu"
+    se_ratio: float = 0.0  # SE bottleneck as a fraction of the block output (paper: 0.0625)
+    se_in_attn: bool = False  # paper text: SE only in conv blocks; paper's param counts: everywhere
+    heads: int = 4
+    pos: str = "relative"
+    shortcut_act: bool = False
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks
+    img_size: int = 224  # default resolution: sets the attention tables' trained size
+    crop_pct: float = 0.875
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet whose last ``attn_blocks[i]`` blocks of stage i are BoT blocks."""
+
+    def __init__(
+        self,
+        cfg: ResNetCfg,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        img_size = cfg.img_size if img_size is None else img_size
+        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if len(img_hw) != 2 or min(img_hw) < 1:
+            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        act_layer = _act(cfg.act)
+
+        if cfg.stem_kernel == 7:
+            self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+            stem_strides = (2, 2)
+        elif cfg.stem_kernel == 3:
+            self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+            stem_strides = ()
+        else:
+            raise ValueError(f"stem_kernel must be 7 or 3, got {cfg.stem_kernel}")
+        self.bn1 = nn.BatchNorm2d(cfg.stem_width)
+        self.act1 = act_layer(inplace=True)
+        hw, stride = img_hw, 1
+        for s in stem_strides:
+            hw, stride = (_down(hw[0], s), _down(hw[1], s)), stride * s
+
+        total_blocks = sum(cfg.layers)
+        block_idx = 0
+        in_chs = cfg.stem_width
+        self.feature_info: list[dict] = []
+        for i, (depth, width, first_stride, n_attn) in enumerate(
+            zip(cfg.layers, cfg.widths, cfg.strides, cfg.attn_blocks)
+        ):
+            if n_attn > depth:
+                raise ValueError(f"stage {i + 1}: attn_blocks={n_attn} exceeds its depth {depth}")
+            blocks = []
+            for j in range(depth):
+                s = first_stride if j == 0 else 1
+                attn = j >= depth - n_attn
+                out_chs = width * Bottleneck.expansion
+                se_rd = 0
+                if cfg.se_ratio and (not attn or cfg.se_in_attn):
+                    se_rd = max(1, int(round(out_chs * cfg.se_ratio)))
+                dpr = cfg.drop_path_rate * block_idx / max(total_blocks - 1, 1)
+                blocks.append(
+                    Bottleneck(
+                        in_chs, width, s, attn=attn, feat_size=hw, heads=cfg.heads, pos=cfg.pos,
+                        act_layer=act_layer, se_rd=se_rd, shortcut_act=cfg.shortcut_act, drop_path=dpr,
+                    )
+                )
+                in_chs = out_chs
+                hw = (_down(hw[0], s), _down(hw[1], s))
+                stride *= s
+                block_idx += 1
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.feature_info.append({"name": f"layer{i + 1}", "channels": in_chs, "stride": stride})
+
+        self.num_features = in_chs
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.pretrained_cfg = {
+            "img_size": img_hw, "input_size": (in_chans, *img_hw), "crop_pct": cfg.crop_pct,
+            "mean": cfg.mean if in_chans == 3 else (sum(cfg.mean) / 3,) * in_chans,
+            "std": cfg.std if in_chans == 3 else (sum(cfg.std) / 3,) * in_chans,
+            "num_classes": num_classes, "interpolation": "bicubic", "first_conv": "conv1", "classifier": "fc",
+        }
+        self.default_cfg = self.pretrained_cfg  # older timm code reads this name
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                # torchvision's default Linear init is kept (kaiming_uniform a=sqrt(5)) by reset
+                m.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, RelPosMHSA):
+                m.reset_parameters()  # q/k/v N(0, 0.01), tables N(0, d^-1/2)
+            elif isinstance(m, Bottleneck) and m.zero_init_last:
+                nn.init.zeros_(m.bn3.weight)
+
+    # ------------------------------------------------------------------ API
+    def attention_layers(self) -> list[tuple[str, RelPosMHSA]]:
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, RelPosMHSA)]
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.pretrained_cfg["num_classes"] = num_classes
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def forward_feature_maps(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        """Named multi-scale maps for detection necks: layer1..layer4 (see ``feature_info``)."""
+        x = self.forward_stem(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for info in self.feature_info:
+            x = getattr(self, info["name"])(x)
+            out[info["name"]] = x
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)  # (B, stem, H/4, W/4)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)  # (B, num_features, H/32, W/32) (H/16 for the S1 family)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------- configs
+_R = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+_S1 = dict(strides=(1, 2, 2, 1), act="silu", se_ratio=0.0625)
+
+MODEL_CFGS: dict[str, ResNetCfg] = {
+    **{f"resnet{n}": ResNetCfg(layers=d) for n, d in _R.items()},
+    **{f"botnet{n}": ResNetCfg(layers=d, attn_blocks=(0, 0, 0, 3)) for n, d in _R.items()},
+    # ImageNet family T3-T7. c5 attends at the c4 resolution (stride 1); every c5 block is a BoT block.
+    "botnet_s1_59": ResNetCfg(layers=(3, 4, 6, 6), attn_blocks=(0, 0, 0, 6), img_size=224, **_S1),
+    "botnet_s1_110": ResNetCfg(layers=(3, 4, 23, 6), attn_blocks=(0, 0, 0, 6), img_size=224, **_S1),
+    "botnet_s1_128": ResNetCfg(layers=(3, 4, 23, 12), attn_blocks=(0, 0, 0, 12), img_size=256, crop_pct=0.95, **_S1),
+    "botnet_s1_77": ResNetCfg(layers=(3, 4, 6, 12), attn_blocks=(0, 0, 0, 12), img_size=320, crop_pct=0.95, **_S1),
+    # Small model for 28-64 px inputs (Fashion-MNIST demo): 3x3 stem, no max-pool, c5 at 1/4.
+    "botnet_mini": ResNetCfg(
+        layers=(1, 1, 2, 2), attn_blocks=(0, 0, 0, 2), widths=(16, 32, 64, 128), strides=(1, 2, 2, 1),
+        stem_width=32, stem_kernel=3, img_size=28, crop_pct=1.0, mean=(0.5,), std=(0.5,),
+    ),
+}
+
+
+def _build(name: str, *, num_classes: int = 1000, in_chans: int = 3, img_size=None, **overrides) -> ResNet:
+    cfg = MODEL_CFGS[name]
+    if overrides:
+        known = set(asdict(cfg))
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"{name}: unknown option(s) {unknown}; valid: {sorted(known)}")
+        cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    return ResNet(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+
+
+# Entry points (one per name so each is visible, documented and registrable in timm).
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    """ResNet-50 [3,4,6,3]: 25,557,032 parameters, the torchvision layout."""
+    return _build("resnet50", **kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> ResNet:
+    """ResNet-101 [3,4,23,3]."""
+    return _build("resnet101", **kwargs)
+
+
+@register_model
+def resnet152(**kwargs) -> ResNet:
+    """ResNet-152 [3,8,36,3]."""
+    return _build("resnet152", **kwargs)
+
+
+@register_model
+def resnet200(**kwargs) -> ResNet:
+    """ResNet-200 [3,24,36,3]."""
+    return _build("resnet200", **kwargs)
+
+
+@register_model
+def botnet50(**kwargs) -> ResNet:
+    """BoT50: ResNet-50 with the three c5 blocks made BoT blocks (20.8 M parameters)."""
+    return _build("botnet50", **kwargs)
+
+
+@register_model
+def botnet101(**kwargs) -> ResNet:
+    """BoT101: ResNet-101 with the three c5 blocks made BoT blocks."""
+    return _build("botnet101", **kwargs)
+
+
+@register_model
+def botnet152(**kwargs) -> ResNet:
+    """BoT152: ResNet-152 with the three c5 blocks made BoT blocks."""
+    return _build("botnet152", **kwargs)
+
+
+@register_model
+def botnet200(**kwargs) -> ResNet:
+    """BoT200: ResNet-200 with the three c5 blocks made BoT blocks (the paper's COCO headline)."""
+    return _build("botnet200", **kwargs)
+
+
+@register_model
+def botnet_s1_59(**kwargs) -> ResNet:
+    """BoTNet-S1-59 (T3, 224 px): blocks [3,4,6,6], stride-1 c5 of BoT blocks, SE, SiLU."""
+    return _build("botnet_s1_59", **kwargs)
+
+
+@register_model
+def botnet_s1_77(**kwargs) -> ResNet:
+    """BoTNet-S1-77 (T6, 320 px): blocks [3,4,6,12]."""
+    return _build("botnet_s1_77", **kwargs)
+
+
+@register_model
+def botnet_s1_110(**kwargs) -> ResNet:
+    """BoTNet-S1-110 (T4, 224 px): blocks [3,4,23,6]."""
+    return _build("botnet_s1_110", **kwargs)
+
+
+@register_model
+def botnet_s1_128(**kwargs) -> ResNet:
+    """BoTNet-S1-128 (T5 at 256 px; T7 at 384 px with img_size=384): blocks [3,4,23,12]."""
+    return _build("botnet_s1_128", **kwargs)
+
+
+@register_model
+def botnet_mini(**kwargs) -> ResNet:
+    """A small BoT network for 28-64 px images (the Fashion-MNIST CPU demo)."""
+    return _build("botnet_mini", **kwargs)
