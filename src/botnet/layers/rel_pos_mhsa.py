@@ -206,7 +206,8 @@ class RelPosMHSA(nn.Module):
         """The explicit softmax weights, (B, heads, N, N). For visualisation and tests only."""
         B, C, H, W = x.shape
         q, k, _ = self._qkv(x)
-        return self._logits_explicit(q, k, H, W).float().softmax(dim=-1)
+        logits = self._logits_explicit(q, k, H, W)
+        return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 def _resize_tables_on_load(module: RelPosMHSA, state_dict, prefix, *args) -> None:
