@@ -1,0 +1,392 @@
+"""Checkpoints: weights as safetensors, training state as a ``.pt`` file beside them.
+
+A checkpoint ``DIR/last.safetensors`` is a pair of files:
+
+* ``DIR/last.safetensors`` - the model's ``state_dict`` (plain tensors, loadable without
+  pickle) with string metadata: architecture name, ``model_kwargs`` (JSON), class names, epoch,
+  step, a ``save_id`` and a free-form ``extra`` JSON;
+* ``DIR/last.state.pt`` - everything needed to continue training exactly: optimizer, LR
+  scheduler, EMA weights, AMP grad scaler, epoch, step, RNG states (python, numpy, torch, CUDA)
+  and the same ``save_id``.
+
+Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
+moved into place with ``os.replace`` (atomic on POSIX), so a crash or Ctrl-C during a write
+leaves the previous checkpoint intact. The weights file is replaced last; a resume checks that
+both files carry the same ``save_id``.
+
+API::
+
+    save_checkpoint(path, model, optimizer=opt, scheduler=sched, ema=ema, scaler=scaler,
+                    epoch=e, step=s, arch="botnet_mini", model_kwargs={...}, class_names=[...])
+    info = load_checkpoint(path, model, optimizer=opt, scheduler=sched, ema=ema, scaler=scaler)
+    load_weights(model, path)          # raises CheckpointMismatchError listing bad keys
+    meta = read_metadata(path)         # arch, model_kwargs, class_names, ... without loading
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "atomic_write_bytes",
+    "atomic_write",
+    "unwrap_model",
+    "state_path_for",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "read_metadata",
+    "get_rng_state",
+    "set_rng_state",
+]
+
+WEIGHTS_SUFFIX = ".safetensors"
+STATE_SUFFIX = ".state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or inconsistent."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's weights do not fit the model (other architecture / number of classes).
+
+    Attributes ``missing``, ``unexpected`` and ``shape_mismatch`` list the offending keys.
+    """
+
+    def __init__(self, path: str | os.PathLike, missing: list[str], unexpected: list[str],
+                 shape_mismatch: list[tuple[str, tuple, tuple]], arch: str | None = None,
+                 model_arch: str | None = None):
+        self.path, self.missing, self.unexpected, self.shape_mismatch = str(path), missing, unexpected, shape_mismatch
+
+        def _fmt(keys: list[str], limit: int = 20) -> str:
+            more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            return ", ".join(keys[:limit]) + more
+
+        lines = [f"checkpoint {path} does not match the model"]
+        if arch or model_arch:
+            lines[0] += f" (checkpoint architecture: {arch or '?'}, model: {model_arch or '?'})"
+        if missing:
+            lines.append(f"  {len(missing)} keys missing from the checkpoint: {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint: {_fmt(unexpected)}")
+        if shape_mismatch:
+            shown = [f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in shape_mismatch]
+            lines.append(f"  {len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
+        super().__init__("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
+    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temp file in the same
+    directory, which is fsync-ed and then ``os.replace``-d onto ``path``.
+
+    If ``write_fn`` raises (or the process dies) the old ``path`` is untouched and the temp file
+    is removed (or left as ``.*.tmp``, never under the final name).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - e.g. filesystems without directory fsync
+        pass
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``."""
+
+    def _w(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, _w)
+
+
+# ----------------------------------------------------------------------------- helpers
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip ``DistributedDataParallel`` / ``torch.compile`` / EMA wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _clean_key(k: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while k.startswith(prefix):
+            k = k[len(prefix):]
+    return k.replace("._orig_mod.", ".")
+
+
+def state_path_for(weights_path: str | os.PathLike) -> Path:
+    """``x/last.safetensors`` -> ``x/last.state.pt``."""
+    p = Path(weights_path)
+    name = p.name[: -len(WEIGHTS_SUFFIX)] if p.name.endswith(WEIGHTS_SUFFIX) else p.stem
+    return p.with_name(name + STATE_SUFFIX)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Accept a weights file, a ``.state.pt`` file or a run directory (-> ``best``/``last``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best", "last"):
+            for cand in (p / f"{name}{WEIGHTS_SUFFIX}", p / "checkpoints" / f"{name}{WEIGHTS_SUFFIX}"):
+                if cand.is_file():
+                    return cand
+        raise CheckpointError(f"no checkpoint (best.safetensors or last.safetensors) in directory {p}")
+    if p.name.endswith(STATE_SUFFIX):
+        p = p.with_name(p.name[: -len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file not found: {p}")
+    return p
+
+
+def get_rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy, torch (CPU) and every CUDA device."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    import numpy as np
+
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    sd = unwrap_model(model).state_dict()
+    # clone: safetensors refuses tensors sharing storage; contiguous CPU copies are always valid
+    return {_clean_key(k): v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimizer=None, scheduler=None,
+                    ema=None, scaler=None, epoch: int = 0, step: int = 0, arch: str | None = None,
+                    model_kwargs: dict | None = None, class_names: list[str] | None = None,
+                    extra: dict | None = None, config: dict | None = None,
+                    save_state: bool = True, rng: bool = True) -> Path:
+    """Write ``path`` (safetensors weights) and, if ``save_state``, ``path.state.pt`` atomically.
+
+    Args:
+        path: target weights file (``.safetensors`` is appended when missing).
+        model: the model (DDP / compiled models are unwrapped).
+        optimizer, scheduler, ema, scaler: objects with ``state_dict()``; ``None`` to skip.
+            For timm schedulers (no ``state_dict``), the scheduler is stored with ``__dict__``.
+        epoch: number of *completed* epochs; step: number of completed optimizer steps.
+        arch, model_kwargs, class_names: stored as metadata so ``botnet eval/predict`` can rebuild
+            the model from the file alone.
+        extra: JSON-serialisable dict (e.g. best accuracy, position inside the epoch).
+        config: the full run config (JSON-serialisable).
+        rng: store python/numpy/torch/CUDA RNG states for an exact resume.
+
+    Only call this on the main rank.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.name.endswith(WEIGHTS_SUFFIX):
+        path = path.with_name(path.name + WEIGHTS_SUFFIX)
+    save_id = uuid.uuid4().hex
+    meta = {
+        "format": "botnet-checkpoint-v1",
+        "save_id": save_id,
+        "arch": arch or unwrap_model(model).__class__.__name__,
+        "model_kwargs": json.dumps(model_kwargs or {}),
+        "class_names": json.dumps(list(class_names) if class_names is not None else None),
+        "epoch": str(int(epoch)),
+        "step": str(int(step)),
+        "extra": json.dumps(extra or {}),
+        "config": json.dumps(config or {}, default=str),
+    }
+    weights = _model_state(model)
+    if save_state:
+        state: dict[str, Any] = {"save_id": save_id, "epoch": int(epoch), "step": int(step),
+                                 "extra": extra or {}, "arch": meta["arch"]}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        if rng:
+            state["rng"] = get_rng_state()
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(state_path_for(path), buf.getvalue())
+    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=meta))
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata of a weights file, JSON fields decoded (``arch``, ``model_kwargs``, ...)."""
+    from safetensors import safe_open
+
+    path = resolve_checkpoint(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    out: dict[str, Any] = dict(raw)
+    for k in ("model_kwargs", "class_names", "extra", "config"):
+        if k in raw:
+            try:
+                out[k] = json.loads(raw[k])
+            except json.JSONDecodeError:
+                pass
+    for k in ("epoch", "step"):
+        if k in raw:
+            out[k] = int(raw[k])
+    return out
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.name.endswith(WEIGHTS_SUFFIX):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    try:  # .pt / .pth: a state_dict or a dict holding one (torchvision / timm files)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    return {_clean_key(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "<state_dict>",
+                     arch: str | None = None) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly the model's keys and shapes."""
+    own = unwrap_model(model).state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    shape = sorted((k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+                   if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shape:
+        model_arch = getattr(unwrap_model(model), "botnet_arch", None)
+        raise CheckpointMismatchError(path, missing, unexpected, shape, arch=arch, model_arch=model_arch)
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> dict[str, Any]:
+    """Load model weights from a checkpoint (strict: same keys, same shapes).
+
+    Args:
+        model: the target model (DDP / compiled models are unwrapped).
+        path: ``.safetensors`` file, ``.state.pt`` file, run directory, or a ``.pt/.pth`` state dict.
+        use_ema: load the EMA weights stored in the ``.state.pt`` beside the weights instead.
+
+    Returns:
+        The checkpoint metadata (empty for plain ``.pt`` files).
+
+    Raises:
+        CheckpointMismatchError: when keys or shapes differ (another architecture or number of
+            classes); nothing is loaded into the model in that case.
+    """
+    p = Path(path)
+    if p.suffix in (".pt", ".pth", ".bin") and not p.name.endswith(STATE_SUFFIX):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file not found: {p}")
+        state, meta = _read_weights(p), {}
+    else:
+        p = resolve_checkpoint(p)
+        meta = read_metadata(p)
+        if use_ema:
+            sp = state_path_for(p)
+            if not sp.is_file():
+                raise CheckpointError(f"--ema needs {sp} (training state with EMA weights), which is missing")
+            full = torch.load(str(sp), map_location="cpu", weights_only=False)
+            if "ema" not in full:
+                raise CheckpointError(f"{sp} holds no EMA weights (the run was trained without EMA)")
+            state = {_clean_key(k[len("module."):] if k.startswith("module.") else k): v
+                     for k, v in full["ema"].items()}
+        else:
+            state = _read_weights(p)
+    check_state_dict(model, state, p, arch=meta.get("arch"))
+    unwrap_model(model).load_state_dict(state, strict=True)
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *, optimizer=None,
+                    scheduler=None, ema=None, scaler=None, restore_rng: bool = True,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint` for resuming.
+
+    Loads the weights into ``model`` (strict, see :func:`load_weights`) and, from the
+    ``.state.pt`` beside them, the optimizer, scheduler, EMA, scaler and RNG states for each
+    object given. Returns ``{"epoch", "step", "extra", "metadata"}``.
+
+    Raises:
+        CheckpointError: a file is missing/corrupt, or the two files come from different saves.
+    """
+    wpath = resolve_checkpoint(path)
+    meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
+    spath = state_path_for(wpath)
+    if not spath.is_file():
+        raise CheckpointError(f"training state {spath} is missing; cannot resume (weights alone can be "
+                              f"loaded with --init-weights / load_weights)")
+    try:
+        state = torch.load(str(spath), map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read training state {spath}: {e}") from e
+    if meta.get("save_id") and state.get("save_id") != meta.get("save_id"):
+        raise CheckpointError(f"{wpath} and {spath} come from different saves (interrupted write?)")
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema), ("scaler", scaler)):
+        if obj is not None:
+            if name not in state:
+                raise CheckpointError(f"training state {spath} has no {name} state")
+            obj.load_state_dict(state[name])
+    if restore_rng and "rng" in state:
+        set_rng_state(state["rng"])
+    return {"epoch": state.get("epoch", 0), "step": state.get("step", 0), "extra": state.get("extra", {}),
+            "metadata": meta}
