@@ -162,6 +162,9 @@ def test_paper_options():
     assert m.layer4[1].mhsa.pos == "absolute"
     assert not isinstance(botnet.create_model("botnet50").layer4[0].downsample[-1], torch.nn.ReLU)
     assert all(b.bn3.weight.abs().sum() == 0 for b in m.layer4)  # zero-gamma last BN
+    torch.manual_seed(0)
+    official = botnet.create_model("botnet50", pos_init="official").layer4[0].mhsa.rel_h
+    assert abs(official.mean().item() - 128**-0.5) < 0.02 and abs(official.std().item() - 1) < 0.05
     with pytest.raises(TypeError, match="unknown option"):
         botnet.create_model("botnet50", heads_typo=8)
     with pytest.raises(ValueError, match="unknown model 'botnet51'"):

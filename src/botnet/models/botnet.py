@@ -128,6 +128,9 @@ class ResNetCfg:
     heads: int = 4
     pos: str = "relative"
     shortcut_act: bool = False
+    # Init of the position tables: "std" = N(0, d^-1/2) as the paper intends; "official" = the
+    # released snippet's N(mean=d^-1/2, std=1) (it passed d^-1/2 as the mean by mistake).
+    pos_init: str = "std"
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks
     img_size: int = 224  # default resolution: sets the attention tables' trained size
@@ -228,9 +231,15 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 # torchvision's default Linear init is kept (kaiming_uniform a=sqrt(5)) by reset
                 m.reset_parameters()
+        if self.cfg.pos_init not in ("std", "official"):
+            raise ValueError(f"pos_init must be 'std' or 'official', got {self.cfg.pos_init!r}")
         for m in self.modules():
             if isinstance(m, RelPosMHSA):
                 m.reset_parameters()  # q/k/v N(0, 0.01), tables N(0, d^-1/2)
+                if self.cfg.pos_init == "official":
+                    for name, p in m.named_parameters():
+                        if name != "qkv.weight":
+                            nn.init.normal_(p, mean=m.dim_head**-0.5, std=1.0)
             elif isinstance(m, Bottleneck) and m.zero_init_last:
                 nn.init.zeros_(m.bn3.weight)
 
