@@ -1,0 +1,5 @@
+import sys
+
+from botnet.cli import main
+
+sys.exit(main())
