@@ -1,0 +1,19 @@
+"""Exceptions for data problems; their messages are meant for the user as they are."""
+from __future__ import annotations
+
+
+class DataError(RuntimeError):
+    """A data set is unusable (missing split, empty class, unreadable file ...)."""
+
+
+class DatasetNotFoundError(DataError):
+    """The data set could not be found locally (and could not be downloaded)."""
+
+
+class BadImageError(DataError):
+    """An image file could not be decoded; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read image file {path}: {reason}. Remove or replace the file, "
+                         f"or pass --skip-bad to skip unreadable files (they are counted in the summary).")
