@@ -59,6 +59,19 @@ def _rel_index(length: int, device: torch.device) -> torch.Tensor:
     return pos[None, :] - pos[:, None] + length - 1
 
 
+def _onehot_keys(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H*W, H+W): row j*W+y holds [onehot(x), onehot(y)] for key position (x, y).
+
+    Built with expand/reshape only (no repeat_interleave): the ONNX exporter translates
+    repeat_interleave with a symbolic count wrongly, which broke dynamic-size ONNX graphs.
+    """
+    eye_h = torch.eye(H, dtype=dtype, device=device)
+    eye_w = torch.eye(W, dtype=dtype, device=device)
+    rows = eye_h[:, None, :].expand(H, W, H)
+    cols = eye_w[None, :, :].expand(H, W, W)
+    return torch.cat([rows, cols], dim=-1).reshape(H * W, H + W)
+
+
 class RelPosMHSA(nn.Module):
     """Global multi-head self-attention over a (B, C, H, W) map with 2D relative positions.
 
@@ -160,11 +173,7 @@ class RelPosMHSA(nn.Module):
         qg = q.reshape(B, nh, H, W, d)
         a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H)  # per-key-row logits
         b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, W)  # per-key-col logits
-        eye_h = torch.eye(H, dtype=k.dtype, device=k.device)
-        eye_w = torch.eye(W, dtype=k.dtype, device=k.device)
-        onehot = torch.cat(
-            [eye_h.repeat_interleave(W, dim=0), eye_w.repeat(H, 1)], dim=1
-        )  # (N, H + W): [onehot(row j), onehot(col j)]
+        onehot = _onehot_keys(H, W, k.dtype, k.device)  # (N, H + W): [onehot(row j), onehot(col j)]
         q_aug = torch.cat([q, a, b], dim=-1)
         k_aug = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
         return q_aug, k_aug

@@ -1,0 +1,358 @@
+"""What the benchmark runs: model/input builders for one configuration, and the suites.
+
+A *configuration* is a plain JSON-able dict, so the memory worker process can rebuild it::
+
+    {"model": "attn:botnet", "mode": "fwd", "size": 64, "batch": 2, "dim": 512, "heads": 4,
+     "channels_last": false, "bf16": false, "compile": false}
+
+``model`` is one of
+- ``attn:botnet``  - :class:`botnet.layers.RelPosMHSA` (``dim``, ``heads``; ``fused`` optional),
+- ``attn:timm``    - ``timm.layers.bottleneck_attn.BottleneckAttn(scale_pos_embed=True)`` with the
+  weights of the ``attn:botnet`` layer built from the same seed copied in (same numbers),
+- ``botnet:NAME``  - ``botnet.create_model(NAME)``,
+- ``tv:NAME``      - ``torchvision.models.NAME(weights=None)``,
+- ``timm:NAME``    - ``timm.create_model(NAME, pretrained=False)``,
+- ``det:botnet50`` - ``botnet.detection.maskrcnn_botnet50_fpn`` at ``size`` px,
+- ``det:torchvision`` - ``torchvision...maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``.
+
+``mode``: ``fwd`` (no grad), ``fwdbwd`` (forward + backward to the input and the weights),
+``infer`` (eval mode, no grad), ``train`` (train mode, loss, backward, SGD step).
+
+A *comparison* pairs two configurations, ``ours`` and ``baseline``, with optional targets on
+the ratios ours/baseline.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Comparison", "build_step", "copy_to_timm_attn", "SUITES", "make_suite"]
+
+DEFAULTS = dict(mode="fwd", size=14, batch=1, dim=512, heads=4, channels_last=False, bf16=False,
+                compile=False, seed=0)
+
+
+@dataclass
+class Comparison:
+    group: str
+    name: str
+    ours: dict
+    baseline: dict
+    ours_label: str
+    baseline_label: str
+    targets: dict = field(default_factory=dict)  # {"time": 0.7, "mem": 0.2}: ratio must be <= this
+    memory: bool = True  # measure peak memory (one process per configuration)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def full_config(cfg: dict) -> dict:
+    out = dict(DEFAULTS)
+    out.update(cfg)
+    return out
+
+
+# ---------------------------------------------------------------------- attention layers
+def copy_to_timm_attn(ours: nn.Module, theirs: nn.Module) -> None:
+    """Copy a RelPosMHSA's weights into timm's BottleneckAttn (scale_pos_embed=True).
+
+    Layouts: both 1x1 qkv convs order their output channels [q; k; v], each head-major
+    (channel = head * d + i), so the weight copies as is. Our ``rel_h`` (2H-1, d) and ``rel_w``
+    (2W-1, d) are indexed by key - query + L - 1, which is the index timm's pad/reshape
+    ``rel_logits_1d`` produces for ``pos_embed.height_rel`` and ``pos_embed.width_rel``.
+    """
+    with torch.no_grad():
+        theirs.qkv.weight.copy_(ours.qkv.weight)
+        theirs.pos_embed.height_rel.copy_(ours.rel_h)
+        theirs.pos_embed.width_rel.copy_(ours.rel_w)
+
+
+def _attn_pair(cfg: dict) -> tuple[nn.Module, nn.Module]:
+    from timm.layers.bottleneck_attn import BottleneckAttn
+
+    from botnet.layers import RelPosMHSA
+
+    s = cfg["size"]
+    torch.manual_seed(cfg["seed"])
+    ours = RelPosMHSA(cfg["dim"], cfg["heads"], (s, s), fused=cfg.get("fused", True))
+    theirs = BottleneckAttn(cfg["dim"], feat_size=(s, s), num_heads=cfg["heads"], scale_pos_embed=True)
+    copy_to_timm_attn(ours, theirs)
+    return ours, theirs
+
+
+def _build_module(cfg: dict) -> nn.Module:
+    kind, _, name = cfg["model"].partition(":")
+    if kind == "attn":
+        ours, theirs = _attn_pair(cfg)
+        if name == "botnet":
+            return ours
+        if name == "timm":
+            return theirs
+    torch.manual_seed(cfg["seed"])
+    if kind == "botnet":
+        import botnet
+
+        return botnet.create_model(name, **cfg.get("model_kwargs", {}))
+    if kind == "tv":
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+    if kind == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    if kind == "det":
+        size = cfg["size"]
+        if name == "botnet50":
+            try:
+                from botnet.detection import maskrcnn_botnet50_fpn
+            except ImportError:  # package __init__ not there (yet): the module itself
+                from botnet.detection.models import maskrcnn_botnet50_fpn
+            return maskrcnn_botnet50_fpn(num_classes=91, min_size=size, max_size=size)
+        if name == "torchvision":
+            from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+            return maskrcnn_resnet50_fpn(
+                weights=None, weights_backbone=None, num_classes=91, min_size=size, max_size=size
+            )
+    raise ValueError(f"unknown model {cfg['model']!r}")
+
+
+def _det_inputs(cfg: dict, g: torch.Generator):
+    s, n = cfg["size"], cfg["batch"]
+    images, targets = [], []
+    for _ in range(n):
+        images.append(torch.rand(3, s, s, generator=g))
+        boxes = []
+        for _ in range(4):
+            x0, y0 = (torch.rand(2, generator=g) * s * 0.6).tolist()
+            w, h = (torch.rand(2, generator=g) * s * 0.3 + s * 0.05).tolist()
+            boxes.append([x0, y0, x0 + w, y0 + h])
+        boxes_t = torch.tensor(boxes)
+        masks = torch.zeros(len(boxes), s, s, dtype=torch.uint8)
+        for i, (x0, y0, x1, y1) in enumerate(boxes_t.round().long().tolist()):
+            masks[i, y0:y1, x0:x1] = 1
+        labels = torch.randint(1, 91, (len(boxes),), generator=g)
+        targets.append({"boxes": boxes_t, "labels": labels, "masks": masks})
+    return images, targets
+
+
+def build_step(cfg: dict) -> Callable[[], None]:
+    """Build the model and inputs of one configuration; return the step to time (no args)."""
+    cfg = full_config(cfg)
+    mode = cfg["mode"]
+    model = _build_module(cfg)
+    g = torch.Generator().manual_seed(cfg["seed"] + 1)
+    kind = cfg["model"].split(":")[0]
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg["bf16"] else (lambda: torch.autocast("cpu", enabled=False))
+    )
+    train = mode in ("train", "fwdbwd")
+    model.train(mode == "train" or (kind == "attn" and train))
+    fn = torch.compile(model) if cfg["compile"] else model
+
+    if kind == "det":
+        if mode != "train":
+            raise ValueError("detection configurations support mode='train' only")
+        images, targets = _det_inputs(cfg, g)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+        def det_step() -> None:
+            with autocast():
+                losses = fn(images, targets)
+            sum(losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return det_step
+
+    if kind == "attn":
+        shape = (cfg["batch"], cfg["dim"], cfg["size"], cfg["size"])
+    else:
+        in_chans = 3
+        shape = (cfg["batch"], in_chans, cfg["size"], cfg["size"])
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=fmt)
+
+    if mode == "fwd" or mode == "infer":
+        def infer_step() -> None:
+            with torch.no_grad(), autocast():
+                fn(x)
+
+        return infer_step
+
+    if mode == "fwdbwd":
+        x.requires_grad_(True)
+        with torch.no_grad():
+            out_shape = model(x).shape
+        grad_out = torch.randn(out_shape, generator=g)
+
+        def fwdbwd_step() -> None:
+            with autocast():
+                y = fn(x)
+            y.backward(grad_out.to(y.dtype))
+            x.grad = None
+            for p in model.parameters():
+                p.grad = None
+
+        return fwdbwd_step
+
+    if mode == "train":
+        labels = torch.randint(0, 1000, (cfg["batch"],), generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+        def train_step() -> None:
+            with autocast():
+                loss = F.cross_entropy(fn(x), labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return train_step
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def attention_equivalence(size: int = 14, dim: int = 512, heads: int = 4, batch: int = 2, seed: int = 0) -> dict:
+    """Max |ours - timm| with copied weights, in float64, at a non-trivial weight scale.
+
+    The default q/k/v init (std 0.01) makes the softmax almost uniform, which would hide a
+    wrong position term; the check re-draws the projection with std 0.05 (|logits| ~ 1-10).
+    """
+    from timm.layers.bottleneck_attn import BottleneckAttn
+
+    from botnet.layers import RelPosMHSA
+
+    torch.manual_seed(seed)
+    ours = RelPosMHSA(dim, heads, (size, size)).double()
+    nn.init.normal_(ours.qkv.weight, std=0.05)
+    theirs = BottleneckAttn(dim, feat_size=(size, size), num_heads=heads, scale_pos_embed=True).double()
+    copy_to_timm_attn(ours, theirs)
+    x = torch.randn(batch, dim, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+        probs = ours.attention_probs(x)
+    # the same weights with the position term dropped give a clearly different output
+    no_pos = copy.deepcopy(ours)
+    with torch.no_grad():
+        no_pos.rel_h.zero_()
+        no_pos.rel_w.zero_()
+        c = no_pos(x)
+    return {
+        "size": size, "dim": dim, "heads": heads, "dtype": "float64",
+        "max_abs_diff": float((a - b).abs().max()),
+        "max_abs_output": float(b.abs().max()),
+        "max_abs_diff_without_position_term": float((c - b).abs().max()),
+        "max_attention_prob": float(probs.max()),
+    }
+
+
+# ---------------------------------------------------------------------- suites
+def _pair(group, name, ours, baseline, ours_label, baseline_label, **kw) -> Comparison:
+    return Comparison(group, name, full_config(ours), full_config(baseline), ours_label, baseline_label, **kw)
+
+
+ATTN_TARGETS = {
+    (64, "fwd"): {"time": 0.7, "mem": 0.2},
+    (64, "fwdbwd"): {"time": 0.9, "mem": 0.3},
+    (32, "fwd"): {"time": 0.6},
+    (14, "fwdbwd"): {"time": 1.0},
+}
+
+
+def suite_attention(sizes=((14, 8), (32, 8), (64, 2)), dim=512, heads=4, modes=("fwd", "fwdbwd"), **flags):
+    out = []
+    for size, batch in sizes:
+        for mode in modes:
+            common = dict(mode=mode, size=size, batch=batch, dim=dim, heads=heads, **flags)
+            out.append(_pair(
+                "attention", f"attn {size}x{size} b{batch} {mode}",
+                dict(model="attn:botnet", **common), dict(model="attn:timm", **common),
+                "RelPosMHSA (fused)", "timm BottleneckAttn",
+                targets=ATTN_TARGETS.get((size, mode), {}) if dim == 512 and heads == 4 else {},
+            ))
+    return out
+
+
+def suite_backbone(**flags):
+    cases = [("infer", 224, 8, {"time": 1.0}), ("infer", 1024, 1, {"time": 1.15}), ("train", 224, 8, {})]
+    return [
+        _pair("botnet50 vs resnet50", f"{mode} {size}px b{batch}",
+              dict(model="botnet:botnet50", mode=mode, size=size, batch=batch, **flags),
+              dict(model="tv:resnet50", mode=mode, size=size, batch=batch, **flags),
+              "botnet50", "torchvision resnet50", targets=t)
+        for mode, size, batch, t in cases
+    ]
+
+
+def suite_maskrcnn(size=512, batch=2, **flags):
+    return [_pair("Mask R-CNN", f"train step {size}px b{batch}",
+                  dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
+                  dict(model="det:torchvision", mode="train", size=size, batch=batch, **flags),
+                  "Mask R-CNN BoT50-FPN", "torchvision maskrcnn_resnet50_fpn", targets={"time": 1.15})]
+
+
+def suite_efficientnet(batch_infer=8, batch_train=4, **flags):
+    # T3 (BoTNet-S1-59, 224 px, 81.7 % top-1) against EfficientNet-B3 at its 300 px (81.6 %) and
+    # B4 at 380 px (82.9 %), each at its own paper resolution.
+    out = []
+    for eff, esize in (("efficientnet_b3", 300), ("efficientnet_b4", 380)):
+        for mode, batch in (("infer", batch_infer), ("train", batch_train)):
+            out.append(_pair(
+                "BoTNet-S1 vs EfficientNet", f"T3@224 vs {eff[-2:].upper()}@{esize} {mode} b{batch}",
+                dict(model="botnet:botnet_s1_59", mode=mode, size=224, batch=batch, **flags),
+                dict(model=f"timm:{eff}", mode=mode, size=esize, batch=batch, **flags),
+                "botnet_s1_59 @224", f"timm {eff} @{esize}",
+            ))
+    return out
+
+
+def suite_options():
+    """channels_last and bf16 autocast against the default fp32 NCHW, same model, same run."""
+    out = []
+    base = dict(model="botnet:botnet50", mode="infer", size=224, batch=8)
+    for label, flags in (("channels_last", dict(channels_last=True)), ("bf16 autocast", dict(bf16=True)),
+                         ("channels_last + bf16", dict(channels_last=True, bf16=True))):
+        out.append(_pair("options (botnet50)", f"infer 224px b8 {label}", dict(base, **flags), base,
+                         f"botnet50 {label}", "botnet50 fp32 NCHW"))
+    tbase = dict(model="botnet:botnet50", mode="train", size=224, batch=8)
+    out.append(_pair("options (botnet50)", "train 224px b8 bf16 autocast", dict(tbase, bf16=True), tbase,
+                     "botnet50 bf16 autocast", "botnet50 fp32"))
+    for mode in ("fwd", "fwdbwd"):
+        a = dict(model="attn:botnet", mode=mode, size=64, batch=2)
+        out.append(_pair("options (attention)", f"attn 64x64 b2 {mode} bf16 autocast", dict(a, bf16=True), a,
+                         "RelPosMHSA bf16", "RelPosMHSA fp32"))
+    return out
+
+
+def suite_compile(train_batch=8):
+    out = []
+    for mode, batch in (("infer", 8), ("train", train_batch)):
+        c = dict(model="botnet:botnet50", mode=mode, size=224, batch=batch)
+        out.append(_pair("torch.compile", f"botnet50 {mode} 224px b{batch}", dict(c, compile=True), c,
+                         "botnet50 compiled", "botnet50 eager", memory=False,
+                         note="first call (compilation) excluded: it runs in the warm-up"))
+    return out
+
+
+SUITES: dict[str, Callable[..., list[Comparison]]] = {
+    "attention": suite_attention,
+    "backbone": suite_backbone,
+    "maskrcnn": suite_maskrcnn,
+    "efficientnet": suite_efficientnet,
+    "options": suite_options,
+    "compile": suite_compile,
+}
+
+
+def make_suite(name: str, **kw) -> list[Comparison]:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
+    return SUITES[name](**kw)

@@ -1,0 +1,114 @@
+"""Exported models (ONNX via onnxruntime, TorchScript, torch.export) match eager at two sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import botnet
+import botnet.cli
+from botnet.export import export_model, verify
+
+SIZES = [(2, 1, 28, 28), (3, 1, 40, 36)]  # the trace size and another batch/height/width
+
+
+def _model() -> nn.Module:
+    """botnet_mini with weights that make every part matter (the default init zeroes the
+    residual branch of each block through its last BN, which would hide the attention)."""
+    torch.manual_seed(0)
+    m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+                mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+        for _, attn in m.attention_layers():
+            attn.qkv.weight.normal_(0, 0.3, generator=g)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(2)
+    return [torch.randn(*s, generator=g) for s in SIZES]
+
+
+def test_test_model_depends_on_attention_and_positions(model, inputs):
+    # Guards the comparison below: an export that dropped the position term must be caught.
+    name, attn = model.attention_layers()[-1]
+    with torch.no_grad():
+        ref = model(inputs[1])
+        saved = attn.rel_h.clone()
+        attn.rel_h.add_(torch.randn(attn.rel_h.shape) * 0.5)  # (a constant shift cancels in the softmax)
+        changed = model(inputs[1])
+        attn.rel_h.copy_(saved)
+    assert (ref - changed).abs().max() > 1e-2, name
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """Export each format once per session (the ONNX export takes ~15 s on 2 cores)."""
+    cache: dict = {}
+
+    def get(fmt):
+        if fmt not in cache:
+            if fmt == "onnx":
+                pytest.importorskip("onnxscript")
+                pytest.importorskip("onnxruntime")
+            d = tmp_path_factory.mktemp(fmt)
+            cache[fmt] = export_model(model, fmt, d / f"m.{fmt}", img_size=28, batch=2)
+        return cache[fmt]
+
+    return get
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "export"])
+def test_export_matches_eager_at_two_sizes(fmt, model, inputs, exported):
+    path = exported(fmt)
+    assert path.is_file() and path.stat().st_size > 0
+    errs = verify(model, fmt, path, inputs)
+    assert max(errs) <= 1e-4, errs
+
+
+def test_onnx_graph_declares_dynamic_batch_height_width(exported):
+    onnx = pytest.importorskip("onnx")
+    g = onnx.load(str(exported("onnx"))).graph
+    dims = [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1] == 1 and isinstance(dims[2], str) and isinstance(dims[3], str), dims
+    assert len({dims[0], dims[2], dims[3]}) == 3, dims
+
+
+def test_export_program_has_symbolic_dims(exported):
+    ep = torch.export.load(str(exported("export")))
+    shape = ep.graph_module.graph.find_nodes(op="placeholder")[-1].meta["val"].shape
+    assert all(isinstance(s, torch.SymInt) for s in (shape[0], shape[2], shape[3])), shape
+
+
+def test_cli_export_with_checkpoint(model, inputs, tmp_path):
+    ckpt = tmp_path / "w.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "m.ts"
+    rc = botnet.cli.main(["export", "botnet_mini", "--format", "torchscript", "--out", str(out),
+                          "--checkpoint", str(ckpt), "--img-size", "28"])
+    assert rc == 0 and out.is_file()
+    # the checkpoint's classes and channels were picked up and its weights exported
+    errs = verify(model, "torchscript", out, inputs)
+    assert max(errs) <= 1e-4, errs
+
+
+def test_cli_export_rejects_mismatched_checkpoint(tmp_path):
+    ckpt = tmp_path / "w.pt"
+    sd = botnet.create_model("botnet_mini", num_classes=10, in_chans=1).state_dict()
+    sd.pop("fc.bias")
+    torch.save(sd, ckpt)
+    rc = botnet.cli.main(["export", "botnet_mini", "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+                          "--checkpoint", str(ckpt)])
+    assert rc == 2 and not (tmp_path / "m.ts").exists()
