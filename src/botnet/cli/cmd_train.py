@@ -44,6 +44,8 @@ def run_training(args, cfg=None) -> int:
         return 2
     if summary["status"] == "interrupted":
         return 130
+    if int(__import__("os").environ.get("RANK", "0")) != 0:
+        return 0
     fin = summary.get("final", {})
     line = f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} epochs, " \
            f"train {summary['train_seconds']:.0f}s, wall {summary['wall_seconds']:.0f}s"

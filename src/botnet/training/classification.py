@@ -79,6 +79,14 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _unpack(batch):
     if len(batch) == 3:  # folder collate: (x, y, skipped paths)
         return batch
@@ -200,6 +208,9 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     if init_weights:
         ckpt.load_weights(model, init_weights)
     if tc["sync_bn"] and di.distributed:
+        if di.device.type == "cpu":
+            raise ValueError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                             "use --freeze-bn or plain BatchNorm on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(di.device)
     if tc["channels_last"]:
@@ -309,7 +320,7 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
             if ema is not None:
                 msg += f" | EMA top-1 {out['ema']['top1']:.2f}%"
             print(msg, flush=True)
-        model.train()
+        _set_train_mode(model, bool(tc["freeze_bn"]))
         return out
 
     # ---- loop
@@ -358,7 +369,7 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
                 train_loader.sampler.skip(skip_batches * dc["batch_size"])
                 batch_in_epoch, skip_batches = skip_batches, 0
             epoch_steps = min(spe, total_steps - epoch * spe)
-            train_model.train()
+            _set_train_mode(train_model, bool(tc["freeze_bn"]))
             bar = tqdm(total=epoch_steps, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{n_epochs_int}",
                        dynamic_ncols=True, disable=not (tc["progress"] and di.is_main), leave=di.is_main)
             meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}

@@ -45,6 +45,8 @@ BOOL_FLAGS: dict[str, tuple[str, str]] = {
     "channels_last": ("train.channels_last", "use channels_last memory format"),
     "compile": ("train.compile", "torch.compile the model"),
     "sync_bn": ("train.sync_bn", "convert BatchNorm to SyncBatchNorm under DDP"),
+    "freeze_bn": ("train.freeze_bn", "keep BatchNorm layers in eval mode (use running statistics) while training, "
+                                     "e.g. fine-tuning with small per-GPU batches"),
     "deterministic": ("train.deterministic", "torch.use_deterministic_algorithms (bitwise repeatable runs; slower)"),
     "skip_bad": ("data.skip_bad", "skip unreadable image files (counted and listed in the summary) instead of stopping"),
     "download": ("data.download", "let torchvision download Fashion-MNIST when it is not installed (needs internet)"),

@@ -85,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": None,          # max gradient norm
         "channels_last": False,
         "compile": False,           # torch.compile the model
-        "sync_bn": False,           # SyncBatchNorm under DDP
+        "sync_bn": False,           # SyncBatchNorm under DDP (CUDA only)
+        "freeze_bn": False,         # keep BatchNorm in eval mode (running statistics; affine params still train)
         "seed": 0,
         "deterministic": False,
         "device": "auto",

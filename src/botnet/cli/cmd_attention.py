@@ -1,0 +1,63 @@
+"""``botnet attention IMAGE --checkpoint CKPT``: where each head of each BoT block looks."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = """Draw, for one query position, the attention weights of every head of every BoT block
+(RelPosMHSA.attention_probs on the layer inputs captured with forward hooks). One row per BoT
+block: the image with the query marked, then one heat map per head over the image."""
+
+
+def _frac(s: str) -> float:
+    v = float(s)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError("must be a fraction in [0, 1)")
+    return v
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("attention", help="attention maps of the BoT blocks for one image", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
+    p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT", help="checkpoint file or run directory")
+    p.add_argument("--query", nargs=2, type=_frac, default=(0.5, 0.5), metavar=("Y", "X"),
+                   help="query position as fractions of image height and width (default 0.5 0.5, the centre)")
+    p.add_argument("--out", "-o", default="attention", help="output folder for the PNGs (default ./attention)")
+    p.add_argument("--invert", action="store_true", help="invert grey levels first (as in botnet predict)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from botnet.data.errors import BadImageError
+    from botnet.training.attention_viz import attention_maps, plot_attention
+    from botnet.training.checkpoint import CheckpointError
+    from botnet.training.predict import load_for_inference, load_image
+
+    try:
+        model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema)
+        in_chans = model.conv1.in_channels
+        import torch
+
+        torch.set_grad_enabled(False)
+        for p in args.images:
+            img = load_image(p, in_chans, args.invert)
+            x = transform(img).unsqueeze(0)
+            pred = model(x).softmax(1)[0]
+            maps = attention_maps(model, x, tuple(args.query))
+            disp = np.asarray(img.resize((x.shape[-1], x.shape[-2])), dtype=np.float32) / 255.0
+            out = Path(args.out) / f"{Path(p).stem}_attention.png"
+            c = int(pred.argmax())
+            plot_attention(disp, maps, out, tuple(args.query),
+                           title=f"{Path(p).name}: predicted {names[c]} ({100 * float(pred[c]):.1f}%), "
+                                 f"query at y={args.query[0]:.2f}, x={args.query[1]:.2f}")
+            print(out)
+    except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,99 @@
+"""``botnet eval``: top-1/top-5 accuracy of a checkpoint on a validation split."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = """Evaluate a classification checkpoint written by `botnet train` / `botnet demo`.
+
+The model and the evaluation transform are rebuilt from the checkpoint's metadata (architecture,
+classes, recipe); for image folders the standard ImageNet evaluation is used (resize to
+img_size / crop_pct, centre crop). Prints top-1, top-5 and mean loss; optionally writes JSON and
+a confusion-matrix PNG."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a classification checkpoint", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint: RUN/best.safetensors, RUN/last.safetensors or a run directory (best, else last)")
+    p.add_argument("--checkpoint", dest="checkpoint_opt", metavar="CKPT", default=None, help="same as the positional argument")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the one the checkpoint was trained with)")
+    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "folder"], help="data set type (default: from the checkpoint)")
+    p.add_argument("--split", default=None, help="split folder to evaluate for image folders (default: val)")
+    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the training resolution)")
+    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction for folders (default: recipe, 0.875)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: recipe)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N images (quick checks)")
+    p.add_argument("--ema", action="store_true", help="also evaluate the EMA weights stored in the .state.pt beside the weights")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable image files (counted) instead of stopping")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix plot")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    import json
+
+    import torch
+
+    from botnet.data.builder import build_datasets, build_eval_loader
+    from botnet.data.errors import DataError
+    from botnet.training import checkpoint as ckpt
+    from botnet.training.classification import evaluate, model_from_checkpoint
+    from botnet.training.config import DEFAULTS, merge
+
+    path = args.checkpoint or args.checkpoint_opt
+    if not path:
+        print("error: give a checkpoint (botnet eval RUN/best.safetensors)", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    try:
+        model, meta = model_from_checkpoint(path, device=device)
+        cfg = merge(DEFAULTS, meta.get("config") or {})
+        d = cfg["data"]
+        for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),
+                         ("eval_img_size", args.img_size), ("crop_pct", args.crop_pct), ("limit_val", args.limit),
+                         ("num_workers", args.num_workers)):
+            if val is not None:
+                d[key] = val
+        d["eval_batch_size"] = args.batch_size
+        d["skip_bad"] = args.skip_bad
+        d["limit_train"] = None
+        _, val_ds, info = build_datasets(cfg, train=False, val=True)
+        names = meta.get("class_names") or info.classes
+        if list(names) != list(info.classes):
+            print(f"error: the checkpoint's classes ({len(names)}) differ from the data's ({len(info.classes)}): "
+                  f"{sorted(set(names) ^ set(info.classes))[:10]}", file=sys.stderr)
+            return 2
+        loader = build_eval_loader(val_ds, cfg)
+        which = (meta.get("extra") or {}).get("weights", "raw")
+        results = {which: evaluate(model, loader, device, len(names), args.amp, progress=not args.no_progress,
+                                   desc="eval")}
+        if args.ema:
+            ema_model, _ = model_from_checkpoint(path, use_ema=True, device=device)
+            results["ema"] = evaluate(ema_model, loader, device, len(names), args.amp, progress=not args.no_progress,
+                                      desc="eval EMA")
+    except (DataError, ckpt.CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {}
+    for k, r in results.items():
+        print(f"{ckpt.resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
+              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (skipped {r['n_skipped']} unreadable files)"
+                                                                   if r["n_skipped"] else ""))
+        out[k] = {m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}
+        out[k]["skipped_files"] = r["skipped"]
+    if args.json:
+        ckpt.atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
+    if args.confusion:
+        from botnet.training.plots import plot_confusion_matrix
+
+        best = max(results, key=lambda k: results[k]["top1"])
+        plot_confusion_matrix(results[best]["confusion"], names, args.confusion)
+    return 0

@@ -1,0 +1,54 @@
+"""``botnet predict IMAGE...``: top-5 classes with names for image files."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = """Classify image files with a checkpoint from `botnet train` / `botnet demo`.
+
+Grayscale, RGB, RGBA (composited on white) and palette images are all accepted and converted to
+the model's channel count. An unreadable file stops with its name, or is skipped with
+--skip-bad (and counted). For the Fashion-MNIST model, images are resized to 28x28; that data
+set shows light garments on a black background, so pass --invert for ordinary photos of dark
+items on a white background."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="top-5 predictions for image files", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
+    p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT",
+                   help="RUN/best.safetensors, RUN/last.safetensors or a run directory")
+    p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights from the .state.pt beside the checkpoint")
+    p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted in the summary)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    import json
+
+    from botnet.data.errors import BadImageError
+    from botnet.training.checkpoint import CheckpointError, atomic_write_bytes
+    from botnet.training.predict import load_for_inference, predict_files
+
+    try:
+        model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
+        results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
+                                         args.invert, args.device)
+    except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(r["file"])
+        for i, t in enumerate(r["top"], 1):
+            print(f"  {i}. {t['class']:<20s} {100 * t['prob']:6.2f}%")
+    for p, reason in skipped:
+        print(f"skipped unreadable file {p}: {reason}", file=sys.stderr)
+    print(f"{len(results)} image(s) classified" + (f", {len(skipped)} skipped" if skipped else ""))
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps({"predictions": results, "skipped": skipped}, indent=2) + "\n").encode())
+    return 0
