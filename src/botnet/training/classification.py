@@ -11,6 +11,7 @@ matrix and ``summary.json`` into the run directory.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -337,11 +338,18 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     eval_every = int(tc["eval_every"] or 0)
     ips = 0.0
 
+    planned_steps = total_steps
+    recent_steps: "collections.deque[float]" = collections.deque(maxlen=100)
+
     def fit_schedule_to_budget() -> None:
-        """Shorten the decay so the schedule ends when the wall-clock budget does."""
+        """Fit the decay to the wall-clock budget (never beyond the planned epochs).
+
+        Uses the mean duration of the last 100 steps, so early slow steps (warm-up, thread
+        probing) or a machine that gets busier/quieter are followed within a few dozen steps.
+        """
         nonlocal total_steps
         elapsed = time.monotonic() - t_start
-        per_step = train_seconds / max(step - step_at_start, 1)
+        per_step = sum(recent_steps) / max(len(recent_steps), 1)
         if n_evals:
             per_eval = eval_seconds / n_evals
         else:  # not measured yet: evaluation runs about 3x faster per image than training
@@ -351,12 +359,22 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
             epochs_left = max(math.ceil(can_do / spe) - (step // spe) - 1, 0)
             evals_left = (epochs_left // eval_every if eval_every else 0) + 1
             can_do = step + int(max(budget - elapsed - per_eval * evals_left - 5, 0) / max(per_step, 1e-9))
-        target = max(int(can_do * 0.97), step + 1)
-        if target < total_steps and scheduler.fit_total_steps(target):
+        target = min(max(int(can_do * 0.97), step + 1), planned_steps)
+        if abs(target - total_steps) > max(0.02 * total_steps, 5) and scheduler.fit_total_steps(target):
             total_steps = target
             if di.is_main:
-                tqdm.write(f"time budget {budget:.0f}s: schedule shortened to {total_steps} steps "
-                           f"({total_steps / spe:.2f} epochs)")
+                tqdm.write(f"time budget {budget:.0f}s: schedule set to {total_steps} steps "
+                           f"({total_steps / spe:.2f} epochs; {per_step * 1000:.0f} ms/step)")
+
+    tuner = None
+    if di.device.type == "cpu":
+        threads = str(tc.get("threads", "auto"))
+        if threads == "auto" and not tc["deterministic"]:  # a fixed count keeps runs bitwise repeatable
+            from botnet.training.threads import ThreadTuner
+
+            tuner = ThreadTuner(verbose=di.is_main and bool(tc["progress"]))
+        elif threads != "auto" and int(threads) > 0:
+            torch.set_num_threads(int(threads))
 
     with GracefulInterrupt() as interrupt:
         stop = False
@@ -426,7 +444,11 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
                     meter["correct"] += (out.detach().argmax(1) == y_hard).sum().item()
                     meter["seen"] += bs
                 window_n += bs
-                train_seconds += time.monotonic() - t_step
+                dt_step = time.monotonic() - t_step
+                train_seconds += dt_step
+                recent_steps.append(dt_step)
+                if tuner is not None:
+                    tuner.after_step(dt_step)
                 bar.update(1)
                 if step % max(int(tc["log_every"]), 1) == 0 or batch_in_epoch == epoch_steps:
                     now = time.monotonic()
@@ -438,10 +460,12 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
                                epoch=round(epoch + batch_in_epoch / spe, 4))
                 if tc["save_every_steps"] and step % int(tc["save_every_steps"]) == 0:
                     save("last", epoch, batch_in_epoch)
-                if budget and cfg["sched"].get("fit_time_budget", True) and step - fit_checked_at >= 25 and ips > 0:
+                if budget and cfg["sched"].get("fit_time_budget", True) and step - fit_checked_at >= 50 and ips > 0:
                     fit_checked_at = step
                     fit_schedule_to_budget()
                     epoch_steps = min(spe, total_steps - epoch * spe)
+                    bar.total = epoch_steps
+                    bar.refresh()
                 reason = None
                 if flags["interrupt"]:
                     reason = "interrupted"

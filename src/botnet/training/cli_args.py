@@ -31,6 +31,8 @@ FLAG_TO_KEY: dict[str, tuple[str, str]] = {
     "num_workers": ("data.num_workers", "DataLoader worker processes per rank (0: load in the training process)"),
     "seed": ("train.seed", "random seed (data order, augmentation, initialisation)"),
     "device": ("train.device", "auto, cpu or cuda (under torchrun each rank takes GPU LOCAL_RANK)"),
+    "threads": ("train.threads", "CPU threads for torch: auto picks the fastest count by timing real steps "
+                                 "(on a busy shared machine fewer threads are often faster), or a number"),
     "time_budget": ("train.time_budget", "wall-clock budget in seconds for the run; training stops when it is reached "
                                          "and the model is evaluated (the cosine decay is fitted to the budget)"),
     "max_steps": ("train.max_steps", "stop after this many optimizer steps (the schedule still follows --epochs)"),

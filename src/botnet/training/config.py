@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "deterministic": False,
         "device": "auto",
+        "threads": "auto",          # CPU threads: auto (measured: shared machines are often faster with fewer) or N
         "eval_every": 1,            # evaluate every N epochs (0: only at the end)
         "save_every_steps": None,   # also checkpoint every N steps
         "log_every": 20,            # steps between log records
