@@ -43,6 +43,7 @@ __all__ = [
     "load_coco",
     "CocoDetection",
     "detection_collate",
+    "read_image_rgb",
 ]
 
 
@@ -333,7 +334,9 @@ def ann_to_mask(ann: dict, height: int, width: int) -> np.ndarray:
         rle = dict(seg)
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
-    m = mask_utils.decode(rle)
+    with warnings.catch_warnings():  # pycocotools' own numpy-2 __array__ DeprecationWarning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = mask_utils.decode(rle)
     if m.ndim == 3:
         m = m.max(axis=2)
     return m.astype(np.uint8)
@@ -398,14 +401,8 @@ class CocoDetection:
         return len(self.ids)
 
     def load_image(self, image_id: int):
-        import torch
-        from torchvision import tv_tensors
-        from torchvision.io import ImageReadMode, decode_image
-
         info = self.coco.imgs[image_id]
-        path = os.path.join(self.image_dir, info["file_name"])
-        img = decode_image(path, mode=ImageReadMode.RGB)
-        return tv_tensors.Image(img.to(torch.uint8))
+        return read_image_rgb(os.path.join(self.image_dir, info["file_name"]))
 
     def target_for(self, image_id: int, height: int, width: int) -> dict:
         import torch
@@ -439,6 +436,18 @@ class CocoDetection:
         if self.transforms is not None:
             img, target = self.transforms(img, target)
         return img, target
+
+
+def read_image_rgb(path: str | os.PathLike):
+    """Read an image file as a uint8 ``tv_tensors.Image`` (3, H, W) with PIL (torchvision.io's
+    decoders are deprecated from torchvision 0.29)."""
+    import torch
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
 
 
 def detection_collate(batch):

@@ -543,7 +543,9 @@ def draw_predictions(image_u8: torch.Tensor, output: dict, class_names: list[str
 def predict_images(model, paths: list[str], class_names: list[str], out_dir: str | os.PathLike, *,
                    score_threshold: float = 0.5, scale: int = 1) -> list[dict]:
     """Run ``model`` on image files, save ``out_dir/<name>.png`` drawings; return per-image records."""
-    from torchvision.io import ImageReadMode, decode_image, write_png
+    from PIL import Image
+
+    from botnet.data.coco import read_image_rgb
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -553,11 +555,11 @@ def predict_images(model, paths: list[str], class_names: list[str], out_dir: str
     device = next(net.parameters()).device
     records = []
     for p in paths:
-        img = decode_image(str(p), mode=ImageReadMode.RGB)
+        img = read_image_rgb(p).as_subclass(torch.Tensor)
         out = net([img.to(device).float() / 255.0])[0]
         drawn = draw_predictions(img, out, class_names, score_threshold=score_threshold, scale=scale)
         dst = out_dir / (Path(p).stem + ".png")
-        write_png(drawn, str(dst))
+        Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(dst)
         keep = out["scores"] >= score_threshold
         records.append({
             "image": str(p), "drawing": str(dst),
