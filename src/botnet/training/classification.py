@@ -360,6 +360,8 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
             evals_left = (epochs_left // eval_every if eval_every else 0) + 1
             can_do = step + int(max(budget - elapsed - per_eval * evals_left - 5, 0) / max(per_step, 1e-9))
         target = min(max(int(can_do * 0.97), step + 1), planned_steps)
+        if target % spe and target % spe < 0.15 * spe and target - target % spe > step:
+            target -= target % spe  # do not start an epoch only to evaluate again a few steps later
         if abs(target - total_steps) > max(0.02 * total_steps, 5) and scheduler.fit_total_steps(target):
             total_steps = target
             if di.is_main:
@@ -391,7 +393,7 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
             bar = tqdm(total=epoch_steps, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{n_epochs_int}",
                        dynamic_ncols=True, disable=not (tc["progress"] and di.is_main), leave=di.is_main)
             meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}
-            window_t, window_n = time.monotonic(), 0
+            window_t, window_n, window_loss = time.monotonic(), 0, 0.0
             for batch in train_loader:
                 t_step = time.monotonic()
                 x, y, bad = _unpack(batch)
@@ -444,6 +446,7 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
                     meter["correct"] += (out.detach().argmax(1) == y_hard).sum().item()
                     meter["seen"] += bs
                 window_n += bs
+                window_loss += loss_v * bs
                 dt_step = time.monotonic() - t_step
                 train_seconds += dt_step
                 recent_steps.append(dt_step)
@@ -453,10 +456,11 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
                 if step % max(int(tc["log_every"]), 1) == 0 or batch_in_epoch == epoch_steps:
                     now = time.monotonic()
                     ips = window_n * di.world_size / max(now - window_t, 1e-9)
-                    window_t, window_n = now, 0
                     lr_now = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr_now:.3g}", img_s=f"{ips:.0f}")
-                    logger.log({"loss": loss_v, "lr": lr_now, "images_per_s": ips}, step=step, phase="train",
+                    win_loss = window_loss / max(window_n, 1)  # mean over the steps since the last record
+                    window_t, window_n, window_loss = now, 0, 0.0
+                    bar.set_postfix(loss=f"{win_loss:.4f}", lr=f"{lr_now:.3g}", img_s=f"{ips:.0f}")
+                    logger.log({"loss": win_loss, "lr": lr_now, "images_per_s": ips}, step=step, phase="train",
                                epoch=round(epoch + batch_in_epoch / spe, 4))
                 if tc["save_every_steps"] and step % int(tc["save_every_steps"]) == 0:
                     save("last", epoch, batch_in_epoch)
