@@ -283,7 +283,13 @@ def suite_attention(sizes=((14, 8), (32, 8), (64, 2)), dim=512, heads=4, modes=(
 
 def suite_backbone(**flags):
     cases = [("infer", 224, 8, {"time": 1.0}), ("infer", 1024, 1, {"time": 1.15}), ("train", 224, 8, {})]
-    return [
+    control = _pair(
+        "botnet50 vs resnet50", "control: infer 224px b8", dict(model="botnet:resnet50", mode="infer", size=224, batch=8, **flags),
+        dict(model="tv:resnet50", mode="infer", size=224, batch=8, **flags), "our resnet50 (same architecture)",
+        "torchvision resnet50", memory=False,
+        note="identical networks: the distance of this ratio from 1 shows the measurement noise of the run",
+    )
+    return [control] + [
         _pair("botnet50 vs resnet50", f"{mode} {size}px b{batch}",
               dict(model="botnet:botnet50", mode=mode, size=size, batch=batch, **flags),
               dict(model="tv:resnet50", mode=mode, size=size, batch=batch, **flags),
