@@ -140,3 +140,14 @@ def test_fpn_body_matches_model_feature_maps():
     for i, name in enumerate(["layer1", "layer2", "layer3", "layer4"]):
         torch.testing.assert_close(got[str(i)], ref[name])
     assert bb.strides == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("recipe", ["detection-coco", "detection-fashion-mosaic"])
+def test_recipes_load_and_build(recipe):
+    from botnet.detection.engine import build_model_from_config, load_detection_config
+
+    cfg = load_detection_config(recipe, ["model.kwargs={layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8}"])
+    model = build_model_from_config(cfg, num_classes=11)
+    assert model.detector_config["canvas"] == cfg["model"]["canvas"]
+    with pytest.raises(KeyError, match="unknown config key"):
+        load_detection_config(recipe, ["train.no_such_key=1"])

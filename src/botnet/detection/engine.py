@@ -447,7 +447,7 @@ def train_detector(cfg: dict) -> dict:
                     if info.is_main and hasattr(it, "set_postfix"):
                         it.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.4f}")
                     if step % tcfg["log_every"] == 0:
-                        logger.log({**{k: float(v) for k, v in losses.items()}, "loss": float(loss.detach()), "lr": lr},
+                        logger.log({**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(loss.detach()), "lr": lr},
                                    step=step, phase="train", epoch=epoch + n / steps_per_epoch)
                     over = budget is not None and time.time() - t_start >= budget
                     if any_rank_true(stop.requested or over):
