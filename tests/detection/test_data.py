@@ -188,3 +188,26 @@ def test_train_transforms_crop_or_pad_to_canvas(tmp_path, scale_range):
     ev = build_transforms(False)
     out, t = ev(img, target)
     assert out.shape == (3, 50, 90) and torch.equal(t["boxes"], target["boxes"])
+
+
+def test_unreadable_and_truncated_image_files(tmp_path):
+    _write_images(tmp_path / "img", ["a.png", "b.png", "c.png"])
+    (tmp_path / "img" / "junk.png").write_text("not an image")
+    raw = (tmp_path / "img" / "b.png").read_bytes()
+    (tmp_path / "img" / "b.png").write_bytes(raw[: len(raw) // 2])  # header fine, data truncated
+    images = [{"id": i + 1, "file_name": n, "width": 60, "height": 40}
+              for i, n in enumerate(["a.png", "b.png", "c.png", "junk.png"])]
+    images.append({"id": 9, "file_name": "c.png", "width": 50, "height": 40})  # size disagrees with the file
+    data = {"images": images, "annotations": [_good_ann(1, image_id=2)], "categories": [{"id": 3, "name": "t"}]}
+    with pytest.warns(UserWarning) as rec:
+        ds = CocoDetection(tmp_path / "img", data)
+    msg = str(rec[0].message)
+    assert "1 x image files that are not readable images" in msg and "1 x image files whose size differs" in msg
+    assert ds.ids == [1, 2, 3]
+    with pytest.warns(UserWarning, match="cannot decode .*b.png"):
+        img, t = ds[1]  # the truncated file is replaced by the next image, not a crash
+    assert t["image_id"] == 3 and img.shape == (3, 40, 60)
+    assert ds.bad_ids == {2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ds[1][1]["image_id"] == 3  # already known bad: skipped silently

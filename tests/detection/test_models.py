@@ -151,3 +151,14 @@ def test_recipes_load_and_build(recipe):
     assert model.detector_config["canvas"] == cfg["model"]["canvas"]
     with pytest.raises(KeyError, match="unknown config key"):
         load_detection_config(recipe, ["train.no_such_key=1"])
+
+
+def test_image_without_annotations_trains():
+    model = build_detector("maskrcnn", "botnet50", num_classes=4, canvas=96, backbone_kwargs=TINY_BACKBONE, **TINY_HEADS)
+    imgs, targets = _batch(True)
+    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                  "masks": torch.zeros(0, *imgs[1].shape[-2:], dtype=torch.uint8)}
+    losses = model(imgs, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()

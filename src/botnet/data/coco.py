@@ -6,7 +6,8 @@ counts per problem) or, with ``strict=True``, raises :class:`CocoFormatError` li
 
 - missing top-level keys (``images`` / ``annotations`` / ``categories``): always an error;
 - images without ``id`` / ``file_name`` / ``width`` / ``height``, duplicate image ids, image files
-  that do not exist (or whose header size disagrees with the record): image dropped;
+  that do not exist, are not images, or whose header size disagrees with the record: image dropped
+  (a file that passes the header check but fails to decode later is skipped with a warning);
 - annotations without ``id`` / ``image_id`` / ``category_id`` / ``bbox`` (and ``segmentation``
   when masks are used), unknown category or image ids, non-finite boxes, boxes entirely outside
   the image, zero-area boxes (< 1 px wide or high after clipping), degenerate polygons (fewer
@@ -55,6 +56,7 @@ PROBLEMS = {
     "image_missing_fields": "image records without id/file_name/width/height",
     "image_duplicate_id": "duplicate image ids",
     "image_file_missing": "image files not found",
+    "image_unreadable": "image files that are not readable images",
     "image_size_mismatch": "image files whose size differs from the record",
     "ann_missing_fields": "annotations without id/image_id/category_id/bbox",
     "ann_missing_segmentation": "annotations without segmentation (masks requested)",
@@ -188,7 +190,7 @@ def validate_coco(
                     with Image.open(path) as f:
                         size = f.size
                 except Exception as e:  # unreadable header
-                    rep.add("image_file_missing", f"{path}: {e}")
+                    rep.add("image_unreadable", f"{path}: {e}")
                     continue
                 if tuple(size) != (int(im["width"]), int(im["height"])):
                     rep.add("image_size_mismatch", f"{path}: file {size}, record {im['width']}x{im['height']}")
@@ -369,10 +371,11 @@ class CocoDetection:
         with_masks: bool = True,
         remove_empty: bool = False,
         strict: bool = False,
-        check_image_sizes: bool = False,
+        check_image_sizes: bool = True,
         quiet: bool = False,
     ):
         self.image_dir = os.fspath(image_dir)
+        self.bad_ids: set[int] = set()
         self.transforms = transforms
         self.with_masks = with_masks
         self.coco, self.report = load_coco(
@@ -429,8 +432,24 @@ class CocoDetection:
         return target
 
     def __getitem__(self, idx: int):
-        image_id = self.ids[idx]
-        img = self.load_image(image_id)
+        # The validation pass already checked every file's header; a file that still fails to
+        # decode (e.g. truncated after the header) is reported once and replaced by the next
+        # image, so one bad file cannot stop an epoch half-way.
+        for k in range(min(len(self.ids), 16)):
+            image_id = self.ids[(idx + k) % len(self.ids)]
+            if image_id in self.bad_ids:
+                continue
+            try:
+                img = self.load_image(image_id)
+            except (OSError, ValueError, SyntaxError) as e:
+                self.bad_ids.add(image_id)
+                path = os.path.join(self.image_dir, self.coco.imgs[image_id]["file_name"])
+                warnings.warn(f"cannot decode {path} ({e}); skipped for the rest of this run "
+                              f"({len(self.bad_ids)} bad image file(s) so far)", stacklevel=2)
+                continue
+            break
+        else:
+            raise CocoFormatError(f"no decodable image near index {idx} (bad files: {len(self.bad_ids)})")
         h, w = img.shape[-2:]
         target = self.target_for(image_id, h, w)
         if self.transforms is not None:
