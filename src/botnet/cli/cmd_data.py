@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 
 
 def _mosaic(args: argparse.Namespace) -> int:
+    from botnet.data.errors import DataError
     from botnet.data.mosaic import generate_fashion_mosaic
 
     try:
@@ -48,7 +49,7 @@ def _mosaic(args: argparse.Namespace) -> int:
             max_items=args.max_items, min_item_size=args.min_item_size, max_item_size=args.max_item_size,
             max_overlap=args.max_overlap, seed=args.seed,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))

@@ -72,11 +72,12 @@ def _config(args: argparse.Namespace) -> dict:
 
 def _run_train(cfg: dict) -> int:
     from botnet.data.coco import CocoFormatError
+    from botnet.data.errors import DataError
     from botnet.detection.engine import train_detector
 
     try:
         summary = train_detector(cfg)
-    except CocoFormatError as e:
+    except (CocoFormatError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if summary.get("metrics"):

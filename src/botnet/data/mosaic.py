@@ -18,10 +18,8 @@ whatever ``num_train`` / ``num_val`` is, and the whole set is bit-identical run 
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import struct
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,37 +30,15 @@ FASHION_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
-DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
-
-
-def _read_idx(path: str) -> np.ndarray:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def read_fashion_mnist(split: str = "train", root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(images uint8 [N, 28, 28], labels uint8 [N])`` of a Fashion-MNIST split."""
-    root = root or os.environ.get("BOTNET_FASHION_MNIST", DEFAULT_SOURCE)
-    prefix = "train" if split == "train" else "t10k"
-    paths = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        for ext in (".gz", ""):
-            p = os.path.join(root, f"{prefix}-{kind}{ext}")
-            if os.path.isfile(p):
-                paths.append(p)
-                break
-        else:
-            raise FileNotFoundError(
-                f"Fashion-MNIST {prefix}-{kind}[.gz] not found under {root} "
-                "(install Debian's dataset-fashion-mnist or set BOTNET_FASHION_MNIST)"
-            )
-    return _read_idx(paths[0]), _read_idx(paths[1])
+    """``(images uint8 [N, 28, 28], labels [N])`` of a Fashion-MNIST split (``train`` / ``test``),
+    read with the shared reader :func:`botnet.data.fashion_mnist.load_fashion_mnist` (``root``:
+    a folder with the IDX files; default the system location)."""
+    from botnet.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(split, root or os.environ.get("BOTNET_FASHION_MNIST"))
 
 
 @dataclass
