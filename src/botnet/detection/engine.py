@@ -305,8 +305,11 @@ def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "py
         dup |= new
         all_ids |= set(ids)
     iou_types = ("bbox", "segm") if getattr(dataset, "with_masks", False) else ("bbox",)
-    return coco_evaluate(dataset.coco, all_results, iou_types=iou_types, backend=backend,
+    metrics = coco_evaluate(dataset.coco, all_results, iou_types=iou_types, backend=backend,
                          image_ids=sorted(all_ids))
+    for m in metrics.values():
+        m["num_images"] = len(all_ids)
+    return metrics
 
 
 def _headline(metrics: dict) -> dict:
@@ -350,6 +353,11 @@ def train_detector(cfg: dict) -> dict:
             if val_set is not None:
                 print(f"val: {val_set.report.summary()}")
         num_classes = train_set.num_classes + 1
+        if cfg["model"]["norm"] == "sync" and info.distributed and info.device.type == "cpu":
+            # torch's SyncBatchNorm only runs under DDP on GPUs; decided here, before training
+            if info.is_main:
+                print("warning: model.norm=sync needs GPUs; using per-process BatchNorm (norm=bn) on the CPU")
+            cfg = merge(cfg, {"model": {"norm": "bn"}})
         model = build_model_from_config(cfg, num_classes).to(info.device)
         model_kwargs = dict(model.detector_config)  # defaults resolved (norm, trainable_layers, img_size)
         net = model
