@@ -250,3 +250,20 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)
         x2 = torch.randn(2, 1, 30, 34)
         torch.testing.assert_close(compiled(x2), m(x2), rtol=1e-5, atol=1e-5)
+
+
+def test_torchvision_fpn_extractor_accepts_our_backbone():
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    m = botnet.create_model("botnet50", num_classes=0, img_size=128).eval()
+    fpn = _resnet_fpn_extractor(m, trainable_layers=3).eval()
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        out = fpn(x)
+        maps = m.forward_feature_maps(x)
+    assert [t.shape[-2:] for t in out.values()][:4] == [t.shape[-2:] for t in maps.values()]
+    assert all(t.shape[1] == 256 for t in out.values())
+    # The extractor runs the children in order: its body must reproduce our layer4 exactly.
+    with torch.no_grad():
+        torch.testing.assert_close(fpn.body(x)["3"], maps["layer4"])
+    assert not m.layer1[0].conv1.weight.requires_grad and m.layer4[0].conv1.weight.requires_grad

@@ -159,18 +159,17 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         act_layer = _act(cfg.act)
 
-        if cfg.stem_kernel == 7:
-            self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-            stem_strides = (2, 2)
-        elif cfg.stem_kernel == 3:
-            self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-            stem_strides = ()
-        else:
+        # Children are registered in execution order (conv1, bn1, act1, maxpool, layer1..4) so that
+        # torchvision's IntermediateLayerGetter / _resnet_fpn_extractor can run them in sequence.
+        if cfg.stem_kernel not in (7, 3):
             raise ValueError(f"stem_kernel must be 7 or 3, got {cfg.stem_kernel}")
+        deep = cfg.stem_kernel == 7  # conv7x7/2 + maxpool3x3/2, else conv3x3/1 and no pool
+        self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, cfg.stem_kernel, stride=2 if deep else 1,
+                               padding=cfg.stem_kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.act1 = act_layer(inplace=True)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if deep else nn.Identity()
+        stem_strides = (2, 2) if deep else ()
         hw, stride = img_hw, 1
         for s in stem_strides:
             hw, stride = (_down(hw[0], s), _down(hw[1], s)), stride * s
@@ -207,6 +206,7 @@ class ResNet(nn.Module):
             self.feature_info.append({"name": f"layer{i + 1}", "channels": in_chs, "stride": stride})
 
         self.num_features = in_chs
+        self.inplanes = in_chs  # torchvision's _resnet_fpn_extractor reads this
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
         self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
