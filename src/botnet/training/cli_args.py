@@ -61,6 +61,10 @@ TYPES = {"img_size": int, "epochs": float, "batch_size": int, "lr": float, "weig
          "eval_every": int, "save_every_steps": int, "limit_train": int, "limit_val": int}
 
 
+CHOICES = {"amp": ["none", "bf16", "fp16"], "dataset": ["fashion-mnist", "folder"],
+           "sched": ["cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant"]}
+
+
 def add_train_arguments(p: argparse.ArgumentParser, default_recipe: str | None = "fashion-mnist") -> None:
     g = p.add_argument_group("recipe")
     p.set_defaults(default_recipe=default_recipe)
@@ -76,6 +80,8 @@ def add_train_arguments(p: argparse.ArgumentParser, default_recipe: str | None =
     for dest, (key, help_) in FLAG_TO_KEY.items():
         flag = "--" + dest.replace("_", "-")
         extra = {"type": TYPES[dest]} if dest in TYPES else {}
+        if dest in CHOICES:
+            extra["choices"] = CHOICES[dest]
         g.add_argument(flag, dest=dest, default=None, help=f"{help_} [{key}]", **extra)
     for dest, (key, help_) in BOOL_FLAGS.items():
         flag = "--" + dest.replace("_", "-")
