@@ -11,8 +11,19 @@ from botnet.data import fashion_mnist as fm
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 SMALL = ["--set", "model.kwargs={widths: [8, 16, 16, 32], stem_width: 16}", "--no-progress", "--set", "train.log_every=1",
-         "--img-size", "28", "--set", "data.scale=[0.6,1.0]", "--threads", "2"]
+         "--img-size", "28", "--set", "data.scale=[0.6,1.0]", "--threads", "1"]
 CLASSES = {1: "trouser", 8: "bag", 7: "sneaker"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a 2-core CI machine shared with other jobs, 2 threads can be 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +110,7 @@ def test_layout_problems_reported_before_training(image_root, tmp_path, capsys):
 def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_path, capsys):
     run = tmp_path / "demo"
     rc = main(["demo", "--limit-train", "512", "--limit-val", "256", "--epochs", "1", "--time-budget", "300",
-               "--attention-images", "1", "--output", str(run), "--no-progress", "--threads", "2"])
+               "--attention-images", "1", "--output", str(run), "--no-progress", "--threads", "1"])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["raw"]["n"] == 256 and summary["demo_wall_seconds"] > 0
