@@ -37,8 +37,10 @@ class ThreadTuner:
         return len(self.candidates) > 1
 
     def _start_probe(self) -> None:
-        self._times = {c: [] for c in self.candidates}
-        self._queue = [c for c in self.candidates for _ in range(self.probe_steps)]
+        # the current choice first, so a clearly slower candidate can be dropped after one step
+        order = [self.best] + [c for c in self.candidates if c != self.best]
+        self._times = {c: [] for c in order}
+        self._queue = [c for c in order for _ in range(self.probe_steps)]
         torch.set_num_threads(self._queue[0])
 
     def after_step(self, seconds: float) -> None:
@@ -47,8 +49,12 @@ class ThreadTuner:
             return
         self._seen += 1
         if self._queue:
-            self._times[torch.get_num_threads()].append(seconds)
+            cur = torch.get_num_threads()
+            self._times[cur].append(seconds)
             self._queue.pop(0)
+            done = [statistics.median(t) for c, t in self._times.items() if c != cur and len(t) >= self.probe_steps]
+            if done and seconds > 2.0 * min(done):  # clearly slower: stop probing this count
+                self._queue = [c for c in self._queue if c != cur]
             if self._queue:
                 torch.set_num_threads(self._queue[0])
                 return
