@@ -19,8 +19,10 @@ def test_stop_and_resume_gives_identical_weights(tmp_path, tiny_train_args):
     assert main(args + ["--output", str(tmp_path / "a"), "--max-steps", "12"]) == 0
     assert main(args + ["--output", str(tmp_path / "b"), "--max-steps", "5"]) == 0
     mid = load_file(tmp_path / "b" / "last.safetensors")
-    assert main(args + ["--output", str(tmp_path / "b"), "--max-steps", "12",
-                        "--resume", str(tmp_path / "b" / "last.safetensors")]) == 0
+    assert (tmp_path / "b" / "best.safetensors").is_file()  # a run directory holds best (weights only) and last
+    # resume by directory, without --config: the run's saved config and last.safetensors are used
+    resume_args = [a for a in args if a not in ("--max-steps",)]
+    assert main(resume_args + ["--output", str(tmp_path / "b"), "--max-steps", "12", "--resume", str(tmp_path / "b")]) == 0
     a, b = load_file(tmp_path / "a" / "last.safetensors"), load_file(tmp_path / "b" / "last.safetensors")
     assert _max_diff(a, mid) > 1e-4  # training really moved on after the resume
     assert _max_diff(a, b) == 0.0

@@ -158,15 +158,16 @@ def state_path_for(weights_path: str | os.PathLike) -> Path:
     return p.with_name(name + STATE_SUFFIX)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Accept a weights file, a ``.state.pt`` file or a run directory (-> ``best``/``last``)."""
+def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> Path:
+    """Accept a weights file, a ``.state.pt`` file or a run directory (-> ``best``, else ``last``;
+    resuming passes ``prefer=("last",)``)."""
     p = Path(path)
     if p.is_dir():
-        for name in ("best", "last"):
+        for name in prefer:
             for cand in (p / f"{name}{WEIGHTS_SUFFIX}", p / "checkpoints" / f"{name}{WEIGHTS_SUFFIX}"):
                 if cand.is_file():
                     return cand
-        raise CheckpointError(f"no checkpoint (best.safetensors or last.safetensors) in directory {p}")
+        raise CheckpointError(f"no checkpoint ({' or '.join(n + WEIGHTS_SUFFIX for n in prefer)}) in directory {p}")
     if p.name.endswith(STATE_SUFFIX):
         p = p.with_name(p.name[: -len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
     if not p.is_file():
@@ -264,11 +265,11 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> dict[str, Any]:
     """Metadata of a weights file, JSON fields decoded (``arch``, ``model_kwargs``, ...)."""
     from safetensors import safe_open
 
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, prefer)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
@@ -369,7 +370,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     Raises:
         CheckpointError: a file is missing/corrupt, or the two files come from different saves.
     """
-    wpath = resolve_checkpoint(path)
+    wpath = resolve_checkpoint(path, prefer=("last",))
     meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():

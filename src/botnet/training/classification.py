@@ -262,7 +262,7 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
         best = ex.get("best", best)
         history_elapsed = float(ex.get("train_seconds", 0.0))
         if di.is_main:
-            print(f"resumed from {ckpt.resolve_checkpoint(resume)}: epoch {start_epoch}, step {step}"
+            print(f"resumed from {ckpt.resolve_checkpoint(resume, prefer=('last',))}: epoch {start_epoch}, step {step}"
                   + (f", {skip_batches} batches into the epoch" if skip_batches else ""))
 
     # ---- wrappers

@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "resume", None) and not args.config:
         from botnet.training.checkpoint import read_metadata
 
-        saved = read_metadata(args.resume).get("config") or {}
+        saved = read_metadata(args.resume, prefer=("last",)).get("config") or {}
         cfg = merge(DEFAULTS, saved)
     else:
         cfg = load_config(args.config or args.default_recipe)
