@@ -44,19 +44,19 @@ def handler(args) -> int:
         in_chans = model.conv1.in_channels
         import torch
 
-        torch.set_grad_enabled(False)
-        for p in args.images:
-            img = load_image(p, in_chans, args.invert)
-            x = transform(img).unsqueeze(0)
-            pred = model(x).softmax(1)[0]
-            maps = attention_maps(model, x, tuple(args.query))
-            disp = np.asarray(img.resize((x.shape[-1], x.shape[-2])), dtype=np.float32) / 255.0
-            out = Path(args.out) / f"{Path(p).stem}_attention.png"
-            c = int(pred.argmax())
-            plot_attention(disp, maps, out, tuple(args.query),
-                           title=f"{Path(p).name}: predicted {names[c]} ({100 * float(pred[c]):.1f}%), "
-                                 f"query at y={args.query[0]:.2f}, x={args.query[1]:.2f}")
-            print(out)
+        with torch.no_grad():  # scoped, so callers (tests, notebooks) keep their grad mode
+            for p in args.images:
+                img = load_image(p, in_chans, args.invert)
+                x = transform(img).unsqueeze(0)
+                pred = model(x).softmax(1)[0]
+                maps = attention_maps(model, x, tuple(args.query))
+                disp = np.asarray(img.resize((x.shape[-1], x.shape[-2])), dtype=np.float32) / 255.0
+                out = Path(args.out) / f"{Path(p).stem}_attention.png"
+                c = int(pred.argmax())
+                plot_attention(disp, maps, out, tuple(args.query),
+                               title=f"{Path(p).name}: predicted {names[c]} ({100 * float(pred[c]):.1f}%), "
+                                     f"query at y={args.query[0]:.2f}, x={args.query[1]:.2f}")
+                print(out)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
