@@ -10,7 +10,7 @@ from pathlib import Path
 
 from botnet.bench.runner import markdown_table, plot
 
-ORDER = ["attention", "backbone", "maskrcnn", "efficientnet", "options", "compile"]
+ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile"]
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     first = docs[0][1]["meta"]
     meta = dict(first)
     meta["title"] = "summary of " + ", ".join(n for n, _ in docs)
-    meta["command"] = "benchmarks/run_all.sh (one `botnet bench` per suite; see each suite's file for its command)"
+    meta["command"] = "benchmarks/run_all.sh (one botnet bench call per suite; each suite file records its own command)"
     meta["date_utc"] = f"{first['date_utc']} .. {docs[-1][1]['meta']['date_utc']}"
     meta["warmup"] = "/".join(str(d["meta"]["warmup"]) for _, d in docs)
     meta["repeats"] = "/".join(str(d["meta"]["repeats"]) for _, d in docs)
@@ -36,6 +36,8 @@ def main(argv: list[str]) -> int:
     (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "summary.md").write_text(markdown_table(doc))
     plot(doc, out / "summary.png")
+    for n, d in docs:  # refresh the per-suite tables with the current table layout
+        (out / f"{n}.md").write_text(markdown_table(d))
     print(f"wrote {out}/summary.json, summary.md, summary.png ({len(results)} rows)")
     return 0
 

@@ -14,7 +14,7 @@ from botnet.bench.core import measure_peak_memory, time_interleaved
 def test_cli_bench_writes_well_formed_results(tmp_path):
     rc = botnet.cli.main([
         "bench", "--suite", "attention", "--attn-sizes", "6:1", "--attn-dim", "32", "--attn-heads", "2",
-        "--repeats", "2", "--warmup", "1", "--out", str(tmp_path), "--name", "tiny",
+        "--attn-modes", "fwd,fwdbwd", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path), "--name", "tiny",
     ])
     assert rc == 0
     doc = json.loads((tmp_path / "tiny.json").read_text())
