@@ -109,7 +109,8 @@ class Bottleneck(nn.Module):
         y = self.act2(self.bn2(y))
         y = self.bn3(self.conv3(y))  # (B, 4*width, H/s, W/s)
         y = self.drop_path(self.se(y))
-        return self.act3(y + shortcut)
+        y += shortcut  # in place, as torchvision does: no extra activation-sized buffer
+        return self.act3(y)
 
 
 @dataclass(frozen=True)
