@@ -15,17 +15,6 @@ SMALL = ["--set", "model.kwargs={widths: [8, 16, 16, 32], stem_width: 16}", "--n
 CLASSES = {1: "trouser", 8: "bag", 7: "sneaker"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a 2-core CI machine shared with other jobs, 2 threads can be 10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
     """ROOT/train/CLASS/*.png and ROOT/val/CLASS/*.png from real Fashion-MNIST images, in mixed modes."""

@@ -7,17 +7,6 @@ TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-pr
         "--eval-every", "0", "--set", "train.log_every=1", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a 2-core CI machine shared with other jobs, 2 threads can be 10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny_train_args():
     if fm._complete(fm.SYSTEM_DIR) is None:

@@ -12,7 +12,6 @@ A run directory holds ``config.yaml``, ``last.safetensors`` (+ ``last.state.pt``
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from botnet.training.config import apply_overrides, find_recipe, merge
+from botnet.training.config import load_config, merge
 
 __all__ = [
     "DETECTION_DEFAULTS",
@@ -103,26 +102,9 @@ DETECTION_DEFAULTS: dict[str, Any] = {
 
 def load_detection_config(recipe: str | None = None, overrides: list[str] | None = None) -> dict:
     """Defaults <- YAML recipe (a path or a name in configs/) <- ``--set key=value`` overrides."""
-    import yaml
-
-    cfg = copy.deepcopy(DETECTION_DEFAULTS)
-    if recipe:
-        with open(find_recipe(recipe)) as f:
-            data = yaml.safe_load(f) or {}
-        _check_keys(data, DETECTION_DEFAULTS, "")
-        cfg = merge(cfg, data)
-    return apply_overrides(cfg, overrides)
+    return load_config(recipe, overrides, defaults=DETECTION_DEFAULTS)
 
 
-def _check_keys(data: dict, ref: dict, prefix: str) -> None:
-    for k, v in data.items():
-        if k not in ref:
-            raise KeyError(f"unknown config key {prefix + k!r} (known: {', '.join(ref)})")
-        if isinstance(v, dict) and isinstance(ref[k], dict) and k != "kwargs" and ref[k]:
-            _check_keys(v, ref[k], prefix + k + ".")
-
-
-# ----------------------------------------------------------------------------- data
 def _resolve(root: str | None, p: str | None) -> str | None:
     if p is None:
         return None

@@ -190,12 +190,19 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     return data
 
 
-def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults <- recipe (name or path) <- ``--set`` overrides."""
-    cfg = copy.deepcopy(DEFAULTS)
+def load_config(
+    recipe: str | None = None, overrides: list[str] | None = None, *, defaults: dict | None = None
+) -> dict:
+    """Defaults <- recipe (name or path) <- ``--set`` overrides.
+
+    ``defaults`` is the schema (classification's ``DEFAULTS`` unless given; detection passes its
+    own): a recipe key it does not know is an error.
+    """
+    defaults = DEFAULTS if defaults is None else defaults
+    cfg = copy.deepcopy(defaults)
     if recipe:
         data = _load_yaml(find_recipe(recipe))
-        _check_keys(data, DEFAULTS, "")
+        _check_keys(data, defaults, "")
         cfg = merge(cfg, data)
     return apply_overrides(cfg, overrides)
 
@@ -203,6 +210,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
 def _check_keys(data: dict, ref: dict, prefix: str) -> None:
     for k, v in data.items():
         if k not in ref:
-            raise KeyError(f"unknown config key {prefix}{k!r} in recipe")
-        if isinstance(v, dict) and isinstance(ref[k], dict) and k != "kwargs":
+            raise KeyError(f"unknown config key {prefix}{k!r} in recipe (known: {', '.join(ref)})")
+        # "kwargs" and empty default sections are free-form
+        if isinstance(v, dict) and isinstance(ref[k], dict) and k != "kwargs" and ref[k]:
             _check_keys(v, ref[k], f"{prefix}{k}.")
