@@ -87,9 +87,6 @@ def plot_attention(image, maps: list[dict], path: str | Path, query_yx: tuple[fl
             ax.set_title(f"head {hd} (max {m['maps'][hd].max():.2f})", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from botnet.training.plots import save_figure
+
+    return save_figure(fig, path)

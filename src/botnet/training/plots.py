@@ -16,6 +16,16 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """tight_layout, create the folder, write a PNG (110 dpi), close the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -41,10 +51,7 @@ def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
     ax.set_title("Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "loss.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label in (("top1", "val top-1"), ("top5", "val top-5"), ("ema_top1", "val top-1 (EMA)")):
@@ -60,10 +67,7 @@ def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
     ax.set_title("Accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "accuracy.png"))
     return paths
 
 
@@ -92,9 +96,4 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path: str | Path, titl
     acc = 100.0 * np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"{title} (top-1 {acc:.2f}%, n={int(cm.sum())})")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
