@@ -26,6 +26,14 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -46,11 +54,7 @@ def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
         pts = [(r["step"], r[key]) for r in val if _num(r.get(key)) is not None]
         if pts:
             ax.plot(*zip(*pts), "o-", label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_title("Loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label_axes(ax, "optimizer step", "cross-entropy", "Loss")
     paths.append(save_figure(fig, out_dir / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -62,11 +66,7 @@ def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
               if r.get("phase") == "train_epoch" and _num(r.get("train_top1")) is not None]
     if tr_acc:
         ax.plot(*zip(*tr_acc), "s--", label="train top-1 (augmented)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label_axes(ax, "epoch", "accuracy (%)", "Accuracy")
     paths.append(save_figure(fig, out_dir / "accuracy.png"))
     return paths
 
