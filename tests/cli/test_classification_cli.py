@@ -55,7 +55,7 @@ def test_folder_training_end_to_end_loss_goes_down(image_root, tmp_path, capsys)
     assert len(ep) == 4 and ep[-1] < 0.8 * ep[0], ep
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["raw"]["n"] == 36 and summary["final"]["raw"]["top1"] > 50.0
-    for f in ("loss.png", "accuracy.png", "confusion_matrix.png", "metrics.csv", "best.safetensors", "last.state.pt"):
+    for f in ("loss.png", "accuracy.png", "confusion_matrix.png", "metrics.csv", "best.safetensors", "last.state.safetensors"):
         assert (run / f).is_file(), f
     assert list((run / "tb").iterdir())
     capsys.readouterr()

@@ -46,7 +46,7 @@ def test_short_training_lowers_the_loss(trained):
         assert set(ev["metrics"][t]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
         assert len(ev["metrics"][t]["per_class"]) == 10
     assert "| box |" in (run / "eval.md").read_text()
-    assert (run / "last.safetensors").is_file() and (run / "last.state.pt").is_file()
+    assert (run / "last.safetensors").is_file() and (run / "last.state.safetensors").is_file()
     assert len(list((run / "predictions").glob("*.png"))) == 1
 
 

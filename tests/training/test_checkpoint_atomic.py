@@ -21,7 +21,7 @@ def test_round_trip_weights_optimizer_and_rng(tmp_path):
     p = ckpt.save_checkpoint(tmp_path / "last", m, optimizer=opt, epoch=3, step=42, arch="botnet_mini",
                              model_kwargs={"num_classes": 10, "in_chans": 1, "img_size": 28}, class_names=list("abcdefghij"))
     expected_next = torch.rand(3)
-    assert p.name == "last.safetensors" and (tmp_path / "last.state.pt").is_file()
+    assert p.name == "last.safetensors" and (tmp_path / "last.state.safetensors").is_file()
     m2 = _model()
     opt2 = torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
     torch.manual_seed(999)
@@ -39,14 +39,18 @@ def test_round_trip_weights_optimizer_and_rng(tmp_path):
 def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     m = _model()
     p = ckpt.save_checkpoint(tmp_path / "last.safetensors", m, step=1, arch="botnet_mini")
-    before = {n: (tmp_path / n).read_bytes() for n in ("last.safetensors", "last.state.pt")}
+    before = {n: (tmp_path / n).read_bytes() for n in ("last.safetensors", "last.state.safetensors")}
     with torch.no_grad():
         for q in m.parameters():
             q.add_(1.0)
 
     import safetensors.torch
 
-    def crash(tensors, filename, metadata=None):  # writes half a file, then the process "dies"
+    real_save = safetensors.torch.save_file
+
+    def crash(tensors, filename, metadata=None):  # the state is written, then the weights crash half-way
+        if os.path.basename(filename).startswith(".last.state."):
+            return real_save(tensors, filename, metadata=metadata)
         with open(filename, "wb") as f:
             f.write(b"partial")
         raise KeyboardInterrupt("simulated crash")
@@ -57,7 +61,7 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     # the weights file is untouched, no temp files are left, and the pair still loads consistently
     assert (tmp_path / "last.safetensors").read_bytes() == before["last.safetensors"]
-    assert sorted(os.listdir(tmp_path)) == ["last.safetensors", "last.state.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["last.safetensors", "last.state.safetensors"]
     m2 = _model()
     with pytest.raises(ckpt.CheckpointError, match="different saves"):
         # the state file was replaced (step 2) before the crash hit the weights: resuming must notice

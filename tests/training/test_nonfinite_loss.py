@@ -4,6 +4,7 @@ import json
 import torch
 
 from botnet.cli import main
+from botnet.training.checkpoint import read_training_state
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_train_args, monkeypatch, capsys):
@@ -22,7 +23,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_train_args
     err = capsys.readouterr().err
     assert rc == 3
     assert "loss is nan at step 5" in err and "last.safetensors" in err
-    state = torch.load(run / "last.state.pt", weights_only=False)
+    state = read_training_state(run / "last.state.safetensors")
     assert state["step"] == 4
     from botnet.training.checkpoint import load_weights
     import botnet

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from botnet.cli import main
+from botnet.training.checkpoint import read_training_state
 
 
 def _max_diff(a, b):
@@ -26,8 +27,8 @@ def test_stop_and_resume_gives_identical_weights(tmp_path, tiny_train_args):
     a, b = load_file(tmp_path / "a" / "last.safetensors"), load_file(tmp_path / "b" / "last.safetensors")
     assert _max_diff(a, mid) > 1e-4  # training really moved on after the resume
     assert _max_diff(a, b) == 0.0
-    sa = torch.load(tmp_path / "a" / "last.state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "last.state.pt", weights_only=False)
+    sa = read_training_state(tmp_path / "a" / "last.state.safetensors")
+    sb = read_training_state(tmp_path / "b" / "last.state.safetensors")
     assert sa["step"] == sb["step"] == 12
     assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])
 
@@ -48,7 +49,7 @@ def test_ctrl_c_saves_and_resume_finishes_identically(tmp_path, tiny_train_args,
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", loss_then_ctrl_c)
     assert main(args + ["--output", str(tmp_path / "run")]) == 130
     monkeypatch.undo()
-    state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=False)
+    state = read_training_state(tmp_path / "run" / "last.state.safetensors")
     assert state["step"] == 3 and state["extra"]["batch_in_epoch"] == 3
     assert main(args + ["--output", str(tmp_path / "run"), "--resume", str(tmp_path / "run")]) == 0
     assert _max_diff(load_file(tmp_path / "ref" / "last.safetensors"), load_file(tmp_path / "run" / "last.safetensors")) == 0.0

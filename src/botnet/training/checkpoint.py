@@ -1,13 +1,16 @@
-"""Checkpoints: weights as safetensors, training state as a ``.pt`` file beside them.
+"""Checkpoints: weights and training state as safetensors files; nothing is ever unpickled.
 
 A checkpoint ``DIR/last.safetensors`` is a pair of files:
 
 * ``DIR/last.safetensors`` - the model's ``state_dict`` (plain tensors, loadable without
   pickle) with string metadata: architecture name, ``model_kwargs`` (JSON), class names, epoch,
   step, a ``save_id`` and a free-form ``extra`` JSON;
-* ``DIR/last.state.pt`` - everything needed to continue training exactly: optimizer, LR
+* ``DIR/last.state.safetensors`` - everything needed to continue training exactly: optimizer, LR
   scheduler, EMA weights, AMP grad scaler, epoch, step, RNG states (python, numpy, torch, CUDA)
-  and the same ``save_id``.
+  and the same ``save_id``; its tensors are safetensors entries and the rest a JSON skeleton in
+  the file's metadata (:mod:`botnet.training.safe_state`). Run directories get shared, so no
+  file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``
+  and the pickle-based ``.state.pt`` of earlier versions is refused.
 
 Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
 moved into place with ``os.replace`` (atomic on POSIX), so a crash or Ctrl-C during a write
@@ -47,12 +50,17 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "read_metadata",
+    "read_training_state",
+    "write_training_state",
+    "remove_stale_temp_files",
     "get_rng_state",
     "set_rng_state",
 ]
 
 WEIGHTS_SUFFIX = ".safetensors"
-STATE_SUFFIX = ".state.pt"
+STATE_SUFFIX = ".state.safetensors"
+LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
+STATE_FORMAT = "botnet-state-v1"
 
 
 class CheckpointError(RuntimeError):
@@ -70,21 +78,24 @@ class CheckpointMismatchError(CheckpointError):
                  model_arch: str | None = None):
         self.path, self.missing, self.unexpected, self.shape_mismatch = str(path), missing, unexpected, shape_mismatch
 
-        def _fmt(keys: list[str], limit: int = 20) -> str:
+        def _fmt(keys: list[str], limit: int = 4) -> str:
             more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
             return ", ".join(keys[:limit]) + more
 
-        lines = [f"checkpoint {path} does not match the model"]
+        head = f"checkpoint {path} does not match the model"
         if arch or model_arch:
-            lines[0] += f" (checkpoint architecture: {arch or '?'}, model: {model_arch or '?'})"
+            head += f" (checkpoint architecture: {arch or '?'}, model: {model_arch or '?'})"
+        parts = []
         if missing:
-            lines.append(f"  {len(missing)} keys missing from the checkpoint: {_fmt(missing)}")
+            parts.append(f"{len(missing)} keys missing from the checkpoint: {_fmt(missing)}")
         if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint: {_fmt(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}")
         if shape_mismatch:
             shown = [f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in shape_mismatch]
-            lines.append(f"  {len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
-        super().__init__("\n".join(lines))
+            parts.append(f"{len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
+        # one line: the user sees which file, which architectures and the first offending keys
+        super().__init__(head + ": " + "; ".join(parts) + ". Use a checkpoint of the same architecture and "
+                         "number of classes")
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -152,15 +163,27 @@ def _clean_key(k: str) -> str:
 
 
 def state_path_for(weights_path: str | os.PathLike) -> Path:
-    """``x/last.safetensors`` -> ``x/last.state.pt``."""
+    """``x/last.safetensors`` -> ``x/last.state.safetensors``."""
     p = Path(weights_path)
-    name = p.name[: -len(WEIGHTS_SUFFIX)] if p.name.endswith(WEIGHTS_SUFFIX) else p.stem
+    name = p.name
+    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX, WEIGHTS_SUFFIX):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = p.stem
     return p.with_name(name + STATE_SUFFIX)
 
 
+def _legacy_state_error(p: Path) -> CheckpointError:
+    return CheckpointError(f"{p} is a pickle training state from an earlier botnet version; it is not read, because "
+                           f"unpickling a file can run arbitrary code. Retrain, or start from its weights with "
+                           f"--init-weights {p.with_name(p.name[: -len(LEGACY_STATE_SUFFIX)] + WEIGHTS_SUFFIX)}")
+
+
 def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> Path:
-    """Accept a weights file, a ``.state.pt`` file or a run directory (-> ``best``, else ``last``;
-    resuming passes ``prefer=("last",)``)."""
+    """Accept a weights file, a ``.state.safetensors`` file or a run directory (-> ``best``, else
+    ``last``; resuming passes ``prefer=("last",)``)."""
     p = Path(path)
     if p.is_dir():
         for name in prefer:
@@ -168,11 +191,35 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best
                 if cand.is_file():
                     return cand
         raise CheckpointError(f"no checkpoint ({' or '.join(n + WEIGHTS_SUFFIX for n in prefer)}) in directory {p}")
-    if p.name.endswith(STATE_SUFFIX):
-        p = p.with_name(p.name[: -len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
+    if not p.exists() and not p.parent.is_dir():
+        raise CheckpointError(f"checkpoint not found: {p} (its folder {p.parent} does not exist)")
+    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX):
+        if p.name.endswith(suffix):
+            p = p.with_name(p.name[: -len(suffix)] + WEIGHTS_SUFFIX)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
     return p
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed save left in ``directory``; returns them.
+
+    :func:`atomic_write` never leaves a temporary file under a final name, but a SIGKILL between
+    its write and its rename leaves the temporary file itself. Call this at the start of a run,
+    before anything writes into the directory (main rank only).
+    """
+    d = Path(directory)
+    removed = []
+    if d.is_dir():
+        for f in d.glob(".*.tmp"):
+            if f.is_file() and (f.name.startswith(tuple(f".{n}" for n in ("last", "best", "config", "summary",
+                                                                            "metrics", "eval"))) ):
+                try:
+                    f.unlink()
+                    removed.append(f)
+                except OSError:
+                    pass
+    return removed
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -211,7 +258,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
                     model_kwargs: dict | None = None, class_names: list[str] | None = None,
                     extra: dict | None = None, config: dict | None = None,
                     save_state: bool = True, rng: bool = True) -> Path:
-    """Write ``path`` (safetensors weights) and, if ``save_state``, ``path.state.pt`` atomically.
+    """Write ``path`` (safetensors weights) and, if ``save_state``, ``path.state.safetensors`` atomically.
 
     Args:
         path: target weights file (``.safetensors`` is appended when missing).
@@ -258,11 +305,65 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
             state["scaler"] = scaler.state_dict()
         if rng:
             state["rng"] = get_rng_state()
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(state_path_for(path), buf.getvalue())
+        write_training_state(state_path_for(path), state, save_id)
     atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=meta))
     return path
+
+
+def write_training_state(path: str | os.PathLike, state: dict[str, Any], save_id: str) -> Path:
+    """Atomically write a training-state tree (see :mod:`botnet.training.safe_state`)."""
+    from safetensors.torch import save_file
+
+    from botnet.training.safe_state import pack
+
+    tensors, skeleton = pack(state)
+    meta = {"format": STATE_FORMAT, "save_id": save_id, "skeleton": skeleton}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_training_state(path: str | os.PathLike, expected_save_id: str | None = None) -> dict[str, Any]:
+    """Read what :func:`write_training_state` wrote; no code in the file can run.
+
+    The ``save_id`` is checked against the weights file's before any tensor is read.
+
+    Raises:
+        CheckpointError: missing, truncated or foreign file, or a state from another save.
+    """
+    from safetensors import safe_open
+
+    from botnet.training.safe_state import StateFormatError, unpack
+
+    path = Path(path)
+    if path.name.endswith(LEGACY_STATE_SUFFIX):
+        raise _legacy_state_error(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("format") != STATE_FORMAT or "skeleton" not in meta:
+                raise CheckpointError(f"{path} is not a botnet training state (format "
+                                      f"{meta.get('format')!r}, expected {STATE_FORMAT!r})")
+            if expected_save_id and meta.get("save_id") != expected_save_id:
+                raise CheckpointError(f"{path} and its weights file come from different saves (interrupted "
+                                      f"write?); resume from a complete checkpoint")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated/garbage files
+        raise CheckpointError(f"cannot read training state {path}: {_short(e)} (truncated or not a "
+                              f"safetensors file)") from e
+    try:
+        state = unpack(tensors, meta["skeleton"])
+    except StateFormatError as e:
+        raise CheckpointError(f"training state {path} is corrupt: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"training state {path} is corrupt: top level is not a mapping")
+    return state
+
+
+def _short(e: BaseException) -> str:
+    """An exception as one short line (library messages can span lines)."""
+    msg = " ".join(str(e).split())
+    return (msg[:200] + "...") if len(msg) > 200 else (msg or type(e).__name__)
 
 
 def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> dict[str, Any]:
@@ -274,7 +375,8 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_short(e)} (truncated, or not a "
+                              f"safetensors file)") from e
     out: dict[str, Any] = dict(raw)
     for k in ("model_kwargs", "class_names", "extra", "config"):
         if k in raw:
@@ -295,11 +397,15 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    try:  # .pt / .pth: a state_dict or a dict holding one (torchvision / timm files)
+            raise CheckpointError(f"cannot read checkpoint {path}: {_short(e)} (truncated, or not a "
+                                  f"safetensors file)") from e
+    try:  # .pt / .pth: a state_dict or a dict holding one (torchvision / timm files); never unpickles objects
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read {path} as tensors only: {_short(e).split('. ')[0]}. Accepted: "
+                              f".safetensors, or a .pt/.pth file holding only tensors (a state dict)") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -324,8 +430,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
 
     Args:
         model: the target model (DDP / compiled models are unwrapped).
-        path: ``.safetensors`` file, ``.state.pt`` file, run directory, or a ``.pt/.pth`` state dict.
-        use_ema: load the EMA weights stored in the ``.state.pt`` beside the weights instead.
+        path: ``.safetensors`` file, ``.state.safetensors`` file, run directory, or a ``.pt/.pth``
+            state dict (read with ``weights_only=True``).
+        use_ema: load the EMA weights stored in the ``.state.safetensors`` beside the weights instead.
 
     Returns:
         The checkpoint metadata (empty for plain ``.pt`` files).
@@ -335,7 +442,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
             classes); nothing is loaded into the model in that case.
     """
     p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin") and not p.name.endswith(STATE_SUFFIX):
+    if p.name.endswith(LEGACY_STATE_SUFFIX):
+        raise _legacy_state_error(p)
+    if p.suffix in (".pt", ".pth", ".bin"):
         if not p.is_file():
             raise CheckpointError(f"checkpoint file not found: {p}")
         state, meta = _read_weights(p), {}
@@ -345,12 +454,14 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
         if use_ema:
             sp = state_path_for(p)
             if not sp.is_file():
+                legacy = sp.with_name(sp.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
+                if legacy.is_file():
+                    raise _legacy_state_error(legacy)
                 raise CheckpointError(f"--ema needs {sp} (training state with EMA weights), which is missing")
-            full = torch.load(str(sp), map_location="cpu", weights_only=False)
+            full = read_training_state(sp, expected_save_id=meta.get("save_id"))
             if "ema" not in full:
                 raise CheckpointError(f"{sp} holds no EMA weights (the run was trained without EMA)")
-            state = {_clean_key(k[len("module."):] if k.startswith("module.") else k): v
-                     for k, v in full["ema"].items()}
+            state = {_clean_key(k): v for k, v in full["ema"].items()}
         else:
             state = _read_weights(p)
     check_state_dict(model, state, p, arch=meta.get("arch"))
@@ -364,7 +475,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     """Restore a checkpoint written by :func:`save_checkpoint` for resuming.
 
     Loads the weights into ``model`` (strict, see :func:`load_weights`) and, from the
-    ``.state.pt`` beside them, the optimizer, scheduler, EMA, scaler and RNG states for each
+    ``.state.safetensors`` beside them, the optimizer, scheduler, EMA, scaler and RNG states for each
     object given. Returns ``{"epoch", "step", "extra", "metadata"}``.
 
     Raises:
@@ -374,14 +485,12 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
+        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
+        if legacy.is_file():
+            raise _legacy_state_error(legacy)
         raise CheckpointError(f"training state {spath} is missing; cannot resume (weights alone can be "
                               f"loaded with --init-weights / load_weights)")
-    try:
-        state = torch.load(str(spath), map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read training state {spath}: {e}") from e
-    if meta.get("save_id") and state.get("save_id") != meta.get("save_id"):
-        raise CheckpointError(f"{wpath} and {spath} come from different saves (interrupted write?)")
+    state = read_training_state(spath, expected_save_id=meta.get("save_id"))
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema), ("scaler", scaler)):
         if obj is not None:
             if name not in state:
