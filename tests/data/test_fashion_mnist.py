@@ -62,11 +62,25 @@ def test_reads_a_torchvision_style_folder(tmp_path, monkeypatch):
 def test_missing_data_gives_install_instructions(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        fm.load_fashion_mnist("train", data_dir=tmp_path)
+        fm.load_fashion_mnist("train")
     from botnet.cli import main
 
-    rc = main(["train", "--data-dir", str(tmp_path), "--output", str(tmp_path / "run"), "--no-progress"])
+    rc = main(["train", "--output", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_named_data_dir_is_used_or_refused_never_replaced_by_the_system_copy(tmp_path, capsys):
+    # the system copy exists on this machine (the default data); a --data-dir the user names must win or fail
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        fm.load_fashion_mnist("train", data_dir=tmp_path / "no-such-folder")
+    with pytest.raises(DatasetNotFoundError, match="does not hold the four Fashion-MNIST IDX files"):
+        fm.load_fashion_mnist("train", data_dir=tmp_path)  # exists, but empty
+    from botnet.cli import main
+
+    rc = main(["train", "--data-dir", str(tmp_path / "no-such-folder"), "--output", str(tmp_path / "run"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no-such-folder does not exist" in err and len(err.strip().splitlines()) == 1

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from botnet.errors import ConfigError
 import botnet
 from botnet.detection import (
     CanvasRCNNTransform,
@@ -149,7 +150,7 @@ def test_recipes_load_and_build(recipe):
     cfg = load_detection_config(recipe, ["model.kwargs={layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8}"])
     model = build_model_from_config(cfg, num_classes=11)
     assert model.detector_config["canvas"] == cfg["model"]["canvas"]
-    with pytest.raises(KeyError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown config key"):
         load_detection_config(recipe, ["train.no_such_key=1"])
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from botnet.errors import ConfigError
 from botnet.training.config import list_recipes, load_config
 from botnet.training.schedule import build_scheduler
 
@@ -26,7 +27,7 @@ def test_imagenet_recipes(t):
 def test_overrides_and_unknown_keys():
     cfg = load_config("fashion-mnist", ["optim.lr=0.05", "train.amp=bf16", "model.kwargs.heads=2"])
     assert cfg["optim"]["lr"] == 0.05 and cfg["train"]["amp"] == "bf16" and cfg["model"]["kwargs"]["heads"] == 2
-    with pytest.raises(KeyError, match="optim.lrr"):
+    with pytest.raises(ConfigError, match="optim.lrr"):
         load_config("fashion-mnist", ["optim.lrr=1"])
 
 

@@ -35,12 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from botnet.errors import UserInputError
+
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except UserInputError as e:
+        # bad input: one line naming the culprit, no traceback (anything else is a botnet bug)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (library messages may span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,14 +57,13 @@ def _mosaic(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from botnet.data.coco import CocoFormatError, validate_coco
+    from botnet.data.coco import CocoFormatError, read_json_file, validate_coco
 
     try:
-        with open(args.ann) as f:
-            data = json.load(f)
+        data = read_json_file(args.ann)
         _, rep = validate_coco(data, args.images, require_masks=args.masks, check_files=args.images is not None,
                                check_image_sizes=args.images is not None)
-    except (OSError, json.JSONDecodeError, CocoFormatError) as e:
+    except CocoFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(rep.summary())

@@ -33,11 +33,7 @@ def handler(args) -> int:
     from botnet.cli.cmd_train import run_training
     from botnet.training.cli_args import config_from_args
 
-    try:
-        cfg = config_from_args(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     if args.time_budget is None and not any(s.startswith("train.time_budget=") for s in args.set):
         cfg["train"]["time_budget"] = args.time_budget_default
     if args.output is None and not any(s.startswith("output.dir=") for s in args.set):
@@ -47,8 +43,8 @@ def handler(args) -> int:
 
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
-    rc = run_training(args, cfg)
-    if rc != 0:
+    rc, result = run_training(args, cfg)
+    if rc != 0 or result is None or result["status"] == "already_finished":
         return rc
     import json
     from pathlib import Path

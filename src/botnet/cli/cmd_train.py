@@ -26,10 +26,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=handler)
 
 
-def run_training(args, cfg=None) -> int:
-    """Shared by ``train`` and ``demo``: run and translate known failures into messages + exit codes."""
-    from botnet.data.errors import DataError
-    from botnet.training.checkpoint import CheckpointError
+def run_training(args, cfg=None) -> tuple[int, dict | None]:
+    """Shared by ``train`` and ``demo``: run; returns ``(exit code, summary or None)``."""
     from botnet.training.guards import NonFiniteLossError
 
     try:
@@ -38,14 +36,14 @@ def run_training(args, cfg=None) -> int:
         summary = train(cfg, resume=args.resume, init_weights=args.init_weights)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (DataError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 3, None
+    # bad input (botnet.errors.UserInputError) is reported by botnet.cli.main: one line, exit code 2
     if summary["status"] == "interrupted":
-        return 130
+        return 130, summary
+    if summary["status"] == "already_finished":
+        return 0, summary
     if int(__import__("os").environ.get("RANK", "0")) != 0:
-        return 0
+        return 0, summary
     fin = summary.get("final", {})
     line = f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} epochs, " \
            f"train {summary['train_seconds']:.0f}s, wall {summary['wall_seconds']:.0f}s"
@@ -53,7 +51,7 @@ def run_training(args, cfg=None) -> int:
         line += f" | {k} top-1 {v['top1']:.2f}% top-5 {v['top5']:.2f}%"
     print(line)
     print(f"run directory: {summary['run_dir']}")
-    return 0
+    return 0, summary
 
 
 def handler(args) -> int:
@@ -63,14 +61,10 @@ def handler(args) -> int:
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    try:
-        cfg = config_from_args(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
-    return run_training(args, cfg)
+    return run_training(args, cfg)[0]

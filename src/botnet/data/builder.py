@@ -142,12 +142,17 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     if val:
         va = SafeImageFolder(Path(d["root"]) / d["val_split"], mode=mode, skip_bad=d["skip_bad"], class_to_idx=c2i,
                              transform=build_eval_transform(cfg, in_chans))
-    for ds, key in ((tr, "limit_train"), (va, "limit_val")):
+    from botnet.data.folder import drop_bad_files
+
+    for ds, key, split in ((tr, "limit_train", d["train_split"]), (va, "limit_val", d["val_split"])):
         if ds is not None and d[key]:
             g = torch.Generator().manual_seed(0)
             keep = sorted(torch.randperm(len(ds.samples), generator=g)[: int(d[key])].tolist())
             ds.samples = [ds.samples[i] for i in keep]
             ds.targets = [ds.targets[i] for i in keep]
+        if ds is not None:  # every file's header, before any training step
+            drop_bad_files(ds, skip_bad=bool(d["skip_bad"]), split=split,
+                           progress=bool(cfg.get("train", {}).get("progress", True)))
     return tr, va, DataInfo(classes, in_chans, mean, std, counts)
 
 

@@ -37,7 +37,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from botnet.errors import UserInputError
+
 __all__ = [
+    "read_json_file",
     "CocoFormatError",
     "ValidationReport",
     "validate_coco",
@@ -48,7 +51,7 @@ __all__ = [
 ]
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserInputError, ValueError):
     """Raised when an annotation file cannot be used (or has bad records and ``strict=True``)."""
 
 
@@ -270,6 +273,26 @@ def validate_coco(
     return cleaned, rep
 
 
+def read_json_file(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; every failure is a :class:`CocoFormatError` naming the file (and line)."""
+    src = os.fspath(path)
+    if not os.path.isfile(src):
+        raise CocoFormatError(f"annotation file not found: {src}")
+    try:
+        with open(src, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{src} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise CocoFormatError(f"{src} is not UTF-8 JSON text (byte {e.start}: {e.reason})") from e
+    except OSError as e:
+        raise CocoFormatError(f"cannot read {src}: {e.strerror or e}") from e
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"{src} holds a JSON {type(data).__name__}, not a COCO object with 'images' and "
+                              f"'annotations'")
+    return data
+
+
 def load_coco(
     ann_file: str | os.PathLike | dict,
     image_dir: str | os.PathLike | None = None,
@@ -292,13 +315,7 @@ def load_coco(
         src = "<dict>"
     else:
         src = os.fspath(ann_file)
-        if not os.path.isfile(src):
-            raise CocoFormatError(f"annotation file not found: {src}")
-        try:
-            with open(src) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CocoFormatError(f"{src} is not valid JSON: {e}") from e
+        data = read_json_file(src)
     cleaned, rep = validate_coco(
         data, image_dir, require_masks=require_masks, check_files=check_files, check_image_sizes=check_image_sizes
     )

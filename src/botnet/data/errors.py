@@ -1,8 +1,10 @@
 """Exceptions for data problems; their messages are meant for the user as they are."""
 from __future__ import annotations
 
+from botnet.errors import UserInputError
 
-class DataError(RuntimeError):
+
+class DataError(UserInputError, RuntimeError):
     """A data set is unusable (missing split, empty class, unreadable file ...)."""
 
 

@@ -70,10 +70,18 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
     """Directory holding the four IDX files (see the module doc for the search order)."""
     tried = []
     if data_dir is not None:
+        # a folder the user named is used or refused: never silently replaced by the system copy
+        if not Path(data_dir).is_dir() and not download:
+            raise DatasetNotFoundError(f"--data-dir {data_dir} does not exist; give the folder holding the four "
+                                       f"Fashion-MNIST *-ubyte(.gz) files, or leave --data-dir out to use {SYSTEM_DIR}")
         for cand in (Path(data_dir), Path(data_dir) / "FashionMNIST" / "raw", Path(data_dir) / "raw"):
             tried.append(str(cand))
             if _complete(cand):
                 return cand
+        if not download:
+            raise DatasetNotFoundError(f"--data-dir {data_dir} does not hold the four Fashion-MNIST IDX files "
+                                       f"({', '.join(s + '(.gz)' for f in FILES.values() for s in f)}); looked in: "
+                                       f"{'; '.join(tried)}")
     tried.append(str(SYSTEM_DIR))
     if _complete(SYSTEM_DIR):
         return SYSTEM_DIR

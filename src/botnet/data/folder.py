@@ -14,7 +14,7 @@ from pathlib import Path
 from botnet.data.errors import BadImageError, DataError, DatasetNotFoundError
 
 __all__ = ["IMG_EXTENSIONS", "check_image_folder", "pil_loader", "SafeImageFolder", "collate_skip_bad",
-           "SkippedBatch"]
+           "SkippedBatch", "check_image_header", "scan_image_files", "drop_bad_files"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".jfif")
 
@@ -65,24 +65,121 @@ def check_image_folder(root: str | os.PathLike, splits: tuple[str, ...] = ("trai
     return counts
 
 
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
 def pil_loader(path: str, mode: str = "RGB"):
     """Open an image and convert it to ``mode`` (``RGB`` or ``L``); RGBA is composited on white.
 
-    Raises :class:`BadImageError` naming ``path`` when the file cannot be decoded.
+    16-bit grayscale (PIL modes ``I;16*``, and ``I`` with values up to 65535) is scaled to 8 bits
+    by its real range (v / 257), not clipped. Raises :class:`BadImageError` naming ``path`` when
+    the file cannot be decoded, is a decompression bomb (more pixels than PIL's
+    ``Image.MAX_IMAGE_PIXELS``), or has a pixel format botnet does not convert (32-bit float).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(path, f"{type(e).__name__}: {e}") from e
+    except Image.DecompressionBombError as e:
+        raise BadImageError(path, f"decompression bomb ({' '.join(str(e).split())})") from e
+    except _DECODE_ERRORS as e:
+        raise BadImageError(path, f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+    img = _to_8bit(img, path)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, img)
     return img.convert(mode)
+
+
+def _to_8bit(img, path: str):
+    """16-bit grayscale -> 8-bit with the full range kept (PIL's convert("L") would clip at 255)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise BadImageError(path, f"{img.mode} image with values {a.min()}..{a.max()} outside 0..65535")
+        return Image.fromarray(np.round(a.astype(np.float32) / 257.0).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        raise BadImageError(path, "32-bit float image: convert it to 8- or 16-bit (PNG/TIFF) first")
+    return img
+
+
+def check_image_header(path: str) -> str | None:
+    """A quick look at one file: ``None`` when it looks like a whole image, else the reason.
+
+    Reads the header (format, size; PIL refuses decompression bombs here) and, for PNG and JPEG,
+    the end of the file (IEND chunk / EOI marker), which finds zero-byte, non-image and truncated
+    files without decoding pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as f:
+            with Image.open(f) as img:
+                fmt, (w, h) = img.format, img.size
+            if w <= 0 or h <= 0:
+                return f"image header claims {w}x{h} pixels"
+            f.seek(max(size - 4096, 0))
+            tail = f.read().rstrip(b"\x00")
+    except Image.DecompressionBombError as e:
+        return f"decompression bomb ({' '.join(str(e).split())})"
+    except UnidentifiedImageError:
+        return "not an image PIL can identify"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    if fmt == "PNG" and b"IEND" not in tail[-16:]:
+        return "truncated PNG (no IEND chunk at the end)"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail[-64:]:
+        return "truncated JPEG (no end-of-image marker)"
+    return None
+
+
+def scan_image_files(paths: list[str], *, progress: bool = True, desc: str = "checking image files",
+                     workers: int = 8) -> list[tuple[str, str]]:
+    """:func:`check_image_header` over many files (threads: it is I/O); returns ``[(path, reason)]``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        it = ex.map(check_image_header, paths, chunksize=64)
+        for p, reason in zip(paths, tqdm(it, total=len(paths), desc=desc, unit="file", leave=False,
+                                         disable=not progress or len(paths) < 2000)):
+            if reason is not None:
+                bad.append((p, reason))
+    return bad
+
+
+def drop_bad_files(ds: "SafeImageFolder", *, skip_bad: bool, split: str, progress: bool = True) -> None:
+    """Check every file of ``ds`` before training: all problems are reported together.
+
+    Raises :class:`DataError` listing the bad files, or with ``skip_bad`` removes them from ``ds``
+    (kept in ``ds.bad_files`` so the run's summary can count them).
+    """
+    bad = scan_image_files([p for p, _ in ds.samples], progress=progress, desc=f"checking {split} images")
+    ds.bad_files = bad
+    if not bad:
+        return
+    if not skip_bad:
+        shown = "; ".join(f"{p}: {r}" for p, r in bad[:5])
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} unreadable image file(s) in the {split} split: {shown}{more}. Remove or replace "
+                        f"them, or pass --skip-bad to leave them out")
+    bad_set = {p for p, _ in bad}
+    keep = [i for i, (p, _) in enumerate(ds.samples) if p not in bad_set]
+    ds.samples = [ds.samples[i] for i in keep]
+    ds.targets = [ds.targets[i] for i in keep]
+    if not ds.samples:
+        raise DataError(f"every image file of the {split} split is unreadable (e.g. {bad[0][0]}: {bad[0][1]})")
 
 
 class SkippedBatch(list):

@@ -31,12 +31,15 @@ import io
 import json
 import os
 import random
+import re
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from botnet.errors import UserInputError
 
 __all__ = [
     "CheckpointError",
@@ -53,6 +56,8 @@ __all__ = [
     "read_training_state",
     "write_training_state",
     "remove_stale_temp_files",
+    "check_output_dir",
+    "check_resumable",
     "get_rng_state",
     "set_rng_state",
 ]
@@ -61,9 +66,10 @@ WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.safetensors"
 LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
 STATE_FORMAT = "botnet-state-v1"
+_TEMP_NAME = re.compile(r"^\..+\.(safetensors|json|jsonl|csv|md|yaml|png|txt|onnx|pt2|ts)\.[a-z0-9_]{8}\.tmp$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint is missing, unreadable or inconsistent."""
 
 
@@ -191,13 +197,49 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best
                 if cand.is_file():
                     return cand
         raise CheckpointError(f"no checkpoint ({' or '.join(n + WEIGHTS_SUFFIX for n in prefer)}) in directory {p}")
-    if not p.exists() and not p.parent.is_dir():
-        raise CheckpointError(f"checkpoint not found: {p} (its folder {p.parent} does not exist)")
+    if not p.exists() and not p.name.endswith(WEIGHTS_SUFFIX):
+        raise CheckpointError(f"checkpoint not found: {p} does not exist (give a run directory or a "
+                              f".safetensors file)")
     for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX):
         if p.name.endswith(suffix):
             p = p.with_name(p.name[: -len(suffix)] + WEIGHTS_SUFFIX)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
+    """Make sure ``path`` is (or can become) a folder this process can write into, before any work.
+
+    Creates it if needed and writes/removes a probe file. Raises :class:`CheckpointError` naming
+    the path when it is a file, lies under a file, or cannot be written.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CheckpointError(f"{what} {p} is a file, not a folder; choose another run directory")
+    anc = p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise CheckpointError(f"{what} {p} cannot be created: {anc} is a file")
+    created = []  # folders made only for the probe are removed again: a failed run leaves nothing
+    try:
+        for d in reversed([p, *p.parents]):
+            if not d.exists():
+                d.mkdir()
+                created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(p))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"{what} {p} is not writable ({e.strerror or e}); choose a folder you can "
+                              f"write to") from None
+    finally:
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
     return p
 
 
@@ -212,8 +254,8 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     removed = []
     if d.is_dir():
         for f in d.glob(".*.tmp"):
-            if f.is_file() and (f.name.startswith(tuple(f".{n}" for n in ("last", "best", "config", "summary",
-                                                                            "metrics", "eval"))) ):
+            # only the names atomic_write makes (".NAME.<8 mkstemp chars>.tmp" for files botnet writes)
+            if f.is_file() and _TEMP_NAME.match(f.name):
                 try:
                     f.unlink()
                     removed.append(f)
@@ -366,11 +408,43 @@ def _short(e: BaseException) -> str:
     return (msg[:200] + "...") if len(msg) > 200 else (msg or type(e).__name__)
 
 
+def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """Find the ``last`` checkpoint of ``path`` and check both of its files can be read, cheaply
+    (headers only), so a bad ``--resume`` fails before any work. Returns ``(weights, metadata)``."""
+    wpath = resolve_checkpoint(path, prefer=("last",))
+    meta = read_metadata(wpath)
+    spath = state_path_for(wpath)
+    if not spath.is_file():
+        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
+        if legacy.is_file():
+            raise _legacy_state_error(legacy)
+        raise CheckpointError(f"cannot resume from {wpath}: its training state {spath} is missing (a best.* file "
+                              f"holds weights only; resume from the run directory, or start from these weights "
+                              f"with --init-weights {wpath})")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(spath), framework="pt", device="cpu") as f:
+            smeta = dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"cannot read training state {spath}: {_short(e)} (truncated or not a safetensors "
+                              f"file)") from e
+    if smeta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{spath} is not a botnet training state (format {smeta.get('format')!r})")
+    if meta.get("save_id") and smeta.get("save_id") != meta.get("save_id"):
+        raise CheckpointError(f"{wpath} and {spath} come from different saves (interrupted write?)")
+    return wpath, meta
+
+
 def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> dict[str, Any]:
     """Metadata of a weights file, JSON fields decoded (``arch``, ``model_kwargs``, ...)."""
     from safetensors import safe_open
 
     path = resolve_checkpoint(path, prefer)
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        raise CheckpointError(f"{path} is a {path.suffix} weights file without the architecture this command needs; "
+                              f"give a botnet checkpoint (RUN/best.safetensors or a run directory), or build the "
+                              f"model and load {path.name} with botnet.load_resnet_weights / --init-weights")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
@@ -386,7 +460,10 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
                 pass
     for k in ("epoch", "step"):
         if k in raw:
-            out[k] = int(raw[k])
+            try:
+                out[k] = int(raw[k])
+            except ValueError:
+                raise CheckpointError(f"checkpoint {path} has a corrupt metadata field {k}={raw[k]!r}") from None
     return out
 
 

@@ -73,6 +73,10 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False,
 
 
 # ----------------------------------------------------------------------------- helpers
+def total_steps_planned(epochs: float, steps_per_epoch: int) -> int:
+    return int(round(float(epochs) * steps_per_epoch))
+
+
 def _autocast(device: torch.device, amp: str):
     if amp in (None, "none", "fp32", False):
         return contextlib.nullcontext()
@@ -170,6 +174,9 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, init_weights: str 
         botnet.data.DataError / DatasetNotFoundError: bad or missing data, before training starts.
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    from botnet.training.config import validate_config
+
+    validate_config(cfg)  # every bad value is a one-line ConfigError before any work
     own_dist = dist_info is None
     di = dist_info or init_distributed(cfg["train"]["device"])
     try:
@@ -188,6 +195,15 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     tc, dc = cfg["train"], cfg["data"]
     run_dir = _run_dir(cfg)
     budget = float(tc["time_budget"]) if tc["time_budget"] else None
+    # files first: a bad --resume / --init-weights / --output is found before the data is read
+    if resume:
+        ckpt.check_resumable(resume)
+    if init_weights:
+        ckpt.resolve_checkpoint(init_weights)
+    if di.is_main:
+        ckpt.check_output_dir(run_dir)
+        for f in ckpt.remove_stale_temp_files(run_dir):
+            print(f"removed {f.name}, left by a save that was killed")
     seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
 
     # ---- data (validated before any training)
@@ -195,6 +211,11 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     if len(train_ds) < dc["batch_size"] * di.world_size:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global batch "
                          f"({dc['batch_size']} x {di.world_size}); lower --batch-size")
+    if di.is_main:
+        for split, ds in (("training", train_ds), ("validation", val_ds)):
+            bad = getattr(ds, "bad_files", [])
+            if bad:
+                print(f"--skip-bad: leaving out {len(bad)} unreadable {split} file(s), e.g. {bad[0][0]}: {bad[0][1]}")
     train_loader = build_train_loader(train_ds, cfg, di.rank, di.world_size)
     val_loader = build_eval_loader(val_ds, cfg, di.rank, di.world_size)
     spe = len(train_loader)
@@ -261,6 +282,12 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
         start_epoch, step, skip_batches = int(ex.get("epoch", st["epoch"])), int(st["step"]), int(ex.get("batch_in_epoch", 0))
         best = ex.get("best", best)
         history_elapsed = float(ex.get("train_seconds", 0.0))
+        if step >= total_steps_planned(epochs, spe):
+            if di.is_main:
+                print(f"run {run_dir} is already finished ({step} steps = {epochs:g} epochs of {spe} steps); nothing "
+                      f"was changed. To train longer, start a new run from its weights: --init-weights "
+                      f"{ckpt.resolve_checkpoint(resume, prefer=('last',))} --output NEW_DIR")
+            return {"status": "already_finished", "steps": step, "epochs": float(epochs), "run_dir": str(run_dir)}
         if di.is_main:
             print(f"resumed from {ckpt.resolve_checkpoint(resume, prefer=('last',))}: epoch {start_epoch}, step {step}"
                   + (f", {skip_batches} batches into the epoch" if skip_batches else ""))
@@ -329,10 +356,10 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     train_seconds, eval_seconds, n_evals = 0.0, 0.0, 0
     step_at_start = step
     max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
-    total_steps = int(round(epochs * spe))
+    total_steps = total_steps_planned(epochs, spe)
     last_eval: dict[str, Any] | None = None
     last_eval_step = -1
-    skipped_train: list[str] = []
+    skipped_train: list[str] = [p for p, _ in getattr(train_ds, "bad_files", [])]  # found by the pre-check
     fit_checked_at = step
     n_epochs_int = math.ceil(epochs)
     eval_every = int(tc["eval_every"] or 0)

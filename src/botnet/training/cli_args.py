@@ -98,11 +98,12 @@ def config_from_args(args: argparse.Namespace) -> dict:
     """Recipe (or, for ``--resume`` without ``--config``, the run's saved config) + flags + ``--set``."""
     from botnet.training.config import DEFAULTS, apply_overrides, load_config, merge, set_by_path
 
-    if getattr(args, "resume", None) and not args.config:
-        from botnet.training.checkpoint import read_metadata
+    if getattr(args, "resume", None):
+        from botnet.training.checkpoint import check_resumable
 
-        saved = read_metadata(args.resume, prefer=("last",)).get("config") or {}
-        cfg = merge(DEFAULTS, saved)
+        _, meta = check_resumable(args.resume)  # a bad --resume fails here, before anything else
+    if getattr(args, "resume", None) and not args.config:
+        cfg = merge(DEFAULTS, meta.get("config") or {})
     else:
         cfg = load_config(args.config or args.default_recipe)
     for dest, (key, _) in {**FLAG_TO_KEY, **BOOL_FLAGS}.items():

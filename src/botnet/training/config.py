@@ -130,7 +130,10 @@ def find_recipe(name_or_path: str) -> Path:
         for cand in (d / name_or_path, d / f"{name_or_path}.yaml"):
             if cand.is_file():
                 return cand
-    raise FileNotFoundError(f"no recipe {name_or_path!r}; known recipes: {', '.join(list_recipes()) or 'none'}")
+    from botnet.errors import ConfigError
+
+    raise ConfigError(f"no recipe {name_or_path!r}: not a file, and not a name in {', '.join(map(str, config_dirs()))}; "
+                      f"known recipes: {', '.join(list_recipes()) or 'none'}")
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -158,34 +161,53 @@ def set_by_path(cfg: dict, dotted: str, value: Any, strict: bool = True) -> None
     for i, part in enumerate(parts[:-1]):
         if part not in node or not isinstance(node[part], dict):
             if strict and "kwargs" not in parts[: i + 1]:
-                raise KeyError(f"unknown config key {dotted!r}")
+                from botnet.errors import ConfigError
+
+                known = ", ".join(k for k in node if isinstance(node[k], dict)) if node is cfg else ", ".join(node)
+                raise ConfigError(f"unknown config key {dotted!r} ({'.'.join(parts[:i + 1])!r} is not a section; "
+                                  f"known: {known})")
             node[part] = {}
         node = node[part]
     if strict and parts[-1] not in node and "kwargs" not in parts:
+        from botnet.errors import ConfigError
+
         section = ".".join(parts[:-1])
-        raise KeyError(f"unknown config key {dotted!r} (known in {section or 'top level'}: {', '.join(node)})")
+        raise ConfigError(f"unknown config key {dotted!r} (known in {section or 'top level'}: {', '.join(node)})")
     node[parts[-1]] = value
 
 
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
     """Apply ``["optim.lr=0.1", ...]`` (values parsed as YAML)."""
     for item in overrides or []:
+        from botnet.errors import ConfigError
+
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        set_by_path(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() != "" else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())[:120]})") from None
+        set_by_path(cfg, key.strip(), value)
     return cfg
 
 
 def _load_yaml(path: Path, seen: tuple = ()) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+    from botnet.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())[:160]}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe {path}: {e.strerror or e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping")
+        raise ConfigError(f"recipe {path} must be a YAML mapping")
     base = data.pop("base", None)
     if base:
         bp = find_recipe(base)
         if bp in seen:
-            raise ValueError(f"recipe {path}: circular base {base}")
+            raise ConfigError(f"recipe {path}: circular base {base}")
         data = merge(_load_yaml(bp, seen + (path,)), data)
     return data
 
@@ -210,7 +232,134 @@ def load_config(
 def _check_keys(data: dict, ref: dict, prefix: str) -> None:
     for k, v in data.items():
         if k not in ref:
-            raise KeyError(f"unknown config key {prefix}{k!r} in recipe (known: {', '.join(ref)})")
+            from botnet.errors import ConfigError
+
+            raise ConfigError(f"unknown config key {prefix}{k} in recipe (known: {', '.join(ref)})")
         # "kwargs" and empty default sections are free-form
         if isinstance(v, dict) and isinstance(ref[k], dict) and k != "kwargs" and ref[k]:
             _check_keys(v, ref[k], f"{prefix}{k}.")
+
+
+# ----------------------------------------------------------------------------- validation
+def _num(cfg: dict, key: str, *, kind: type = float, low: float | None = None, high: float | None = None,
+         low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """Check one numeric config value; raise :class:`ConfigError` naming the key and the range."""
+    from botnet.errors import ConfigError
+
+    v = get_by_path(cfg, key)
+    if v is None and optional:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if ok and kind is int:
+        ok = float(v).is_integer()
+    if ok:
+        import math
+
+        ok = math.isfinite(float(v))
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rng = " and ".join(x for x in (lo, hi) if x)
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key} = {v!r} is invalid: it must be {what}{' ' + rng if rng else ''}"
+                          f"{' (or null)' if optional else ''}")
+
+
+def _choice(cfg: dict, key: str, choices: tuple, optional: bool = False) -> None:
+    from botnet.errors import ConfigError
+
+    v = get_by_path(cfg, key)
+    if v is None and optional:
+        return
+    if v not in choices:
+        raise ConfigError(f"{key} = {v!r} is invalid: use one of {', '.join(map(str, choices))}")
+
+
+def check_threads(value: Any, key: str = "train.threads") -> None:
+    from botnet.errors import ConfigError
+
+    if value in (None, "auto"):
+        return
+    try:
+        ok = int(value) == float(value) and int(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: use auto or a positive number of threads")
+
+
+def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> None:
+    """Build ``arch`` with ``kwargs`` on the meta device (no memory, no time) to find bad options now."""
+    import torch
+
+    import botnet
+    from botnet.errors import ConfigError
+
+    if arch not in botnet.list_models():
+        raise ConfigError(f"model.name = {arch!r} is not a botnet model; known: {', '.join(botnet.list_models())}")
+    try:
+        with torch.device("meta"):
+            botnet.create_model(arch, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key} {kwargs} do not fit {arch}: {' '.join(str(e).split())}") from None
+
+
+def validate_config(cfg: dict) -> dict:
+    """Check a classification config before any work starts; returns it unchanged.
+
+    Every out-of-range value, unknown choice, unavailable device and unknown model option raises
+    :class:`botnet.errors.ConfigError` with a one-line message naming the key.
+    """
+    from botnet.errors import resolve_device
+
+    _num(cfg, "train.epochs", low=0, low_open=True)
+    _num(cfg, "train.max_steps", kind=int, low=1, optional=True)
+    _num(cfg, "train.time_budget", low=0, low_open=True, optional=True)
+    _num(cfg, "train.label_smoothing", low=0, high=1, high_open=True)
+    _num(cfg, "train.mixup", low=0)
+    _num(cfg, "train.cutmix", low=0)
+    _num(cfg, "train.ema_decay", low=0, high=1)
+    _num(cfg, "train.grad_clip", low=0, low_open=True, optional=True)
+    _num(cfg, "train.seed", kind=int, low=0)
+    _num(cfg, "train.eval_every", kind=int, low=0)
+    _num(cfg, "train.save_every_steps", kind=int, low=1, optional=True)
+    _num(cfg, "train.log_every", kind=int, low=1)
+    _choice(cfg, "train.amp", ("none", "bf16", "fp16", None))
+    check_threads(cfg["train"].get("threads"))
+    resolve_device(cfg["train"]["device"])
+    _num(cfg, "data.img_size", kind=int, low=1)
+    _num(cfg, "data.eval_img_size", kind=int, low=1, optional=True)
+    _num(cfg, "data.batch_size", kind=int, low=1)
+    _num(cfg, "data.eval_batch_size", kind=int, low=1, optional=True)
+    _num(cfg, "data.num_workers", kind=int, low=0)
+    _num(cfg, "data.crop_pct", low=0, high=1, low_open=True)
+    _num(cfg, "data.hflip", low=0, high=1)
+    _num(cfg, "data.re_prob", low=0, high=1)
+    _num(cfg, "data.padding", kind=int, low=0)
+    _num(cfg, "data.limit_train", kind=int, low=1, optional=True)
+    _num(cfg, "data.limit_val", kind=int, low=1, optional=True)
+    _choice(cfg, "data.dataset", ("fashion-mnist", "folder"))
+    _num(cfg, "optim.lr", low=0)
+    _num(cfg, "optim.weight_decay", low=0)
+    _num(cfg, "optim.lr_base_batch", low=0, low_open=True, optional=True)
+    _num(cfg, "sched.warmup_epochs", low=0)
+    _num(cfg, "sched.min_lr", low=0)
+    _num(cfg, "model.drop_rate", low=0, high=1, high_open=True)
+    _num(cfg, "model.drop_path_rate", low=0, high=1, high_open=True)
+    _num(cfg, "model.num_classes", kind=int, low=1, optional=True)
+    _num(cfg, "model.img_size", kind=int, low=1, optional=True)
+    if not isinstance(cfg["model"].get("kwargs") or {}, dict):
+        from botnet.errors import ConfigError
+
+        raise ConfigError(f"model.kwargs must be a mapping of create_model options, got {cfg['model']['kwargs']!r}")
+    kw = dict(cfg["model"].get("kwargs") or {})
+    for k in ("drop_rate", "drop_path_rate"):
+        if cfg["model"].get(k):
+            kw.setdefault(k, cfg["model"][k])
+    kw.setdefault("img_size", cfg["model"]["img_size"] or cfg["data"]["img_size"])
+    check_model_kwargs(cfg["model"]["name"], kw)
+    return cfg

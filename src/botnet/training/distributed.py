@@ -100,12 +100,10 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from botnet.errors import resolve_device
+
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
         index = dev.index if dev.index is not None else local_rank % max(torch.cuda.device_count(), 1)
         dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)
