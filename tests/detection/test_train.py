@@ -126,3 +126,58 @@ def test_two_process_gloo_ddp(tmp_path):
     assert ev["num_val_images"] == 4
     assert ev["metrics"]["bbox"]["num_images"] == 4  # both ranks' shards gathered for COCOeval
     assert (run / "last.safetensors").is_file()
+
+
+@needs_fmnist
+def test_resuming_a_finished_run_changes_nothing(trained, tmp_path, capsys):
+    root, run = trained
+    import shutil
+
+    run2 = tmp_path / "done"
+    shutil.copytree(run, run2)
+    snapshot = {p.name: p.read_bytes() for p in run2.iterdir() if p.is_file()}
+    rc = main(["detect", "train", *_sets(tiny_config_overrides(root / "mosaic", run2, epochs=3)), "--resume", "auto"])
+    assert rc == 0 and "already finished" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run2.iterdir() if p.is_file()} == snapshot
+
+
+def _without_annotations(src, dst):
+    data = json.load(open(src))
+    data["annotations"] = []
+    with open(dst, "w") as f:
+        json.dump(data, f)
+    return dst
+
+
+@needs_fmnist
+def test_empty_annotation_lists_warn_in_training_and_stop_evaluation(trained, tmp_path, capsys):
+    root, run = trained
+    m = root / "mosaic"
+    ann_tr = _without_annotations(m / "instances_train.json", tmp_path / "train.json")
+    ann_va = _without_annotations(m / "instances_val.json", tmp_path / "val.json")
+    # evaluation against nothing: a clear message, no all-null AP file
+    capsys.readouterr()
+    rc = main(["detect", "eval", str(run), "--images", str(m / "val"), "--ann", str(ann_va), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(ann_va) in err and "no (usable) annotations" in err
+    assert not (tmp_path / "ev" / "eval.json").exists()
+    # training on it still runs (background-only learning is legal) but says so before the first step
+    sets = tiny_config_overrides(m, tmp_path / "run", epochs=1) + [
+        "data.dataset=coco", f"data.train_images={m / 'train'}", f"data.train_ann={ann_tr}",
+        f"data.val_images={m / 'val'}", f"data.val_ann={ann_va}", "model.kind=fasterrcnn", "eval.num_draw=0"]
+    rc = main(["detect", "train", *_sets(sets)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "training set has no annotations" in err and "validation set has no annotations" in err
+
+
+@needs_fmnist
+def test_training_set_smaller_than_a_batch_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = tiny_config_overrides(tmp_path / "mosaic", run, epochs=1, num_train=3, num_val=2)  # batch 4
+    rc = main(["detect", "train", *_sets(sets)])
+    err = capsys.readouterr().err  # the mosaic generator's progress bar may come first
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert "3 usable images, fewer than one batch" in errors[0]
+    assert not (run / "last.safetensors").exists()

@@ -216,14 +216,16 @@ class _NotATensor:
 
 
 def test_load_resnet_weights_refuses_unrelated_and_unsafe_files(tmp_path):
+    from botnet.training.checkpoint import CheckpointError
+
     m = botnet.create_model("botnet_mini")
-    with pytest.raises(ValueError, match="no tensor of the checkpoint matches"):
+    with pytest.raises(CheckpointError, match="no tensor of the checkpoint matches"):
         botnet.load_resnet_weights(m, {"foo.weight": torch.zeros(3)})
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "obj": _NotATensor()}, evil)
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="tensors only"):
         botnet.load_resnet_weights(m, evil)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="not found"):
         botnet.load_resnet_weights(m, tmp_path / "missing.pth")
 
 

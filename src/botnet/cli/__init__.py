@@ -13,8 +13,15 @@ import pkgutil
 import sys
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: ...``, exit code 2) naming the command's help."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="botnet",
         description="Bottleneck Transformers (BoTNet): models, training, detection, benchmarks and export.",
     )

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from botnet.cli.argtypes import positive_float, positive_int, unit_float
+
 DEMO_RECIPE = "detection-fashion-mosaic"
 
 
@@ -22,10 +24,10 @@ def register(subparsers) -> None:
                         help="override a config value (YAML), e.g. --set train.lr=0.01 --set model.canvas=512")
         sp.add_argument("--out", default=None, help="run directory (config key out_dir)")
         sp.add_argument("--resume", default=None, help="checkpoint, run dir, or 'auto' (continue out_dir/last)")
-        sp.add_argument("--time-budget-min", type=float, default=None, help="stop training after N minutes")
-        sp.add_argument("--epochs", type=int, default=None)
+        sp.add_argument("--time-budget-min", type=positive_float, default=None, help="stop training after N minutes")
+        sp.add_argument("--epochs", type=positive_int, default=None)
         sp.add_argument("--device", default=None, help="auto | cpu | cuda")
-        sp.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+        sp.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
 
     t = sub.add_parser("train", help="train a detector (torchrun for several processes)")
     common_train(t)
@@ -41,20 +43,20 @@ def register(subparsers) -> None:
     e.add_argument("--ann", default=None, help="instances JSON (default: the val split of the run's config)")
     e.add_argument("--out", default=None, help="folder for eval.json / eval.md (default: the run directory)")
     e.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
-    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--batch-size", type=positive_int, default=2)
     e.add_argument("--strict", action="store_true", help="fail on any bad annotation record")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--threads", type=positive_int, default=None)
     e.set_defaults(func=_eval)
 
     r = sub.add_parser("predict", help="draw boxes, labels and masks on images (PNG)")
     r.add_argument("checkpoint", help="checkpoint file or run directory")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", default="predictions", help="output folder (PNGs + predictions.json)")
-    r.add_argument("--score-threshold", type=float, default=0.5)
-    r.add_argument("--scale", type=int, default=1, help="upscale factor of the drawings")
+    r.add_argument("--score-threshold", type=unit_float, default=0.5)
+    r.add_argument("--scale", type=positive_int, default=1, help="upscale factor of the drawings")
     r.add_argument("--device", default="cpu")
-    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--threads", type=positive_int, default=None)
     r.set_defaults(func=_predict)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -71,15 +73,11 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def _run_train(cfg: dict) -> int:
-    from botnet.data.coco import CocoFormatError
-    from botnet.data.errors import DataError
     from botnet.detection.engine import train_detector
 
-    try:
-        summary = train_detector(cfg)
-    except (CocoFormatError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = train_detector(cfg)  # bad input raises UserInputError: one line, exit 2 (botnet.cli.main)
+    if summary.get("already_finished"):
+        return 0
     if summary.get("metrics"):
         print(json.dumps({k: round(100 * v, 2) for k, v in summary["metrics"].items()}))
         print(f"wrote {summary['out_dir']}/eval.json, eval.md, predictions/ "
@@ -102,14 +100,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from botnet.data.coco import CocoDetection, CocoFormatError
+    from botnet.data.coco import CocoDetection
     from botnet.detection.engine import data_paths, evaluate_detector, load_detector, write_eval
     from botnet.detection.transforms import build_transforms
     from botnet.training.checkpoint import resolve_checkpoint
 
+    path = resolve_checkpoint(args.checkpoint)
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = resolve_checkpoint(args.checkpoint)
     model, meta = load_detector(path, args.device)
     images, ann = args.images, args.ann
     if not (images and ann):
@@ -119,13 +117,13 @@ def _eval(args: argparse.Namespace) -> int:
             return 2
         paths = data_paths(cfg, generate=False)
         images, ann = images or paths["val_images"], ann or paths["val_ann"]
-    try:
-        ds = CocoDetection(images, ann, with_masks=model.detector_config["kind"] == "maskrcnn",
-                           strict=args.strict, transforms=build_transforms(False))
-    except CocoFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ds = CocoDetection(images, ann, with_masks=model.detector_config["kind"] == "maskrcnn",
+                       strict=args.strict, transforms=build_transforms(False))
     print(ds.report.summary())
+    if ds.report.num_annotations == 0:
+        print(f"error: {ann} has no (usable) annotations, so there is nothing to measure AP against; evaluate on "
+              f"an annotated split", file=sys.stderr)
+        return 2
     train_names = (meta.get("extra") or {}).get("class_names") or meta.get("class_names")
     if train_names and train_names != ds.class_names:
         print(f"warning: evaluation categories {ds.class_names[1:]} differ from the training ones {train_names[1:]}",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from botnet.cli.argtypes import nonneg_int, positive_int, unit_float
+
 HELP = """Evaluate a classification checkpoint written by `botnet train` / `botnet demo`.
 
 The model and the evaluation transform are rebuilt from the checkpoint's metadata (architecture,
@@ -21,11 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="data folder (default: the one the checkpoint was trained with)")
     p.add_argument("--dataset", default=None, choices=["fashion-mnist", "folder"], help="data set type (default: from the checkpoint)")
     p.add_argument("--split", default=None, help="split folder to evaluate for image folders (default: val)")
-    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the training resolution)")
-    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction for folders (default: recipe, 0.875)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: recipe)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only N images (quick checks)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="evaluation resolution (default: the training resolution)")
+    p.add_argument("--crop-pct", type=unit_float, default=None, help="centre-crop fraction for folders (default: recipe, 0.875)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--num-workers", type=nonneg_int, default=None, help="DataLoader workers (default: recipe)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (quick checks)")
     p.add_argument("--ema", action="store_true", help="also evaluate the EMA weights stored in the .state.pt beside the weights")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable image files (counted) instead of stopping")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
@@ -51,8 +53,9 @@ def handler(args) -> int:
     if not path:
         print("error: give a checkpoint (botnet eval RUN/best.safetensors)", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from botnet.errors import resolve_device
+
+    device = resolve_device(args.device)
     try:
         model, meta = model_from_checkpoint(path, device=device)
         cfg = merge(DEFAULTS, meta.get("config") or {})

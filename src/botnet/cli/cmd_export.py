@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from botnet.cli.argtypes import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,46 +26,35 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="weights: a botnet .safetensors checkpoint (its stored arch/model_kwargs are used) "
                         "or a .pt/.pth state dict")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: checkpoint's or 1000)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: checkpoint's or 3)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (default: checkpoint's or 1000)")
+    p.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: checkpoint's or 3)")
+    p.add_argument("--img-size", type=positive_int, default=None,
                    help="size to trace at (default: the model's resolution); other sizes still work")
-    p.add_argument("--batch", type=int, default=2, help="batch size to trace at (default 2; batch is dynamic)")
-    p.add_argument("--min-size", type=int, default=8, help="smallest height/width the dynamic dims allow")
+    p.add_argument("--batch", type=positive_int, default=2, help="batch size to trace at (default 2; batch is dynamic)")
+    p.add_argument("--min-size", type=positive_int, default=8, help="smallest height/width the dynamic dims allow")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     p.set_defaults(func=handler)
 
 
 def _load_checkpoint(path: str) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a botnet checkpoint or a plain state-dict file."""
-    import torch
+    """(state_dict, metadata) from a botnet checkpoint or a plain state-dict file (tensors only).
 
-    try:
-        from botnet.training.checkpoint import _read_weights, read_metadata, resolve_checkpoint
+    Raises :class:`botnet.training.checkpoint.CheckpointError` (exit code 2) for a missing,
+    corrupt or pickled file.
+    """
+    from pathlib import Path
 
-        from pathlib import Path
+    from botnet.training.checkpoint import _read_weights, read_metadata, resolve_checkpoint
 
-        p = Path(path)
-        if p.suffix in (".pt", ".pth", ".bin"):
-            return _read_weights(p), {}
-        p = resolve_checkpoint(p)
-        return _read_weights(p), read_metadata(p)
-    except ImportError:
-        pass
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    p = Path(path)
+    if p.suffix in (".pt", ".pth", ".bin"):
+        if not p.is_file():
+            from botnet.training.checkpoint import CheckpointError
 
-        with safe_open(path, framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        if "model_kwargs" in meta:
-            meta["model_kwargs"] = json.loads(meta["model_kwargs"])
-        return load_file(path), meta
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}, {}
+            raise CheckpointError(f"checkpoint file not found: {p}")
+        return _read_weights(p), {}
+    p = resolve_checkpoint(p)
+    return _read_weights(p), read_metadata(p)
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -77,9 +68,9 @@ def handler(args: argparse.Namespace) -> int:
     if args.checkpoint:
         state, meta = _load_checkpoint(args.checkpoint)
         mk = meta.get("model_kwargs") or {}
-        if isinstance(mk, dict):
-            kwargs.update({k: v for k, v in mk.items() if k in ("num_classes", "in_chans", "img_size")})
         arch = meta.get("arch")
+        if isinstance(mk, dict) and (not arch or arch == args.model):
+            kwargs.update(mk)  # every stored override (e.g. the demo's strides), not only the head and size
         if arch and arch != args.model and arch in botnet.list_models():
             print(f"note: checkpoint was made for {arch!r}, exporting {args.model!r}", file=sys.stderr)
     if args.num_classes is not None:
@@ -96,11 +87,10 @@ def handler(args: argparse.Namespace) -> int:
         print(f"error: cannot build {args.model!r}: {e}", file=sys.stderr)
         return 2
     if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            print(f"error: checkpoint {args.checkpoint} does not fit {args.model}: {e}", file=sys.stderr)
-            return 2
+        from botnet.training.checkpoint import check_state_dict
+
+        check_state_dict(model, state, args.checkpoint, arch=meta.get("arch"))  # one-line error, exit 2
+        model.load_state_dict(state, strict=True)
     model.eval()
     path = export_model(model, args.format, args.out, img_size=args.img_size, batch=args.batch,
                         min_size=args.min_size)

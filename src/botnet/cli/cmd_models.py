@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from botnet.cli.argtypes import nonneg_int, positive_int
+
 # What the paper reports, for the table's last column (see the paper notes, section 4).
 PAPER = {
     "resnet50": "25.5 M", "botnet50": "20.8 M",
@@ -23,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'GMACs' is the paper's formulation, 'fused' what our memory-linear attention kernel executes.",
     )
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'botnet*'")
-    p.add_argument("--img-size", type=int, default=None, help="resolution (default: each model's own)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs counted (default 1000)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: each model's own)")
+    p.add_argument("--num-classes", type=nonneg_int, default=1000, help="classifier outputs counted (default 1000)")
     p.add_argument("--backbone-only", action="store_true", help="count MACs of forward_features only")
     p.add_argument("--no-flops", action="store_true", help="parameters only (faster)")
     p.add_argument(

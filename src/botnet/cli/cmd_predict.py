@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from botnet.cli.argtypes import positive_int
+
 HELP = """Classify image files with a checkpoint from `botnet train` / `botnet demo`.
 
 Grayscale, RGB, RGBA (composited on white) and palette images are all accepted and converted to
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT",
                    help="RUN/best.safetensors, RUN/last.safetensors or a run directory")
-    p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show per image (default 5)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights from the .state.pt beside the checkpoint")
     p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted in the summary)")

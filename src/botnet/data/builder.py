@@ -144,15 +144,15 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
                              transform=build_eval_transform(cfg, in_chans))
     from botnet.data.folder import drop_bad_files
 
-    for ds, key, split in ((tr, "limit_train", d["train_split"]), (va, "limit_val", d["val_split"])):
+    for ds, key in ((tr, "limit_train"), (va, "limit_val")):
         if ds is not None and d[key]:
             g = torch.Generator().manual_seed(0)
             keep = sorted(torch.randperm(len(ds.samples), generator=g)[: int(d[key])].tolist())
             ds.samples = [ds.samples[i] for i in keep]
             ds.targets = [ds.targets[i] for i in keep]
-        if ds is not None:  # every file's header, before any training step
-            drop_bad_files(ds, skip_bad=bool(d["skip_bad"]), split=split,
-                           progress=bool(cfg.get("train", {}).get("progress", True)))
+    # every file's header, before any training step; all splits' problems in one report
+    drop_bad_files({s: ds for s, ds in ((d["train_split"], tr), (d["val_split"], va)) if ds is not None},
+                   skip_bad=bool(d["skip_bad"]), progress=bool(cfg.get("train", {}).get("progress", True)))
     return tr, va, DataInfo(classes, in_chans, mean, std, counts)
 
 

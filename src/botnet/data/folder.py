@@ -159,27 +159,32 @@ def scan_image_files(paths: list[str], *, progress: bool = True, desc: str = "ch
     return bad
 
 
-def drop_bad_files(ds: "SafeImageFolder", *, skip_bad: bool, split: str, progress: bool = True) -> None:
-    """Check every file of ``ds`` before training: all problems are reported together.
+def drop_bad_files(datasets: dict[str, "SafeImageFolder"], *, skip_bad: bool, progress: bool = True) -> None:
+    """Check every file of every split before training; all problems are reported together.
 
-    Raises :class:`DataError` listing the bad files, or with ``skip_bad`` removes them from ``ds``
-    (kept in ``ds.bad_files`` so the run's summary can count them).
+    ``datasets`` maps split names to data sets. Raises :class:`DataError` listing the bad files of
+    all splits, or with ``skip_bad`` removes them (kept in ``ds.bad_files`` for the run's summary).
     """
-    bad = scan_image_files([p for p, _ in ds.samples], progress=progress, desc=f"checking {split} images")
-    ds.bad_files = bad
-    if not bad:
+    found: list[tuple[str, str, str]] = []
+    for split, ds in datasets.items():
+        ds.bad_files = scan_image_files([p for p, _ in ds.samples], progress=progress, desc=f"checking {split} images")
+        found += [(split, p, r) for p, r in ds.bad_files]
+    if not found:
         return
     if not skip_bad:
-        shown = "; ".join(f"{p}: {r}" for p, r in bad[:5])
-        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} unreadable image file(s) in the {split} split: {shown}{more}. Remove or replace "
-                        f"them, or pass --skip-bad to leave them out")
-    bad_set = {p for p, _ in bad}
-    keep = [i for i, (p, _) in enumerate(ds.samples) if p not in bad_set]
-    ds.samples = [ds.samples[i] for i in keep]
-    ds.targets = [ds.targets[i] for i in keep]
-    if not ds.samples:
-        raise DataError(f"every image file of the {split} split is unreadable (e.g. {bad[0][0]}: {bad[0][1]})")
+        shown = "; ".join(f"{p}: {r}" for _, p, r in found[:5])
+        more = f" (+{len(found) - 5} more)" if len(found) > 5 else ""
+        splits = ", ".join(sorted({s for s, _, _ in found}))
+        raise DataError(f"{len(found)} unreadable image file(s) ({splits}): {shown}{more}. Remove or replace them, "
+                        f"or pass --skip-bad to leave them out")
+    for split, ds in datasets.items():
+        bad_set = {p for p, _ in ds.bad_files}
+        keep = [i for i, (p, _) in enumerate(ds.samples) if p not in bad_set]
+        ds.samples = [ds.samples[i] for i in keep]
+        ds.targets = [ds.targets[i] for i in keep]
+        if not ds.samples:
+            raise DataError(f"every image file of the {split} split is unreadable (e.g. {ds.bad_files[0][0]}: "
+                            f"{ds.bad_files[0][1]})")
 
 
 class SkippedBatch(list):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,48 @@ def load_detection_config(recipe: str | None = None, overrides: list[str] | None
     return load_config(recipe, overrides, defaults=DETECTION_DEFAULTS)
 
 
+def validate_detection_config(cfg: dict) -> dict:
+    """Check a detection config before any work; bad values raise a one-line ``ConfigError``."""
+    import os as _os
+
+    from botnet.errors import ConfigError, resolve_device
+    from botnet.training.config import _choice, _num, check_model_kwargs, check_threads
+
+    _num(cfg, "train.epochs", kind=int, low=1)
+    _num(cfg, "train.batch_size", kind=int, low=1)
+    _num(cfg, "train.lr", low=0)
+    _num(cfg, "train.momentum", low=0, high=1)
+    _num(cfg, "train.weight_decay", low=0)
+    _num(cfg, "train.warmup_steps", kind=int, low=0)
+    _num(cfg, "train.grad_clip", low=0)
+    _num(cfg, "train.time_budget_min", low=0, low_open=True, optional=True)
+    _num(cfg, "train.num_workers", kind=int, low=0)
+    _num(cfg, "train.seed", kind=int, low=0)
+    _num(cfg, "train.log_every", kind=int, low=1)
+    _num(cfg, "train.eval_every", kind=int, low=0)
+    _num(cfg, "train.hflip", low=0, high=1)
+    _choice(cfg, "train.optimizer", ("sgd", "adamw"))
+    _choice(cfg, "train.schedule", ("cosine", "step", "constant"))
+    _choice(cfg, "train.amp", ("none", "bf16", "fp16", None))
+    check_threads(cfg["train"]["threads"])
+    resolve_device(cfg["train"]["device"])
+    _num(cfg, "eval.batch_size", kind=int, low=1)
+    _choice(cfg, "eval.backend", ("pycocotools", "faster_coco_eval"))
+    _choice(cfg, "data.dataset", ("fashion-mosaic", "coco"))
+    _choice(cfg, "model.kind", ("maskrcnn", "fasterrcnn"))
+    _choice(cfg, "model.norm", ("bn", "frozen", "sync"), optional=True)
+    _num(cfg, "model.canvas", kind=int, low=32, optional=True)
+    _num(cfg, "model.img_size", kind=int, low=1, optional=True)
+    _num(cfg, "model.trainable_layers", kind=int, low=0, high=5, optional=True)
+    if not isinstance(cfg["model"].get("kwargs") or {}, dict):
+        raise ConfigError(f"model.kwargs must be a mapping of create_model options, got {cfg['model']['kwargs']!r}")
+    check_model_kwargs(cfg["model"]["backbone"], {"num_classes": 0, **(cfg["model"]["kwargs"] or {})})
+    bw = cfg["model"]["backbone_weights"]
+    if bw and not _os.path.exists(bw):
+        raise ConfigError(f"model.backbone_weights {bw} does not exist")
+    return cfg
+
+
 def _resolve(root: str | None, p: str | None) -> str | None:
     if p is None:
         return None
@@ -186,13 +229,17 @@ def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu"):
     ``label_to_cat_id``.
     """
     from botnet.detection.models import build_detector
-    from botnet.training.checkpoint import load_weights, read_metadata, resolve_checkpoint
+    from botnet.errors import resolve_device
+    from botnet.training.checkpoint import CheckpointError, load_weights, read_metadata, resolve_checkpoint
 
+    device = resolve_device(str(device))
     p = resolve_checkpoint(path)
     meta = read_metadata(p)
-    kw = dict(meta.get("model_kwargs") or {})
-    if not str(meta.get("arch", "")).startswith("detector:") or "kind" not in kw:
-        raise ValueError(f"{p} is not a detection checkpoint (arch {meta.get('arch')!r})")
+    kw = meta.get("model_kwargs")
+    if not isinstance(kw, dict) or not str(meta.get("arch", "")).startswith("detector:") or "kind" not in kw:
+        raise CheckpointError(f"{p} is not a detection checkpoint (architecture {meta.get('arch')!r}); give a "
+                              f"run directory or checkpoint written by botnet detect train")
+    kw = dict(kw)
     kw["backbone_weights"] = None  # the checkpoint holds every weight
     if kw.get("norm") == "sync":  # SyncBatchNorm has BatchNorm's state-dict keys
         kw["norm"] = "bn"
@@ -307,33 +354,60 @@ def _headline(metrics: dict) -> dict:
 def train_detector(cfg: dict) -> dict:
     """Train per ``cfg`` (see :data:`DETECTION_DEFAULTS`); returns a summary dict (main rank)."""
     import yaml
+
+    from botnet.training import checkpoint as ckpt
     from torch.utils.data import DataLoader, RandomSampler
     from torch.utils.data.distributed import DistributedSampler
 
     from botnet.data.coco import detection_collate
-    from botnet.training import checkpoint as ckpt
+    from botnet.training.checkpoint import atomic_write_bytes
     from botnet.training.distributed import (any_rank_true, barrier, broadcast_object, cleanup,
                                              init_distributed, reduce_dict, seed_everything, seed_worker)
     from botnet.training.guards import GracefulInterrupt, check_finite
     from botnet.training.logger import MetricsLogger
 
+    validate_detection_config(cfg)
     tcfg, ecfg = cfg["train"], cfg["eval"]
+    out_dir = Path(cfg["out_dir"])
+    resume = tcfg["resume"]
+    if resume == "auto":
+        resume = out_dir / "last.safetensors" if (out_dir / "last.safetensors").is_file() else None
+    if resume:  # a bad or finished --resume is found before anything is built or written
+        _, rmeta = ckpt.check_resumable(resume)
+        if int(rmeta.get("epoch", 0)) >= int(tcfg["epochs"]):
+            print(f"run {out_dir} is already finished ({rmeta.get('epoch')} of {tcfg['epochs']} epochs); nothing was "
+                  f"changed. Pass a larger --epochs to train it further.")
+            return {"already_finished": True, "out_dir": str(out_dir), "epochs_done": int(rmeta.get("epoch", 0))}
     if tcfg["threads"]:
         torch.set_num_threads(int(tcfg["threads"]))
     info = init_distributed(tcfg["device"])
     try:
         seed_everything(tcfg["seed"], info.rank)
-        out_dir = Path(cfg["out_dir"])
         if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            ckpt.check_output_dir(out_dir)
+            for f in ckpt.remove_stale_temp_files(out_dir):
+                print(f"removed {f.name}, left by a save that was killed")
             data_paths(cfg, generate=True)  # generate the mosaic once, on rank 0
         barrier()
         train_set, val_set = build_datasets(cfg, generate=False)
         if info.is_main:
             print(f"train: {train_set.report.summary()}")
+            if train_set.report.num_annotations == 0:
+                print(f"warning: the training set has no annotations: the detector can only learn background",
+                      file=sys.stderr)
             if val_set is not None:
                 print(f"val: {val_set.report.summary()}")
+                if val_set.report.num_annotations == 0:
+                    print("warning: the validation set has no annotations: COCO AP is undefined (reported as 0)",
+                          file=sys.stderr)
+        if len(train_set) < tcfg["batch_size"] * info.world_size:
+            from botnet.data.errors import DataError
+
+            raise DataError(f"the training set has {len(train_set)} usable images, fewer than one batch "
+                            f"({tcfg['batch_size']} x {info.world_size} process(es)); lower train.batch_size "
+                            f"(--set train.batch_size=N) or add images")
+        if info.is_main:
+            atomic_write_bytes(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
         num_classes = train_set.num_classes + 1
         if cfg["model"]["norm"] == "sync" and info.distributed and info.device.type == "cpu":
             # torch's SyncBatchNorm only runs under DDP on GPUs; decided here, before training
@@ -366,9 +440,6 @@ def train_detector(cfg: dict) -> dict:
             raise ValueError(f"training set has {len(train_set)} images, fewer than one batch")
         total_steps = steps_per_epoch * tcfg["epochs"]
         start_epoch, step, elapsed_before, best = 0, 0, 0.0, -1.0
-        resume = tcfg["resume"]
-        if resume == "auto":
-            resume = out_dir / "last.safetensors" if (out_dir / "last.safetensors").is_file() else None
         if resume:
             state = ckpt.load_checkpoint(resume, model, optimizer=opt, scaler=scaler if tcfg["amp"] == "fp16" else None)
             start_epoch, step = state["epoch"], state["step"]

@@ -60,18 +60,13 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
+        from botnet.training.checkpoint import CheckpointError, _read_weights
+
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # pickles with arbitrary objects are refused by design
-                raise ValueError(f"{path}: not a loadable weights-only checkpoint ({e})") from e
+            raise CheckpointError(f"checkpoint not found: {path}")
+        # safetensors, or torch.load(weights_only=True): pickles with arbitrary objects are refused
+        sd = _read_weights(path)
     for key in _NESTED_KEYS:
         if key in sd and isinstance(sd[key], Mapping):
             sd = dict(sd[key])
@@ -80,7 +75,9 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
         sd = {k[len("module."):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"checkpoint entries that are not tensors: {_summarise(bad)}")
+        from botnet.training.checkpoint import CheckpointError
+
+        raise CheckpointError(f"checkpoint entries that are not tensors: {_summarise(bad)}")
     return sd
 
 
@@ -116,7 +113,9 @@ def load_resnet_weights(
         report.transferred.append(name)
     report.fresh = [k for k in own if k not in new_sd]
     if not report.transferred:
-        raise ValueError(
+        from botnet.training.checkpoint import CheckpointError
+
+        raise CheckpointError(
             "no tensor of the checkpoint matches the model by name and shape; is it a ResNet "
             f"state dict? first checkpoint keys: {_summarise(list(sd), 5)}"
         )

@@ -212,16 +212,19 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
     """Make sure ``path`` is (or can become) a folder this process can write into, before any work.
 
     Creates it if needed and writes/removes a probe file. Raises :class:`CheckpointError` naming
-    the path when it is a file, lies under a file, or cannot be written.
+    the path (:class:`botnet.errors.ConfigError`) when it is a file, lies under a file, or cannot
+    be written.
     """
+    from botnet.errors import ConfigError
+
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise CheckpointError(f"{what} {p} is a file, not a folder; choose another run directory")
+        raise ConfigError(f"{what} {p} is a file, not a folder; choose another run directory")
     anc = p
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     if not anc.is_dir():
-        raise CheckpointError(f"{what} {p} cannot be created: {anc} is a file")
+        raise ConfigError(f"{what} {p} cannot be created: {anc} is a file")
     created = []  # folders made only for the probe are removed again: a failed run leaves nothing
     try:
         for d in reversed([p, *p.parents]):
@@ -232,7 +235,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CheckpointError(f"{what} {p} is not writable ({e.strerror or e}); choose a folder you can "
+        raise ConfigError(f"{what} {p} is not writable ({e.strerror or e}); choose a folder you can "
                               f"write to") from None
     finally:
         for d in reversed(created):

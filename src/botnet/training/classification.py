@@ -61,13 +61,22 @@ def build_model(arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
 def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False,
                           device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained with (from its metadata) and load its weights."""
+    from botnet.errors import resolve_device
+
+    device = resolve_device(str(device))
     wpath = ckpt.resolve_checkpoint(path)
     meta = ckpt.read_metadata(wpath)
     if meta.get("format") != "botnet-checkpoint-v1" or not meta.get("arch"):
         raise ckpt.CheckpointError(f"{wpath} is not a botnet training checkpoint (no architecture metadata); "
                                    f"build the model yourself and use botnet.training.checkpoint.load_weights")
-    kwargs = dict(meta.get("model_kwargs") or {})
-    model = build_model(meta["arch"], kwargs)
+    kwargs = meta.get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        raise ckpt.CheckpointError(f"{wpath} has corrupt model_kwargs metadata ({kwargs!r})")
+    try:
+        model = build_model(meta["arch"], kwargs)
+    except (TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{wpath} describes a model this botnet cannot build "
+                                   f"({meta['arch']}, {kwargs}): {' '.join(str(e).split())}") from None
     ckpt.load_weights(model, wpath, use_ema=use_ema)
     return model.to(device).eval(), meta
 
@@ -198,8 +207,9 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     # files first: a bad --resume / --init-weights / --output is found before the data is read
     if resume:
         ckpt.check_resumable(resume)
-    if init_weights:
-        ckpt.resolve_checkpoint(init_weights)
+    if init_weights:  # read now (tensors only); whether they fit is checked once the model exists
+        p = Path(init_weights)
+        ckpt._read_weights(p if p.suffix in (".pt", ".pth", ".bin") else ckpt.resolve_checkpoint(p))
     if di.is_main:
         ckpt.check_output_dir(run_dir)
         for f in ckpt.remove_stale_temp_files(run_dir):
@@ -209,8 +219,10 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     # ---- data (validated before any training)
     train_ds, val_ds, info = build_datasets(cfg, train=True, val=True)
     if len(train_ds) < dc["batch_size"] * di.world_size:
-        raise ValueError(f"training set has {len(train_ds)} images, fewer than one global batch "
-                         f"({dc['batch_size']} x {di.world_size}); lower --batch-size")
+        from botnet.data.errors import DataError
+
+        raise DataError(f"the training set has {len(train_ds)} images, fewer than one global batch "
+                        f"({dc['batch_size']} x {di.world_size} process(es)); lower --batch-size")
     if di.is_main:
         for split, ds in (("training", train_ds), ("validation", val_ds)):
             bad = getattr(ds, "bad_files", [])
@@ -225,13 +237,17 @@ def _train(cfg: dict, di: DistInfo, resume, init_weights) -> dict[str, Any]:
     arch = cfg["model"]["name"]
     mkw = model_kwargs_from_cfg(cfg, num_classes, info.in_chans)
     if mkw["num_classes"] != num_classes:
-        raise ValueError(f"model.num_classes={mkw['num_classes']} but the data has {num_classes} classes")
+        from botnet.errors import ConfigError
+
+        raise ConfigError(f"model.num_classes={mkw['num_classes']} but the data has {num_classes} classes")
     model = build_model(arch, mkw)
     if init_weights:
         ckpt.load_weights(model, init_weights)
     if tc["sync_bn"] and di.distributed:
         if di.device.type == "cpu":
-            raise ValueError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+            from botnet.errors import ConfigError
+
+            raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
                              "use --freeze-bn or plain BatchNorm on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(di.device)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from botnet.cli.argtypes import (nonneg_float, nonneg_int, positive_float, positive_int, threads, unit_float)
+
 __all__ = ["add_train_arguments", "config_from_args", "FLAG_TO_KEY"]
 
 # flag dest -> (config key, help); None values are "not given" and leave the recipe's value
@@ -55,10 +57,12 @@ BOOL_FLAGS: dict[str, tuple[str, str]] = {
     "progress": ("train.progress", "show tqdm progress bars"),
     "plots": ("train.plots", "write PNG curves and a confusion matrix at the end"),
 }
-TYPES = {"img_size": int, "epochs": float, "batch_size": int, "lr": float, "weight_decay": float, "warmup_epochs": float,
-         "label_smoothing": float, "mixup": float, "cutmix": float, "drop_rate": float, "drop_path_rate": float,
-         "ema_decay": float, "grad_clip": float, "num_workers": int, "seed": int, "time_budget": float, "max_steps": int,
-         "eval_every": int, "save_every_steps": int, "limit_train": int, "limit_val": int}
+TYPES = {"img_size": positive_int, "epochs": positive_float, "batch_size": positive_int, "lr": nonneg_float,
+         "weight_decay": nonneg_float, "warmup_epochs": nonneg_float, "label_smoothing": unit_float,
+         "mixup": nonneg_float, "cutmix": nonneg_float, "drop_rate": unit_float, "drop_path_rate": unit_float,
+         "ema_decay": unit_float, "grad_clip": positive_float, "num_workers": nonneg_int, "seed": nonneg_int,
+         "time_budget": positive_float, "max_steps": positive_int, "eval_every": nonneg_int,
+         "save_every_steps": positive_int, "limit_train": positive_int, "limit_val": positive_int, "threads": threads}
 
 
 CHOICES = {"amp": ["none", "bf16", "fp16"], "dataset": ["fashion-mnist", "folder"],
