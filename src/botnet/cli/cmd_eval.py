@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--num-workers", type=nonneg_int, default=None, help="DataLoader workers (default: recipe)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (quick checks)")
-    p.add_argument("--ema", action="store_true", help="also evaluate the EMA weights stored in the .state.pt beside the weights")
+    p.add_argument("--ema", action="store_true", help="also evaluate the EMA weights stored in the .state.safetensors beside the weights")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable image files (counted) instead of stopping")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT",
                    help="RUN/best.safetensors, RUN/last.safetensors or a run directory")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show per image (default 5)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights from the .state.pt beside the checkpoint")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights from the .state.safetensors beside the checkpoint")
     p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted in the summary)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON")

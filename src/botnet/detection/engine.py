@@ -5,7 +5,7 @@ CPU), :mod:`botnet.training.checkpoint` (atomic safetensors weights + resumable 
 :mod:`botnet.training.logger` (TensorBoard + JSONL + CSV), :mod:`botnet.training.guards`
 (non-finite loss, graceful Ctrl-C) and :mod:`botnet.training.config` (YAML recipe + ``--set``).
 
-A run directory holds ``config.yaml``, ``last.safetensors`` (+ ``last.state.pt``),
+A run directory holds ``config.yaml``, ``last.safetensors`` (+ ``last.state.safetensors``),
 ``best.safetensors`` (best box AP, or mask AP for Mask R-CNN), ``metrics.jsonl/csv``, ``tb/``,
 ``eval.json`` + ``eval.md`` (COCO metrics of the final model on the val split) and
 ``predictions/*.png`` (drawn val predictions).

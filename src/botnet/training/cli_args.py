@@ -92,7 +92,7 @@ def add_train_arguments(p: argparse.ArgumentParser, default_recipe: str | None =
         g.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=f"{help_} [{key}]")
     g = p.add_argument_group("checkpoints")
     g.add_argument("--resume", metavar="CKPT", default=None,
-                   help="continue a run exactly from RUN/last.safetensors (+ last.state.pt), or a run directory; "
+                   help="continue a run exactly from RUN/last.safetensors (+ last.state.safetensors), or a run directory; "
                         "the run's saved config is used unless --config is given explicitly")
     g.add_argument("--init-weights", metavar="CKPT", default=None,
                    help="start from these weights (same architecture; mismatching keys are listed and refused)")
