@@ -1,32 +1,76 @@
 """Model registry: ``@register_model`` entry points, ``create_model`` and ``list_models``.
 
-When timm is installed every model also joins timm's registry, so ``timm.create_model("botnet50")``
-works after ``import botnet``. Names timm already owns (``resnet50``...) join as ``botnet_<name>``
-so timm's own models are never overwritten.
+Every model also joins timm's registry through timm's public API (``timm.models.register_model``),
+so ``timm.create_model("botnet50", ...)`` works after ``import botnet``, with its pretrained config
+(``default_cfgs`` of the defining module) and every timm argument (``features_only``,
+``out_indices``, ``global_pool``...). Names timm already owns (``resnet50``...) join timm as
+``botnet_<name>`` so timm's own models are never overwritten; :data:`TIMM_NAMES` maps ours to timm's.
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
+import sys
+import warnings
 from typing import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "TIMM_NAMES"]
+__all__ = ["register_model", "create_model", "list_models", "is_model", "resolve_name", "TIMM_NAMES"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 TIMM_NAMES: dict[str, str] = {}  # our name -> the name it has in timm's registry
-
-# Keyword arguments timm's create_model passes to every entry point that ours have no use for.
-_TIMM_ONLY_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+_FROM_TIMM: dict[str, str] = {}  # timm name -> our name, for the names that differ
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register an entry point ``fn(pretrained=False, **kwargs)`` here and in timm's registry.
+
+    The entry point's module must hold ``default_cfgs`` (``timm.models.generate_default_cfgs``)
+    keyed by our name; timm reads the pretrained config from there when the model registers.
+    """
     name = fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} registered twice")
     _MODELS[name] = fn
-    _register_with_timm(name, fn)
+    TIMM_NAMES[name] = _register_with_timm(name, fn)
+    if TIMM_NAMES[name] != name:
+        _FROM_TIMM[TIMM_NAMES[name]] = name
     return fn
+
+
+def _register_with_timm(name: str, fn: Callable[..., nn.Module]) -> str:
+    import timm.models
+
+    timm_name = name
+    if timm.models.is_model(name):  # timm's own model (resnet50...): never overwrite it
+        timm_name = f"botnet_{name}"
+        if timm.models.is_model(timm_name):
+            warnings.warn(f"timm already has models {name!r} and {timm_name!r}: {name} is not registered in timm",
+                          stacklevel=3)
+            return name
+
+        @functools.wraps(fn)
+        def entry(pretrained: bool = False, **kwargs) -> nn.Module:
+            return fn(pretrained=pretrained, **kwargs)
+
+        entry.__name__ = entry.__qualname__ = timm_name
+        module = sys.modules[fn.__module__]
+        # timm registers fn.__name__, reads its config from the module's default_cfgs under that
+        # name and lists it in the module's __all__, so the module gets both under the timm name.
+        cfgs = getattr(module, "default_cfgs", None)
+        if cfgs is not None and name in cfgs:
+            cfgs[timm_name] = cfgs[name]
+        setattr(module, timm_name, entry)
+    else:
+        entry = fn
+    timm.models.register_model(entry)
+    return timm_name
+
+
+def resolve_name(name: str) -> str:
+    """Our registry name for ``name``, which may also be the model's timm name (``botnet_resnet50``)."""
+    return _FROM_TIMM.get(name, name)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -36,7 +80,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    return name in _MODELS
+    return resolve_name(name) in _MODELS
 
 
 def create_model(
@@ -47,45 +91,22 @@ def create_model(
     in_chans: int = 3,
     **overrides,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model (the same model ``timm.create_model`` builds under the timm name).
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models` (or its timm name, e.g. ``botnet_resnet50``).
         num_classes: classifier outputs; 0 removes the classifier (``fc`` becomes Identity).
         img_size: image size the attention tables are built for (``None``: the model's default
             resolution). It does not restrict the input: every model accepts any size.
         in_chans: input channels.
         **overrides: any architecture option of :class:`botnet.models.ResNet` (e.g. ``pos="none"``,
-            ``shortcut_act=True``, ``se_in_attn=True``, ``drop_path_rate=0.1``).
+            ``shortcut_act=True``, ``se_in_attn=True``, ``drop_path_rate=0.1``), ``global_pool``
+            (timm's pooling types, ``""`` for none), or timm's ``features_only=True`` with
+            ``out_indices`` (stages 0-3: layer1..layer4) for a feature extractor.
     """
-    if name not in _MODELS:
+    key = resolve_name(name)
+    if key not in _MODELS:
         close = fnmatch.filter(_MODELS, f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} See botnet.list_models().")
-    return _MODELS[name](num_classes=num_classes, img_size=img_size, in_chans=in_chans, **overrides)
-
-
-def _register_with_timm(name: str, fn: Callable[..., nn.Module]) -> None:
-    try:
-        from timm.models import _registry as timm_registry
-    except Exception:  # timm absent or incompatible: our own registry still works
-        return
-    timm_name = name if name not in timm_registry._model_entrypoints else f"botnet_{name}"
-
-    def entry(pretrained: bool = False, **kwargs) -> nn.Module:
-        if pretrained:
-            raise ValueError(
-                f"{timm_name}: no pretrained weights are published for botnet models; "
-                "build with pretrained=False and load your own checkpoint "
-                "(botnet.load_resnet_weights for ResNet checkpoints)"
-            )
-        for k in _TIMM_ONLY_KWARGS:
-            kwargs.pop(k, None)
-        return fn(**kwargs)
-
-    entry.__name__ = timm_name
-    entry.__qualname__ = timm_name
-    entry.__module__ = fn.__module__
-    entry.__doc__ = fn.__doc__
-    timm_registry.register_model(entry)
-    TIMM_NAMES[name] = timm_name
+    return _MODELS[key](num_classes=num_classes, img_size=img_size, in_chans=in_chans, **overrides)

@@ -8,21 +8,29 @@ Model family (paper, arXiv 2101.11605; details in the paper notes):
 
 Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``,
 ``downsample.0/1``) and timm's SE (``se.fc1``, ``se.fc2``), so ResNet checkpoints transfer.
+
+Every entry point is a timm model too (see ``_registry``): built by ``timm.models.build_model_with_cfg``
+with the pretrained config of ``default_cfgs``, so timm's arguments (``features_only``, ``out_indices``,
+``feature_cls``, ``global_pool``, ``pretrained_cfg_overlay``...) work, and the model keeps timm's
+model contract (``forward_features``/``forward_head``, ``reset_classifier``, ``feature_info``,
+``forward_intermediates``, ``set_grad_checkpointing``, ``group_matcher``).
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from timm.layers import DropPath, SEModule
+from timm.layers import DropPath, SEModule, create_classifier
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, resolve_pretrained_cfg
 from torch import nn
 
 from botnet.layers import RelPosMHSA
-from botnet.models._registry import register_model
+from botnet.models._registry import TIMM_NAMES, register_model, resolve_name
 
-__all__ = ["ResNet", "Bottleneck", "ResNetCfg", "MODEL_CFGS"]
+__all__ = ["ResNet", "Bottleneck", "ResNetCfg", "MODEL_CFGS", "default_cfgs"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +61,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    __constants__ = ["attn"]  # TorchScript compiles only the branch this block has (conv2 or mhsa)
 
     def __init__(
         self,
@@ -139,6 +148,44 @@ class ResNetCfg:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
+    @property
+    def reduction(self) -> int:
+        """Output stride of the last stage (32 for ResNet-50, 16 for the S1 family, 4 for mini)."""
+        r = 4 if self.stem_kernel == 7 else 1
+        for s in self.strides:
+            r *= s
+        return r
+
+
+def _per_channel(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Normalisation constants for ``in_chans`` channels: one value is repeated, three averaged."""
+    values = tuple(values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    return (sum(values) / len(values),) * in_chans
+
+
+def _img_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
+    img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(img_hw) != 2 or min(img_hw) < 1:
+        raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
+    return int(img_hw[0]), int(img_hw[1])
+
+
+def _instance_cfg(cfg: ResNetCfg, in_chans: int, img_hw: tuple[int, int], num_classes: int) -> dict[str, Any]:
+    """The pretrained_cfg fields that follow the instance (its size, channels and classes).
+
+    ``img_size`` is ours (not a timm field): the (H, W) the attention tables were built for.
+    """
+    r = cfg.reduction
+    return {
+        "input_size": (in_chans, *img_hw), "img_size": img_hw, "pool_size": (-(-img_hw[0] // r), -(-img_hw[1] // r)),
+        "crop_pct": cfg.crop_pct, "mean": _per_channel(cfg.mean, in_chans), "std": _per_channel(cfg.std, in_chans),
+        "num_classes": num_classes,
+    }
+
 
 class ResNet(nn.Module):
     """Bottleneck ResNet whose last ``attn_blocks[i]`` blocks of stage i are BoT blocks."""
@@ -150,14 +197,14 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         img_size: int | Sequence[int] | None = None,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        img_size = cfg.img_size if img_size is None else img_size
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if len(img_hw) != 2 or min(img_hw) < 1:
-            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
+        img_hw = _img_hw(cfg.img_size if img_size is None else img_size)
         self.cfg = cfg
         self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.grad_checkpointing = False
         act_layer = _act(cfg.act)
 
         # Children are registered in execution order (conv1, bn1, act1, maxpool, layer1..4) so that
@@ -203,19 +250,22 @@ class ResNet(nn.Module):
                 hw = (_down(hw[0], s), _down(hw[1], s))
                 stride *= s
                 block_idx += 1
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            self.feature_info.append({"name": f"layer{i + 1}", "channels": in_chs, "stride": stride})
+            name = f"layer{i + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            # timm's keys (module, num_chs, reduction) and the ones the detection code reads.
+            self.feature_info.append(
+                {"module": name, "num_chs": in_chs, "reduction": stride, "name": name, "channels": in_chs, "stride": stride}
+            )
 
         self.num_features = in_chs
         self.inplanes = in_chs  # torchvision's _resnet_fpn_extractor reads this
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
+        self.head_hidden_size = in_chs * self.global_pool.feat_mult()
         self.drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
-        self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        # Replaced by timm's resolved config (with these instance fields) when built through the registry.
         self.pretrained_cfg = {
-            "img_size": img_hw, "input_size": (in_chans, *img_hw), "crop_pct": cfg.crop_pct,
-            "mean": cfg.mean if in_chans == 3 else (sum(cfg.mean) / 3,) * in_chans,
-            "std": cfg.std if in_chans == 3 else (sum(cfg.std) / 3,) * in_chans,
-            "num_classes": num_classes, "interpolation": "bicubic", "first_conv": "conv1", "classifier": "fc",
+            "interpolation": "bicubic", "first_conv": "conv1", "classifier": "fc",
+            **_instance_cfg(cfg, in_chans, img_hw, num_classes),
         }
         self.default_cfg = self.pretrained_cfg  # older timm code reads this name
         self._init_weights()
@@ -245,19 +295,99 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bn3.weight)
 
     # ------------------------------------------------------------------ API
+    @property
+    def botnet_arch(self) -> str | None:
+        """Our registry name of this model (``pretrained_cfg["architecture"]`` is its timm name)."""
+        arch = self.pretrained_cfg.get("architecture")
+        return resolve_name(arch) if arch else None
+
+    @botnet_arch.setter
+    def botnet_arch(self, name: str) -> None:
+        self.pretrained_cfg["architecture"] = TIMM_NAMES.get(name, name)
+
     def attention_layers(self) -> list[tuple[str, RelPosMHSA]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, RelPosMHSA)]
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for timm's layer-wise LR decay: the stem, then each stage or block."""
+        return {"stem": r"^(conv1|bn1)\.", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
 
-    def reset_classifier(self, num_classes: int) -> None:
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier for ``num_classes`` (0: none); ``global_pool`` "" keeps the feature map."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        ref = self.conv1.weight
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool, self.fc = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, device=ref.device, dtype=ref.dtype
+        )
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
         self.pretrained_cfg["num_classes"] = num_classes
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate-feature API: the outputs of the stages ``indices`` (of layer1..layer4).
+
+        Args:
+            indices: None for all four, an int n for the last n, or stage indices (negative from the end).
+            norm: accepted for timm's API; the network has no final norm to apply.
+            stop_early: stop after the last requested stage (the first result is then that stage's output).
+            output_fmt: only "NCHW".
+            intermediates_only: return only the list.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = _take_indices(len(self.feature_info), indices)
+        stages = self._stages()[: last + 1] if stop_early else self._stages()
+        intermediates = []
+        x = self.forward_stem(x)
+        for i, stage in enumerate(stages):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head); returns the absolute indices."""
+        take, last = _take_indices(len(self.feature_info), indices)
+        for info in self.feature_info[last + 1:]:
+            setattr(self, info["module"], nn.Sequential())  # empty: runs as the identity
+        if last < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or last < len(self.feature_info) - 1:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_feature_maps(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Named multi-scale maps for detection necks: layer1..layer4 (see ``feature_info``)."""
@@ -270,17 +400,38 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)  # (B, stem, H/4, W/4)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)  # (B, num_features, H/32, W/32) (H/16 for the S1 family)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.global_pool(x).flatten(1))
+        x = self.drop(self.global_pool(x))  # (B, head_hidden_size); the map itself if global_pool=""
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _take_indices(n: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's index convention: None = all n, int k = the last k, else indices (negative from the end)."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"last-n index count {indices} is out of range: there are {n} feature levels")
+        take = list(range(n - indices, n))
+    else:
+        take = []
+        for i in indices:
+            if not -n <= i < n:
+                raise ValueError(f"feature index {i} is out of range: there are {n} feature levels (0..{n - 1})")
+            take.append(i % n)
+        if not take:
+            raise ValueError("no feature index given")
+    return take, max(take)
 
 
 # ---------------------------------------------------------------------- configs
@@ -303,91 +454,160 @@ MODEL_CFGS: dict[str, ResNetCfg] = {
 }
 
 
-def _build(name: str, *, num_classes: int = 1000, in_chans: int = 3, img_size=None, **overrides) -> ResNet:
+def _cfg(name: str) -> dict[str, Any]:
+    """timm pretrained config of one model at its default size (no weights are published)."""
+    c = MODEL_CFGS[name]
+    bot = name.startswith("botnet")
+    return {
+        **_instance_cfg(c, 3, (c.img_size, c.img_size), 1000), "interpolation": "bicubic",
+        "first_conv": "conv1", "classifier": "fc", "license": "apache-2.0",
+        "paper_ids": "arXiv:2101.11605" if bot else "arXiv:1512.03385",
+        "paper_name": "Bottleneck Transformers for Visual Recognition" if bot else "Deep Residual Learning for Image Recognition",
+    }
+
+
+# timm reads each model's pretrained config from here when it registers (timm names are added by
+# the registry for the models registered under another name, e.g. botnet_resnet50).
+default_cfgs = generate_default_cfgs({name: {k: v for k, v in _cfg(name).items() if k != "img_size"} for name in MODEL_CFGS})
+
+# create_model keyword arguments that timm's build_model_with_cfg consumes (not ResNet's).
+_TIMM_BUILD_KWARGS = frozenset({
+    "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args",
+    "features_only", "out_indices", "feature_cls", "feature_cfg",
+})
+_MODEL_KWARGS = frozenset({"num_classes", "in_chans", "img_size", "global_pool"})
+N_FEATURE_LEVELS = 4  # layer1..layer4
+
+
+def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build ``name`` with timm's ``build_model_with_cfg`` (the one path for botnet and timm)."""
+    variant = TIMM_NAMES.get(name, name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # as timm.create_model does
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     cfg = MODEL_CFGS[name]
+    fields = set(asdict(cfg))
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    unknown = sorted(set(kwargs) - _MODEL_KWARGS - _TIMM_BUILD_KWARGS)
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {unknown}; valid: {sorted(fields | _MODEL_KWARGS)} "
+                        "and timm's features_only/out_indices/feature_cls/pretrained_cfg(_overlay)")
     if overrides:
-        known = set(asdict(cfg))
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"{name}: unknown option(s) {unknown}; valid: {sorted(known)}")
         cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    return ResNet(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+
+    features = bool(kwargs.get("features_only", False))
+    feature_cfg = {"out_indices": tuple(range(N_FEATURE_LEVELS)), **kwargs.pop("feature_cfg", {})}
+    if "out_indices" in kwargs and not features:
+        raise TypeError(f"{name}: out_indices needs features_only=True")
+    if features:
+        out = kwargs.pop("out_indices", feature_cfg["out_indices"])
+        levels = ", ".join(f"{i}: layer{i + 1}" for i in range(N_FEATURE_LEVELS))
+        try:
+            feature_cfg["out_indices"] = tuple(_take_indices(N_FEATURE_LEVELS, out)[0])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name}: bad out_indices {out!r} ({e}); the feature levels are {levels}") from None
+
+    # The defaults timm's build_model_with_cfg takes from the pretrained config, resolved here too
+    # so that the instance config below agrees with the model built.
+    resolved = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    kwargs.setdefault("num_classes", resolved.num_classes)
+    kwargs.setdefault("in_chans", resolved.input_size[0])
+    if pretrained:
+        if not resolved.has_weights:
+            raise ValueError(
+                f"{variant}: no pretrained weights are published for botnet models; build with pretrained=False "
+                "and load your own checkpoint (botnet.load_resnet_weights for ResNet checkpoints), or pass "
+                "pretrained_cfg_overlay=dict(file=PATH) to timm.create_model"
+            )
+
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(ResNet, variant, pretrained, model_cfg=cfg, feature_cfg=feature_cfg, **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
+
+    # The config follows the instance: its input size, channels and classes (a features_only model
+    # keeps timm's reduced config, without num_classes/classifier).
+    inst = _instance_cfg(cfg, kwargs["in_chans"], _img_hw(kwargs.get("img_size", cfg.img_size)), kwargs["num_classes"])
+    if features:
+        inst.pop("num_classes")
+    model.pretrained_cfg.update(inst, **(kwargs.get("pretrained_cfg_overlay") or {}))
+    model.default_cfg = model.pretrained_cfg
+    return model
 
 
-# Entry points (one per name so each is visible, documented and registrable in timm).
+# Entry points, as timm's model files have them: fn(pretrained=False, **kwargs), one per name.
 @register_model
-def resnet50(**kwargs) -> ResNet:
+def resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-50 [3,4,6,3]: 25,557,032 parameters, the torchvision layout."""
-    return _build("resnet50", **kwargs)
+    return _create("resnet50", pretrained, **kwargs)
 
 
 @register_model
-def resnet101(**kwargs) -> ResNet:
+def resnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-101 [3,4,23,3]."""
-    return _build("resnet101", **kwargs)
+    return _create("resnet101", pretrained, **kwargs)
 
 
 @register_model
-def resnet152(**kwargs) -> ResNet:
+def resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-152 [3,8,36,3]."""
-    return _build("resnet152", **kwargs)
+    return _create("resnet152", pretrained, **kwargs)
 
 
 @register_model
-def resnet200(**kwargs) -> ResNet:
+def resnet200(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-200 [3,24,36,3]."""
-    return _build("resnet200", **kwargs)
+    return _create("resnet200", pretrained, **kwargs)
 
 
 @register_model
-def botnet50(**kwargs) -> ResNet:
+def botnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """BoT50: ResNet-50 with the three c5 blocks made BoT blocks (20.8 M parameters)."""
-    return _build("botnet50", **kwargs)
+    return _create("botnet50", pretrained, **kwargs)
 
 
 @register_model
-def botnet101(**kwargs) -> ResNet:
+def botnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """BoT101: ResNet-101 with the three c5 blocks made BoT blocks."""
-    return _build("botnet101", **kwargs)
+    return _create("botnet101", pretrained, **kwargs)
 
 
 @register_model
-def botnet152(**kwargs) -> ResNet:
+def botnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """BoT152: ResNet-152 with the three c5 blocks made BoT blocks."""
-    return _build("botnet152", **kwargs)
+    return _create("botnet152", pretrained, **kwargs)
 
 
 @register_model
-def botnet200(**kwargs) -> ResNet:
+def botnet200(pretrained: bool = False, **kwargs) -> ResNet:
     """BoT200: ResNet-200 with the three c5 blocks made BoT blocks (the paper's COCO headline)."""
-    return _build("botnet200", **kwargs)
+    return _create("botnet200", pretrained, **kwargs)
 
 
 @register_model
-def botnet_s1_59(**kwargs) -> ResNet:
+def botnet_s1_59(pretrained: bool = False, **kwargs) -> ResNet:
     """BoTNet-S1-59 (T3, 224 px): blocks [3,4,6,6], stride-1 c5 of BoT blocks, SE, SiLU."""
-    return _build("botnet_s1_59", **kwargs)
+    return _create("botnet_s1_59", pretrained, **kwargs)
 
 
 @register_model
-def botnet_s1_77(**kwargs) -> ResNet:
+def botnet_s1_77(pretrained: bool = False, **kwargs) -> ResNet:
     """BoTNet-S1-77 (T6, 320 px): blocks [3,4,6,12]."""
-    return _build("botnet_s1_77", **kwargs)
+    return _create("botnet_s1_77", pretrained, **kwargs)
 
 
 @register_model
-def botnet_s1_110(**kwargs) -> ResNet:
+def botnet_s1_110(pretrained: bool = False, **kwargs) -> ResNet:
     """BoTNet-S1-110 (T4, 224 px): blocks [3,4,23,6]."""
-    return _build("botnet_s1_110", **kwargs)
+    return _create("botnet_s1_110", pretrained, **kwargs)
 
 
 @register_model
-def botnet_s1_128(**kwargs) -> ResNet:
+def botnet_s1_128(pretrained: bool = False, **kwargs) -> ResNet:
     """BoTNet-S1-128 (T5 at 256 px; T7 at 384 px with img_size=384): blocks [3,4,23,12]."""
-    return _build("botnet_s1_128", **kwargs)
+    return _create("botnet_s1_128", pretrained, **kwargs)
 
 
 @register_model
-def botnet_mini(**kwargs) -> ResNet:
+def botnet_mini(pretrained: bool = False, **kwargs) -> ResNet:
     """A small BoT network for 28-64 px images (the Fashion-MNIST CPU demo)."""
-    return _build("botnet_mini", **kwargs)
+    return _create("botnet_mini", pretrained, **kwargs)
