@@ -14,7 +14,7 @@ from PIL import Image
 import botnet
 from botnet.cli import main
 from botnet.data import fashion_mnist as fm
-from botnet.training import checkpoint as ckpt
+from botnet.engine import checkpoint as ckpt
 
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -117,11 +117,11 @@ def _table(f):
         (["detect", "train", "--set", "model.kwargs.zzz=1"], ["zzz"]),
         (["detect", "train", "--set", "model.kind=yolo"], ["model.kind"]),
         (["detect", "train", "--resume", missing], [str(missing)]),
-        (["detect", "train", "--out", txt], [str(txt), "is a file"]),
+        (["detect", "train", "--output", txt], [str(txt), "is a file"]),
         (["detect", "train", "--set", f"model.backbone_weights={missing}"], [str(missing)]),
         (["detect", "eval", corrupt], [str(corrupt)]),
         (["detect", "eval", missing], [str(missing)]),
-        (["detect", "eval", f["other_arch"]], ["not a detection checkpoint"]),
+        (["detect", "eval", f["other_arch"]], ["not a detection one"]),
         (["detect", "predict", corrupt, f["img"]], [str(corrupt)]),
         (["detect", "predict", corrupt, f["img"], "--score-threshold", "2"], ["--score-threshold"]),
         (["data", "check-coco", f["bad_json"]], [str(f["bad_json"]), "line 3"]),

@@ -145,13 +145,18 @@ def test_fpn_body_matches_model_feature_maps():
 
 @pytest.mark.parametrize("recipe", ["detection-coco", "detection-fashion-mosaic"])
 def test_recipes_load_and_build(recipe):
-    from botnet.detection.engine import build_model_from_config, load_detection_config
+    from botnet.detection import DETECTION_DEFAULTS, validate_detection_config
+    from botnet.detection.config import detector_kwargs
+    from botnet.engine.config import load_config
 
-    cfg = load_detection_config(recipe, ["model.kwargs={layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8}"])
-    model = build_model_from_config(cfg, num_classes=11)
+    tiny = "model.kwargs={layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8}"
+    cfg = validate_detection_config(load_config(recipe, [tiny], defaults=DETECTION_DEFAULTS))
+    kw = detector_kwargs(cfg, num_classes=11)
+    kw["backbone_weights"] = None
+    model = build_detector(kw.pop("kind"), kw.pop("backbone"), **kw)
     assert model.detector_config["canvas"] == cfg["model"]["canvas"]
     with pytest.raises(ConfigError, match="unknown config key"):
-        load_detection_config(recipe, ["train.no_such_key=1"])
+        load_config(recipe, ["train.no_such_key=1"], defaults=DETECTION_DEFAULTS)
 
 
 def test_image_without_annotations_trains():

@@ -38,9 +38,9 @@ def _records(run):
 @needs_fmnist
 def test_short_training_lowers_the_loss(trained):
     _, run = trained
-    epochs = [r for r in _records(run) if r["phase"] == "train" and "epoch_loss" in r]
+    epochs = [r for r in _records(run) if r["phase"] == "train_epoch"]
     assert len(epochs) == 3
-    assert epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     ev = json.load(open(run / "eval.json"))
     for t in ("bbox", "segm"):
         assert set(ev["metrics"][t]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
@@ -61,7 +61,7 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     rc = main(["detect", "train", *_sets(tiny_config_overrides(root / "mosaic", run2, epochs=4)), "--resume", "auto"])
     assert rc == 0
     recs = _records(run2)
-    epochs = [r for r in recs if r["phase"] == "train" and "epoch_loss" in r]
+    epochs = [r for r in recs if r["phase"] == "train_epoch"]
     assert len(epochs) == 4  # 3 kept from the first run + 1 new one
     new_steps = [r["step"] for r in recs if r["phase"] == "train" and r["step"] > steps_before]
     assert new_steps and min(new_steps) == steps_before + 1  # continued, did not restart

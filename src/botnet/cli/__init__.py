@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from botnet.engine.log import setup_cli_logging
     from botnet.errors import UserInputError
 
+    setup_cli_logging()
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

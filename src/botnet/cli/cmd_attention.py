@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT", help="checkpoint file or run directory")
     p.add_argument("--query", nargs=2, type=_frac, default=(0.5, 0.5), metavar=("Y", "X"),
                    help="query position as fractions of image height and width (default 0.5 0.5, the centre)")
-    p.add_argument("--out", "-o", default="attention", help="output folder for the PNGs (default ./attention)")
+    p.add_argument("--output", "--out", "-o", dest="out", default="attention", help="output folder for the PNGs (default ./attention)")
     p.add_argument("--invert", action="store_true", help="invert grey levels first (as in botnet predict)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights")
     p.set_defaults(func=handler)
@@ -35,9 +35,9 @@ def handler(args) -> int:
     import numpy as np
 
     from botnet.data.errors import BadImageError
-    from botnet.training.attention_viz import attention_maps, plot_attention
-    from botnet.training.checkpoint import CheckpointError
-    from botnet.training.predict import load_for_inference, load_image
+    from botnet.viz.attention import attention_maps, plot_attention
+    from botnet.engine.checkpoint import CheckpointError
+    from botnet.classification.predict import load_for_inference, load_image
 
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema)
@@ -58,6 +58,6 @@ def handler(args) -> int:
                                      f"query at y={args.query[0]:.2f}, x={args.query[1]:.2f}")
                 print(out)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

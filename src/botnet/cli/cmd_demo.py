@@ -20,9 +20,9 @@ Every `botnet train` option works here too."""
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="Fashion-MNIST demo: train + evaluate botnet_mini on the CPU in minutes",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from botnet.training.cli_args import add_train_arguments
+    from botnet.cli.train_args import add_train_arguments
 
-    add_train_arguments(p, default_recipe="fashion-mnist")
+    add_train_arguments(p, task="classification", default_recipe="fashion-mnist")
     p.add_argument("--attention-images", type=int, default=4, metavar="N",
                    help="draw attention maps for the first N test images (default 4; 0 = none)")
     p.set_defaults(func=handler, time_budget_default=540.0, output_default="runs/demo")
@@ -30,18 +30,14 @@ def register(subparsers) -> None:
 
 def handler(args) -> int:
     t0 = time.monotonic()
-    from botnet.cli.cmd_train import run_training
-    from botnet.training.cli_args import config_from_args
+    from botnet.cli.cmd_train import prepare, run_training
 
-    cfg = config_from_args(args)
     if args.time_budget is None and not any(s.startswith("train.time_budget=") for s in args.set):
-        cfg["train"]["time_budget"] = args.time_budget_default
+        args.set = [f"train.time_budget={args.time_budget_default}", *args.set]
     if args.output is None and not any(s.startswith("output.dir=") for s in args.set):
-        cfg["output"]["dir"] = args.output_default
-    if args.list_recipes or args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=False))
+        args.set = [f"output.dir={args.output_default}", *args.set]
+    cfg = prepare(args)
+    if cfg is None:
         return 0
     rc, result = run_training(args, cfg)
     if rc != 0 or result is None or result["status"] == "already_finished":
@@ -58,14 +54,15 @@ def handler(args) -> int:
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["demo_wall_seconds"] = round(time.monotonic() - t0, 2)
-    from botnet.training.checkpoint import atomic_write_bytes
+    from botnet.engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
     fin = summary.get("final", {})
     best = max(fin.values(), key=lambda r: r["top1"]) if fin else None
     if best:
-        print(f"demo: top-1 {best['top1']:.2f}% on {best['n']} test images, wall time {summary['demo_wall_seconds']:.0f}s "
-              f"(budget {cfg['train']['time_budget']:.0f}s); try: botnet predict {run}/samples/*.png --checkpoint {run}")
+        print(f"demo: top-1 {best['top1']:.2f}% on {best['n']:.0f} test images after {summary['epochs']:.2f} epochs, "
+              f"wall time {summary['demo_wall_seconds']:.0f}s (budget {cfg['train']['time_budget']:.0f}s); "
+              f"try: botnet predict {run}/samples/*.png --checkpoint {run}")
     return 0
 
 
@@ -74,8 +71,8 @@ def _attention_samples(run, cfg: dict, n: int) -> None:
     from PIL import Image
 
     from botnet.data.fashion_mnist import CLASSES, load_fashion_mnist
-    from botnet.training.attention_viz import attention_maps, plot_attention
-    from botnet.training.predict import load_for_inference
+    from botnet.viz.attention import attention_maps, plot_attention
+    from botnet.classification.predict import load_for_inference
 
     images, labels = load_fashion_mnist("test", cfg["data"]["root"], cfg["data"]["download"])
     samples = run / "samples"

@@ -44,10 +44,10 @@ def handler(args) -> int:
     import torch
 
     from botnet.data.builder import build_datasets, build_eval_loader
-    from botnet.data.errors import DataError
-    from botnet.training import checkpoint as ckpt
-    from botnet.training.classification import evaluate, model_from_checkpoint
-    from botnet.training.config import DEFAULTS, merge
+    from botnet.engine import checkpoint as ckpt
+    from botnet.classification import CLASSIFICATION_DEFAULTS, evaluate
+    from botnet.engine.config import merge
+    from botnet.engine.rebuild import load_model
 
     path = args.checkpoint or args.checkpoint_opt
     if not path:
@@ -57,8 +57,8 @@ def handler(args) -> int:
 
     device = resolve_device(args.device)
     try:
-        model, meta = model_from_checkpoint(path, device=device)
-        cfg = merge(DEFAULTS, meta.get("config") or {})
+        model, meta = load_model(path, device=device, task="classification")
+        cfg = merge(CLASSIFICATION_DEFAULTS, meta.get("config") or {})
         d = cfg["data"]
         for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),
                          ("eval_img_size", args.img_size), ("crop_pct", args.crop_pct), ("limit_val", args.limit),
@@ -79,12 +79,15 @@ def handler(args) -> int:
         results = {which: evaluate(model, loader, device, len(names), args.amp, progress=not args.no_progress,
                                    desc="eval")}
         if args.ema:
-            ema_model, _ = model_from_checkpoint(path, use_ema=True, device=device)
+            ema_model, _ = load_model(path, use_ema=True, device=device, task="classification")
             results["ema"] = evaluate(ema_model, loader, device, len(names), args.amp, progress=not args.no_progress,
                                       desc="eval EMA")
-    except (DataError, ckpt.CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except FileNotFoundError as e:  # other bad input is a UserInputError, reported by botnet.cli.main
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    pre = [p for p, _ in getattr(val_ds, "bad_files", [])]  # left out by the header check (--skip-bad)
+    for r in results.values():
+        r["skipped"], r["n_skipped"] = pre + list(r["skipped"]), r["n_skipped"] + len(pre)
     out = {}
     for k, r in results.items():
         print(f"{ckpt.resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
@@ -95,7 +98,7 @@ def handler(args) -> int:
     if args.json:
         ckpt.atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
     if args.confusion:
-        from botnet.training.plots import plot_confusion_matrix
+        from botnet.viz.plots import plot_confusion_matrix
 
         best = max(results, key=lambda k: results[k]["top1"])
         plot_confusion_matrix(results[best]["confusion"], names, args.confusion)

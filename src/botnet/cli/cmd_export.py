@@ -20,12 +20,14 @@ def register(subparsers) -> None:
             "trace size and a second size."
         ),
     )
-    p.add_argument("model", help="model name, e.g. botnet50, botnet_mini")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model name, e.g. botnet50, botnet_mini (optional with a botnet checkpoint, which names its "
+                        "architecture and every option it was trained with)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "export"))
-    p.add_argument("--out", required=True, help="output file (.onnx, .ts/.pt, .pt2)")
+    p.add_argument("--output", "--out", dest="out", required=True, help="output file (.onnx, .ts/.pt, .pt2)")
     p.add_argument("--checkpoint", default=None,
-                   help="weights: a botnet .safetensors checkpoint (its stored arch/model_kwargs are used) "
-                        "or a .pt/.pth state dict")
+                   help="weights: a botnet checkpoint or run directory (the trained model is rebuilt exactly from "
+                        "its stored architecture and options) or a .pt/.pth state dict (needs MODEL)")
     p.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (default: checkpoint's or 1000)")
     p.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: checkpoint's or 3)")
     p.add_argument("--img-size", type=positive_int, default=None,
@@ -36,43 +38,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=handler)
 
 
-def _load_checkpoint(path: str) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a botnet checkpoint or a plain state-dict file (tensors only).
-
-    Raises :class:`botnet.training.checkpoint.CheckpointError` (exit code 2) for a missing,
-    corrupt or pickled file.
-    """
+def _build(args: argparse.Namespace):
+    """The model to export: rebuilt from a botnet checkpoint, or MODEL (+ a .pt/.pth state dict)."""
     from pathlib import Path
 
-    from botnet.training.checkpoint import _read_weights, read_metadata, resolve_checkpoint
-
-    p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin"):
-        if not p.is_file():
-            from botnet.training.checkpoint import CheckpointError
-
-            raise CheckpointError(f"checkpoint file not found: {p}")
-        return _read_weights(p), {}
-    p = resolve_checkpoint(p)
-    return _read_weights(p), read_metadata(p)
-
-
-def handler(args: argparse.Namespace) -> int:
-    import torch
-
     import botnet
-    from botnet.export import export_model, verify
+    from botnet.engine import checkpoint as ckpt
+    from botnet.engine.rebuild import load_model
+    from botnet.errors import ConfigError
 
+    p = Path(args.checkpoint) if args.checkpoint else None
+    if p is not None and p.suffix not in (".pt", ".pth", ".bin"):
+        model, meta = load_model(p, task="classification")
+        if args.model and args.model != meta["arch"]:
+            raise ConfigError(f"{p} holds a {meta['arch']} model, not {args.model}; leave MODEL out to export it")
+        if args.num_classes is not None or args.in_chans is not None:
+            raise ConfigError("--num-classes / --in-chans do not apply to a botnet checkpoint (it stores both)")
+        return model
+    if not args.model:
+        raise ConfigError("give MODEL (e.g. botnet50), or a botnet checkpoint with --checkpoint")
+    state = ckpt.read_weights_file(p) if p is not None else None
     kwargs: dict = {}
-    state = None
-    if args.checkpoint:
-        state, meta = _load_checkpoint(args.checkpoint)
-        mk = meta.get("model_kwargs") or {}
-        arch = meta.get("arch")
-        if isinstance(mk, dict) and (not arch or arch == args.model):
-            kwargs.update(mk)  # every stored override (e.g. the demo's strides), not only the head and size
-        if arch and arch != args.model and arch in botnet.list_models():
-            print(f"note: checkpoint was made for {arch!r}, exporting {args.model!r}", file=sys.stderr)
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     if args.in_chans is not None:
@@ -83,14 +69,20 @@ def handler(args: argparse.Namespace) -> int:
         kwargs["in_chans"] = state["conv1.weight"].shape[1]
     try:
         model = botnet.create_model(args.model, **kwargs)
-    except Exception as e:
-        print(f"error: cannot build {args.model!r}: {e}", file=sys.stderr)
-        return 2
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build {args.model!r}: {' '.join(str(e).split())}") from None
     if state is not None:
-        from botnet.training.checkpoint import check_state_dict
-
-        check_state_dict(model, state, args.checkpoint, arch=meta.get("arch"))  # one-line error, exit 2
+        ckpt.check_state_dict(model, state, p)  # one-line error naming the keys, exit 2
         model.load_state_dict(state, strict=True)
+    return model
+
+
+def handler(args: argparse.Namespace) -> int:
+    import torch
+
+    from botnet.export import export_model, verify
+
+    model = _build(args)
     model.eval()
     path = export_model(model, args.format, args.out, img_size=args.img_size, batch=args.batch,
                         min_size=args.min_size)

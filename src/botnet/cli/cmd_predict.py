@@ -34,15 +34,15 @@ def handler(args) -> int:
     import json
 
     from botnet.data.errors import BadImageError
-    from botnet.training.checkpoint import CheckpointError, atomic_write_bytes
-    from botnet.training.predict import load_for_inference, predict_files
+    from botnet.engine.checkpoint import CheckpointError, atomic_write_bytes
+    from botnet.classification.predict import load_for_inference, predict_files
 
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
         results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
                                          args.invert, args.device)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     for r in results:
         print(r["file"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = """Train a BoTNet/ResNet image classifier.
@@ -9,62 +10,73 @@ HELP = """Train a BoTNet/ResNet image classifier.
 Data: Fashion-MNIST (default; read from /usr/share/datasets/fashion-mnist or --data-dir) or any
 ImageNet-layout folder (--dataset folder --data-dir ROOT with ROOT/train/CLASS/*.jpg and
 ROOT/val/CLASS/*.jpg). A recipe (configs/*.yaml) sets everything; flags and --set override it.
-Writes RUN/last.safetensors (+ last.state.safetensors for --resume), RUN/best.safetensors, metrics
-(TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/confusion-matrix PNGs and
-summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
+Writes RUN/config.json, RUN/last.safetensors (+ last.state.safetensors for --resume),
+RUN/best.safetensors, metrics (TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/
+confusion-matrix PNGs and summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
 
-Exit codes: 0 done (also when stopped by --time-budget/--max-steps), 2 bad input (data, config,
-checkpoint), 3 NaN/inf loss, 130 interrupted (checkpoint saved; continue with --resume)."""
+Exit codes: 0 done (also when stopped by --time-budget/--max-steps, or the run was already
+finished), 2 bad input (data, config, checkpoint), 3 NaN/inf loss, 130 interrupted (checkpoint
+saved; continue with --resume)."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an image classifier (recipes, DDP, resume)", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    from botnet.training.cli_args import add_train_arguments
+    from botnet.cli.train_args import add_train_arguments
 
-    add_train_arguments(p)
+    add_train_arguments(p, task="classification", default_recipe="fashion-mnist")
     p.set_defaults(func=handler)
 
 
-def run_training(args, cfg=None) -> tuple[int, dict | None]:
-    """Shared by ``train`` and ``demo``: run; returns ``(exit code, summary or None)``."""
-    from botnet.training.guards import NonFiniteLossError
+def _train_fn(task: str):
+    if task == "detection":
+        from botnet.detection import train
+    else:
+        from botnet.classification import train
+    return train
+
+
+def run_training(args, cfg: dict) -> tuple[int, dict | None]:
+    """Shared by every training command: run; returns ``(exit code, summary or None)``.
+
+    Bad input raises ``UserInputError``, which ``botnet.cli.main`` reports in one line (exit 2).
+    """
+    from botnet.engine.guards import NonFiniteLossError
 
     try:
-        from botnet.training.classification import train
-
-        summary = train(cfg, resume=args.resume, init_weights=args.init_weights)
+        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3, None
-    # bad input (botnet.errors.UserInputError) is reported by botnet.cli.main: one line, exit code 2
     if summary["status"] == "interrupted":
         return 130, summary
-    if summary["status"] == "already_finished":
+    if summary["status"] == "already_finished" or int(os.environ.get("RANK", "0")) != 0:
         return 0, summary
-    if int(__import__("os").environ.get("RANK", "0")) != 0:
-        return 0, summary
-    fin = summary.get("final", {})
-    line = f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} epochs, " \
-           f"train {summary['train_seconds']:.0f}s, wall {summary['wall_seconds']:.0f}s"
-    for k, v in fin.items():
-        line += f" | {k} top-1 {v['top1']:.2f}% top-5 {v['top5']:.2f}%"
+    line = (f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} of "
+            f"{summary['epochs_planned']:g} epochs, train {summary['train_seconds']:.0f}s, "
+            f"wall {summary['wall_seconds']:.0f}s")
+    for k, v in summary.get("final", {}).items():
+        line += f" | {k} " + ", ".join(f"{m} {x:.4g}" for m, x in v.items() if m not in ("n", "n_skipped"))
     print(line)
     print(f"run directory: {summary['run_dir']}")
     return 0, summary
 
 
-def handler(args) -> int:
-    from botnet.training.cli_args import config_from_args
-    from botnet.training.config import list_recipes
+def prepare(args) -> dict | None:
+    """The config of a training command, or None when --list-recipes / --print-config answered."""
+    from botnet.cli.train_args import config_from_args, print_config
+    from botnet.engine.config import list_recipes
 
     if args.list_recipes:
         print("\n".join(list_recipes()))
-        return 0
+        return None
     cfg = config_from_args(args)
     if args.print_config:
-        import yaml
+        print_config(cfg)
+        return None
+    return cfg
 
-        print(yaml.safe_dump(cfg, sort_keys=False))
-        return 0
-    return run_training(args, cfg)[0]
+
+def handler(args) -> int:
+    cfg = prepare(args)
+    return 0 if cfg is None else run_training(args, cfg)[0]

@@ -1,4 +1,4 @@
-"""Build classification datasets and loaders from a run config (see ``botnet.training.config``)."""
+"""Build classification datasets and loaders from a run config (see ``botnet.engine.config``)."""
 from __future__ import annotations
 
 import math
@@ -166,7 +166,7 @@ def _collate(cfg: dict):
 
 def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader over this rank's shard (``ResumableSampler``, seeded by ``train.seed``)."""
-    from botnet.training.distributed import seed_worker
+    from botnet.engine.distributed import seed_worker
 
     sampler = ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg["train"]["seed"]),
                                drop_last=True)

@@ -211,7 +211,7 @@ def generate_fashion_mosaic(
             os.path.isfile(mosaic_paths(out_dir, s)[1]) for s in ("train", "val")
         ):
             return {**old, "reused": True}
-    from botnet.training.checkpoint import check_output_dir
+    from botnet.engine.checkpoint import check_output_dir
 
     check_output_dir(out_dir, "--out")
     os.makedirs(out_dir, exist_ok=True)

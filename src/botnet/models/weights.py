@@ -60,7 +60,7 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
-        from botnet.training.checkpoint import CheckpointError, _read_weights
+        from botnet.engine.checkpoint import CheckpointError, _read_weights
 
         path = Path(source)
         if not path.is_file():
@@ -75,7 +75,7 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
         sd = {k[len("module."):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        from botnet.training.checkpoint import CheckpointError
+        from botnet.engine.checkpoint import CheckpointError
 
         raise CheckpointError(f"checkpoint entries that are not tensors: {_summarise(bad)}")
     return sd
@@ -113,7 +113,7 @@ def load_resnet_weights(
         report.transferred.append(name)
     report.fresh = [k for k in own if k not in new_sd]
     if not report.transferred:
-        from botnet.training.checkpoint import CheckpointError
+        from botnet.engine.checkpoint import CheckpointError
 
         raise CheckpointError(
             "no tensor of the checkpoint matches the model by name and shape; is it a ResNet "

@@ -82,7 +82,7 @@ class MetricsLogger:
         w.writeheader()
         for r in self.records:
             w.writerow(r)
-        from botnet.training.checkpoint import atomic_write_bytes
+        from botnet.engine.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.csv_path, buf.getvalue().encode())
 

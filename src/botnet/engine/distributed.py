@@ -7,7 +7,7 @@ process (``DistInfo(rank=0, world_size=1, ...)``) and every helper here is a no-
 
 Typical use (also from the detection trainer)::
 
-    from botnet.training.distributed import init_distributed, reduce_dict, barrier, cleanup
+    from botnet.engine.distributed import init_distributed, reduce_dict, barrier, cleanup
     dist_info = init_distributed()            # gloo on CPU, nccl on CUDA
     model.to(dist_info.device)
     if dist_info.distributed:

@@ -10,7 +10,7 @@ import torch
 
 import botnet
 from botnet.cli import main
-from botnet.training import checkpoint as ckpt
+from botnet.engine import checkpoint as ckpt
 
 
 class _Planted:

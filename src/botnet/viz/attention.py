@@ -87,6 +87,6 @@ def plot_attention(image, maps: list[dict], path: str | Path, query_yx: tuple[fl
             ax.set_title(f"head {hd} (max {m['maps'][hd].max():.2f})", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    from botnet.training.plots import save_figure
+    from botnet.viz.plots import save_figure
 
     return save_figure(fig, path)

@@ -8,7 +8,7 @@ A checkpoint ``DIR/last.safetensors`` is a pair of files:
 * ``DIR/last.state.safetensors`` - everything needed to continue training exactly: optimizer, LR
   scheduler, EMA weights, AMP grad scaler, epoch, step, RNG states (python, numpy, torch, CUDA)
   and the same ``save_id``; its tensors are safetensors entries and the rest a JSON skeleton in
-  the file's metadata (:mod:`botnet.training.safe_state`). Run directories get shared, so no
+  the file's metadata (:mod:`botnet.engine.safe_state`). Run directories get shared, so no
   file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``
   and the pickle-based ``.state.pt`` of earlier versions is refused.
 
@@ -58,6 +58,7 @@ __all__ = [
     "remove_stale_temp_files",
     "check_output_dir",
     "check_resumable",
+    "read_weights_file",
     "get_rng_state",
     "set_rng_state",
 ]
@@ -302,7 +303,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
                     ema=None, scaler=None, epoch: int = 0, step: int = 0, arch: str | None = None,
                     model_kwargs: dict | None = None, class_names: list[str] | None = None,
                     extra: dict | None = None, config: dict | None = None,
-                    save_state: bool = True, rng: bool = True) -> Path:
+                    save_state: bool = True, rng: bool = True, task: str = "classification") -> Path:
     """Write ``path`` (safetensors weights) and, if ``save_state``, ``path.state.safetensors`` atomically.
 
     Args:
@@ -327,6 +328,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
     save_id = uuid.uuid4().hex
     meta = {
         "format": "botnet-checkpoint-v1",
+        "task": task,
         "save_id": save_id,
         "arch": arch or unwrap_model(model).__class__.__name__,
         "model_kwargs": json.dumps(model_kwargs or {}),
@@ -356,10 +358,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
 
 
 def write_training_state(path: str | os.PathLike, state: dict[str, Any], save_id: str) -> Path:
-    """Atomically write a training-state tree (see :mod:`botnet.training.safe_state`)."""
+    """Atomically write a training-state tree (see :mod:`botnet.engine.safe_state`)."""
     from safetensors.torch import save_file
 
-    from botnet.training.safe_state import pack
+    from botnet.engine.safe_state import pack
 
     tensors, skeleton = pack(state)
     meta = {"format": STATE_FORMAT, "save_id": save_id, "skeleton": skeleton}
@@ -376,7 +378,7 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
     """
     from safetensors import safe_open
 
-    from botnet.training.safe_state import StateFormatError, unpack
+    from botnet.engine.safe_state import StateFormatError, unpack
 
     path = Path(path)
     if path.name.endswith(LEGACY_STATE_SUFFIX):
@@ -490,6 +492,17 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     return {_clean_key(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: ``.safetensors`` (or a run directory) or a ``.pt``/``.pth``
+    state dict read with ``weights_only=True``. Raises :class:`CheckpointError` naming the file."""
+    p = Path(path)
+    if p.suffix in (".pt", ".pth", ".bin"):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file not found: {p}")
+        return _read_weights(p)
+    return _read_weights(resolve_checkpoint(p))
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "<state_dict>",

@@ -1,7 +1,7 @@
 """--threads auto: the tuner keeps the count whose measured steps are fastest and re-measures on drift."""
 import torch
 
-from botnet.training.threads import ThreadTuner
+from botnet.engine.threads import ThreadTuner
 
 
 def _drive(tuner, cost, steps):

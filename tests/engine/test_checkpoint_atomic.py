@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import botnet
-from botnet.training import checkpoint as ckpt
+from botnet.engine import checkpoint as ckpt
 
 
 def _model(name="botnet_mini", **kw):

@@ -4,7 +4,7 @@ import json
 import torch
 
 from botnet.cli import main
-from botnet.training.checkpoint import read_training_state
+from botnet.engine.checkpoint import read_training_state
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_train_args, monkeypatch, capsys):
@@ -25,7 +25,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_train_args
     assert "loss is nan at step 5" in err and "last.safetensors" in err
     state = read_training_state(run / "last.state.safetensors")
     assert state["step"] == 4
-    from botnet.training.checkpoint import load_weights
+    from botnet.engine.checkpoint import load_weights
     import botnet
 
     m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, img_size=28, widths=(4, 8, 8, 16), stem_width=8)

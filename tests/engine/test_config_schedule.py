@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from botnet.errors import ConfigError
-from botnet.training.config import list_recipes, load_config
-from botnet.training.schedule import build_scheduler
+from botnet.classification import CLASSIFICATION_DEFAULTS
+from botnet.engine.config import list_recipes, load_config
+from botnet.engine.schedule import build_scheduler
 
 T = {"t3": ("botnet_s1_59", 224), "t4": ("botnet_s1_110", 224), "t5": ("botnet_s1_128", 256),
      "t6": ("botnet_s1_77", 320), "t7": ("botnet_s1_128", 384)}
@@ -14,7 +15,7 @@ T = {"t3": ("botnet_s1_59", 224), "t4": ("botnet_s1_110", 224), "t5": ("botnet_s
 def test_imagenet_recipes(t):
     name = [r for r in list_recipes() if r.startswith("imagenet-") and r.endswith(t)]
     assert len(name) == 1, list_recipes()
-    cfg = load_config(name[0])
+    cfg = load_config(name[0], defaults=CLASSIFICATION_DEFAULTS)
     assert (cfg["model"]["name"], cfg["data"]["img_size"]) == T[t]
     assert cfg["train"]["epochs"] == 350 and cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] == 0.9
     assert cfg["sched"]["name"] == "cosine" and cfg["sched"]["warmup_epochs"] > 0
@@ -25,10 +26,11 @@ def test_imagenet_recipes(t):
 
 
 def test_overrides_and_unknown_keys():
-    cfg = load_config("fashion-mnist", ["optim.lr=0.05", "train.amp=bf16", "model.kwargs.heads=2"])
+    cfg = load_config("fashion-mnist", ["optim.lr=0.05", "train.amp=bf16", "model.kwargs.heads=2"],
+                      defaults=CLASSIFICATION_DEFAULTS)
     assert cfg["optim"]["lr"] == 0.05 and cfg["train"]["amp"] == "bf16" and cfg["model"]["kwargs"]["heads"] == 2
     with pytest.raises(ConfigError, match="optim.lrr"):
-        load_config("fashion-mnist", ["optim.lrr=1"])
+        load_config("fashion-mnist", ["optim.lrr=1"], defaults=CLASSIFICATION_DEFAULTS)
 
 
 def test_cosine_can_be_fitted_to_fewer_steps():

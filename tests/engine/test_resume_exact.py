@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from botnet.cli import main
-from botnet.training.checkpoint import read_training_state
+from botnet.engine.checkpoint import read_training_state
 
 
 def _max_diff(a, b):

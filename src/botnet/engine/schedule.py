@@ -55,7 +55,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict, steps_per
     """Scheduler over ``epochs * steps_per_epoch`` optimizer steps from a ``sched`` config section.
 
     Keys: ``name`` (cosine | onecycle | step | multistep | poly | tanh | constant), ``warmup_epochs``
-    (fractional allowed), ``warmup_lr``, ``min_lr``, ``step_epochs``, ``gamma``, ``pct_start``.
+    (fractional allowed), ``warmup_lr``, ``min_lr``, ``step_epochs``, ``milestones`` (multistep:
+    fractions of the training, e.g. the detection recipe's x0.1 at 8/12 and 11/12), ``gamma``,
+    ``pct_start``.
     """
     name = sched_cfg["name"]
     spe = max(int(steps_per_epoch), 1)
@@ -81,6 +83,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict, steps_per
         optimizer, sched=timm_name, num_epochs=total, warmup_epochs=warmup,
         warmup_lr=float(sched_cfg.get("warmup_lr") or 0.0), min_lr=float(sched_cfg.get("min_lr") or 0.0),
         decay_epochs=int(float(sched_cfg.get("step_epochs") or 1) * spe),
+        decay_milestones=[max(int(round(float(f) * total)), 1) for f in sched_cfg.get("milestones") or (0.667, 0.917)],
         decay_rate=float(sched_cfg.get("gamma", 0.1)), step_on_epochs=False, updates_per_epoch=1,
     )
     s.step_update(0)

@@ -13,12 +13,13 @@ __all__ = ["load_for_inference", "load_image", "predict_files"]
 
 def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False, device: str = "cpu"):
     """``(model, transform, class_names, metadata)`` for a training checkpoint."""
+    from botnet.classification.config import CLASSIFICATION_DEFAULTS
     from botnet.data.builder import build_eval_transform
-    from botnet.training.classification import model_from_checkpoint
-    from botnet.training.config import DEFAULTS, merge
+    from botnet.engine.config import merge
+    from botnet.engine.rebuild import load_model
 
-    model, meta = model_from_checkpoint(checkpoint, use_ema=use_ema, device=device)
-    cfg = merge(DEFAULTS, meta.get("config") or {})
+    model, meta = load_model(checkpoint, use_ema=use_ema, device=device, task="classification")
+    cfg = merge(CLASSIFICATION_DEFAULTS, meta.get("config") or {})
     in_chans = int((meta.get("model_kwargs") or {}).get("in_chans", 3))
     transform = build_eval_transform(cfg, in_chans, for_files=True)
     names = meta.get("class_names") or [str(i) for i in range((meta.get("model_kwargs") or {}).get("num_classes", 0))]

@@ -14,43 +14,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "config_dirs", "list_recipes", "find_recipe", "load_config", "apply_overrides",
+__all__ = ["ENGINE_DEFAULTS", "task_schema", "config_dirs", "list_recipes", "find_recipe", "load_config", "apply_overrides",
            "set_by_path", "get_by_path", "merge"]
 
-DEFAULTS: dict[str, Any] = {
+# The sections and keys every task shares: one vocabulary, one set of units (seconds, epochs).
+# A task's schema is ``merge(ENGINE_DEFAULTS, its own model/data/eval keys)``; a recipe or --set key
+# outside the schema is an error.
+ENGINE_DEFAULTS: dict[str, Any] = {
     "name": "run",
     "model": {
-        "name": "botnet_mini",      # botnet.create_model name
-        "num_classes": None,        # None: number of classes of the data set
-        "in_chans": None,           # None: 1 for Fashion-MNIST, 3 for image folders
-        "img_size": None,           # None: data.img_size
-        "drop_rate": 0.0,           # dropout before the classifier (paper: 0.25-0.4)
-        "drop_path_rate": 0.0,      # stochastic depth (paper: up to 0.1)
-        "kwargs": {},               # extra create_model(**kwargs)
+        "kwargs": {},               # extra botnet.create_model(**kwargs) options of the (backbone) model
     },
     "data": {
-        "dataset": "fashion-mnist",  # fashion-mnist | folder
-        "root": None,               # folder with train/ and val/ (folder) or IDX files (fashion-mnist)
-        "download": False,          # fashion-mnist: allow torchvision download
-        "train_split": "train",
-        "val_split": "val",
-        "img_size": 28,             # training resolution
-        "eval_img_size": None,      # evaluation resolution (default img_size)
-        "crop_pct": 0.875,          # eval: resize to img_size / crop_pct, centre crop img_size
-        "interpolation": "bilinear",
-        "mean": None,               # None: data set default (ImageNet / Fashion-MNIST statistics)
-        "std": None,
-        "auto_augment": None,       # timm string, e.g. rand-m9-mstd0.5-inc1 (RandAugment)
-        "re_prob": 0.0,             # random erasing probability
-        "hflip": 0.5,
-        "scale": [0.08, 1.0],       # RandomResizedCrop scale (folders)
-        "padding": 2,               # random-crop padding (Fashion-MNIST)
         "batch_size": 128,          # per process
-        "eval_batch_size": None,    # default 2 x batch_size
-        "num_workers": 0,
-        "skip_bad": False,
-        "limit_train": None,        # use only the first N training images (tests, smoke runs)
-        "limit_val": None,
+        "num_workers": 0,           # DataLoader worker processes per rank
     },
     "optim": {
         "name": "sgd",              # any timm create_optimizer_v2 name: sgd, momentum, adamw, lamb ...
@@ -58,47 +35,48 @@ DEFAULTS: dict[str, Any] = {
         "lr_base_batch": None,      # e.g. 256 for "0.1 per 256 images"
         "momentum": 0.9,
         "nesterov": False,
-        "weight_decay": 4e-5,
-        "filter_bias_and_bn": True,  # no weight decay on biases and norm parameters
+        "weight_decay": 4e-5,       # never on biases, norms or position tables (the model's no_weight_decay())
     },
     "sched": {
-        "name": "cosine",           # cosine | onecycle | step | constant
+        "name": "cosine",           # cosine | onecycle | step | multistep | poly | tanh | constant
         "warmup_epochs": 0.0,       # linear warm-up (may be fractional)
         "warmup_lr": 1e-6,
         "min_lr": 0.0,
         "step_epochs": 30,          # step: decay every N epochs
+        "milestones": [0.667, 0.917],  # multistep: decay points as fractions of the training
         "gamma": 0.1,
         "pct_start": 0.25,          # onecycle
         "fit_time_budget": True,    # with train.time_budget: end the decay when the budget ends
     },
     "train": {
         "epochs": 10,
-        "max_steps": None,          # stop after this many optimizer steps (overrides epochs)
-        "time_budget": None,        # seconds of training; then stop and evaluate
-        "label_smoothing": 0.0,
-        "mixup": 0.0,
-        "cutmix": 0.0,
+        "max_steps": None,          # stop after this many optimizer steps
+        "time_budget": None,        # wall-clock seconds for the run; then stop and evaluate
         "ema": False,
         "ema_decay": 0.9999,
         "ema_warmup": False,        # timm ModelEmaV3 warm-up of the decay
-        "amp": "none",              # none | bf16 | fp16
-        "grad_clip": None,          # max gradient norm
+        "amp": "none",              # none | bf16 | fp16 (fp16 uses a gradient scaler)
+        "grad_clip": None,          # max global gradient norm
         "channels_last": False,
         "compile": False,           # torch.compile the model
         "sync_bn": False,           # SyncBatchNorm under DDP (CUDA only)
         "freeze_bn": False,         # keep BatchNorm in eval mode (running statistics; affine params still train)
         "seed": 0,
         "deterministic": False,
-        "device": "auto",
+        "device": "auto",           # auto | cpu | cuda | cuda:N
         "threads": "auto",          # CPU threads: auto (measured: shared machines are often faster with fewer) or N
         "eval_every": 1,            # evaluate every N epochs (0: only at the end)
         "save_every_steps": None,   # also checkpoint every N steps
         "log_every": 20,            # steps between log records
         "progress": True,           # tqdm progress bars
-        "plots": True,              # PNG curves and confusion matrix at the end
+        "plots": True,              # PNG curves (and the task's pictures) at the end
     },
     "output": {"dir": None},        # default runs/<name>
 }
+
+def task_schema(own: dict[str, Any]) -> dict[str, Any]:
+    """The full schema of a task: :data:`ENGINE_DEFAULTS` with the task's own keys merged in."""
+    return merge(ENGINE_DEFAULTS, own)
 
 
 def config_dirs() -> list[Path]:
@@ -212,15 +190,12 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     return data
 
 
-def load_config(
-    recipe: str | None = None, overrides: list[str] | None = None, *, defaults: dict | None = None
-) -> dict:
+def load_config(recipe: str | None, overrides: list[str] | None = None, *, defaults: dict) -> dict:
     """Defaults <- recipe (name or path) <- ``--set`` overrides.
 
-    ``defaults`` is the schema (classification's ``DEFAULTS`` unless given; detection passes its
-    own): a recipe key it does not know is an error.
+    ``defaults`` is the task's schema (:func:`task_schema`): a recipe key it does not know is an
+    error.
     """
-    defaults = DEFAULTS if defaults is None else defaults
     cfg = copy.deepcopy(defaults)
     if recipe:
         data = _load_yaml(find_recipe(recipe))
@@ -308,10 +283,10 @@ def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> No
         raise ConfigError(f"{key} {kwargs} do not fit {arch}: {' '.join(str(e).split())}") from None
 
 
-def validate_config(cfg: dict) -> dict:
-    """Check a classification config before any work starts; returns it unchanged.
+def validate_engine_config(cfg: dict) -> dict:
+    """Check the sections every task shares (``optim``, ``sched``, ``train``, ``data.batch_size``...).
 
-    Every out-of-range value, unknown choice, unavailable device and unknown model option raises
+    Every out-of-range value, unknown choice or unavailable device raises
     :class:`botnet.errors.ConfigError` with a one-line message naming the key.
     """
     from botnet.errors import resolve_device
@@ -319,9 +294,6 @@ def validate_config(cfg: dict) -> dict:
     _num(cfg, "train.epochs", low=0, low_open=True)
     _num(cfg, "train.max_steps", kind=int, low=1, optional=True)
     _num(cfg, "train.time_budget", low=0, low_open=True, optional=True)
-    _num(cfg, "train.label_smoothing", low=0, high=1, high_open=True)
-    _num(cfg, "train.mixup", low=0)
-    _num(cfg, "train.cutmix", low=0)
     _num(cfg, "train.ema_decay", low=0, high=1)
     _num(cfg, "train.grad_clip", low=0, low_open=True, optional=True)
     _num(cfg, "train.seed", kind=int, low=0)
@@ -331,35 +303,17 @@ def validate_config(cfg: dict) -> dict:
     _choice(cfg, "train.amp", ("none", "bf16", "fp16", None))
     check_threads(cfg["train"].get("threads"))
     resolve_device(cfg["train"]["device"])
-    _num(cfg, "data.img_size", kind=int, low=1)
-    _num(cfg, "data.eval_img_size", kind=int, low=1, optional=True)
     _num(cfg, "data.batch_size", kind=int, low=1)
-    _num(cfg, "data.eval_batch_size", kind=int, low=1, optional=True)
     _num(cfg, "data.num_workers", kind=int, low=0)
-    _num(cfg, "data.crop_pct", low=0, high=1, low_open=True)
-    _num(cfg, "data.hflip", low=0, high=1)
-    _num(cfg, "data.re_prob", low=0, high=1)
-    _num(cfg, "data.padding", kind=int, low=0)
-    _num(cfg, "data.limit_train", kind=int, low=1, optional=True)
-    _num(cfg, "data.limit_val", kind=int, low=1, optional=True)
-    _choice(cfg, "data.dataset", ("fashion-mnist", "folder"))
     _num(cfg, "optim.lr", low=0)
     _num(cfg, "optim.weight_decay", low=0)
+    _num(cfg, "optim.momentum", low=0, high=1)
     _num(cfg, "optim.lr_base_batch", low=0, low_open=True, optional=True)
+    _choice(cfg, "sched.name", ("cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant"))
     _num(cfg, "sched.warmup_epochs", low=0)
     _num(cfg, "sched.min_lr", low=0)
-    _num(cfg, "model.drop_rate", low=0, high=1, high_open=True)
-    _num(cfg, "model.drop_path_rate", low=0, high=1, high_open=True)
-    _num(cfg, "model.num_classes", kind=int, low=1, optional=True)
-    _num(cfg, "model.img_size", kind=int, low=1, optional=True)
     if not isinstance(cfg["model"].get("kwargs") or {}, dict):
         from botnet.errors import ConfigError
 
         raise ConfigError(f"model.kwargs must be a mapping of create_model options, got {cfg['model']['kwargs']!r}")
-    kw = dict(cfg["model"].get("kwargs") or {})
-    for k in ("drop_rate", "drop_path_rate"):
-        if cfg["model"].get(k):
-            kw.setdefault(k, cfg["model"][k])
-    kw.setdefault("img_size", cfg["model"]["img_size"] or cfg["data"]["img_size"])
-    check_model_kwargs(cfg["model"]["name"], kw)
     return cfg

@@ -11,7 +11,7 @@
                 break
 
 A second Ctrl-C raises ``KeyboardInterrupt`` immediately. In a multi-process job use
-:func:`botnet.training.distributed.any_rank_true` on ``stop.requested`` / the non-finite flag
+:func:`botnet.engine.distributed.any_rank_true` on ``stop.requested`` / the non-finite flag
 so all ranks stop at the same step (the classification trainer does this once per step).
 """
 from __future__ import annotations

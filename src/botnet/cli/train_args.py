@@ -1,0 +1,161 @@
+"""One flag vocabulary for ``botnet train``, ``botnet demo``, ``botnet detect train`` and ``detect demo``.
+
+Every flag maps to one config key (shown in ``--help``); ``--set KEY=VALUE`` reaches any key. The
+engine's flags are the same for every task; a task adds its own (data set, model, augmentation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from botnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, threads, unit_float
+
+__all__ = ["ENGINE_FLAGS", "CLASSIFICATION_FLAGS", "DETECTION_FLAGS", "BOOL_FLAGS", "CLASSIFICATION_BOOL_FLAGS",
+           "add_train_arguments", "config_from_args"]
+
+# flag dest -> (config key, type, help); an absent flag (None) leaves the recipe's value
+ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
+    "epochs": ("train.epochs", positive_float, "number of epochs (fractional allowed for classification)"),
+    "batch_size": ("data.batch_size", positive_int, "batch size per process (global batch = this x processes)"),
+    "lr": ("optim.lr", nonneg_float, "peak learning rate (scaled by global batch / optim.lr_base_batch when set)"),
+    "opt": ("optim.name", str, "optimizer name for timm's create_optimizer_v2: sgd, adamw, lamb, ..."),
+    "weight_decay": ("optim.weight_decay", nonneg_float,
+                     "weight decay (never on biases, norm parameters or position tables)"),
+    "sched": ("sched.name", ["cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant"],
+              "learning-rate schedule"),
+    "warmup_epochs": ("sched.warmup_epochs", nonneg_float, "linear warm-up length in epochs (fractional allowed)"),
+    "amp": ("train.amp", ["none", "bf16", "fp16"], "mixed precision autocast (fp16 uses a gradient scaler)"),
+    "ema_decay": ("train.ema_decay", unit_float, "EMA decay (with --ema)"),
+    "grad_clip": ("train.grad_clip", positive_float, "clip the global gradient norm to this value"),
+    "num_workers": ("data.num_workers", nonneg_int, "DataLoader worker processes per rank (0: in the training process)"),
+    "seed": ("train.seed", nonneg_int, "random seed (data order, augmentation, initialisation)"),
+    "device": ("train.device", str, "auto, cpu, cuda or cuda:N (under torchrun each rank takes GPU LOCAL_RANK)"),
+    "threads": ("train.threads", threads, "CPU threads for torch: auto picks the fastest count by timing real steps "
+                                         "(on a busy shared machine fewer threads are often faster), or a number"),
+    "time_budget": ("train.time_budget", positive_float, "wall-clock budget in seconds; training stops when it is "
+                                                         "reached and the model is evaluated (the decay is fitted to it)"),
+    "max_steps": ("train.max_steps", positive_int, "stop after this many optimizer steps (the schedule still follows "
+                                                   "--epochs)"),
+    "eval_every": ("train.eval_every", nonneg_int, "evaluate every N epochs (0: only at the end)"),
+    "save_every_steps": ("train.save_every_steps", positive_int, "also write RUN/last.safetensors every N steps"),
+    "output": ("output.dir", str, "run directory (default runs/<recipe name>)"),
+}
+CLASSIFICATION_FLAGS: dict[str, tuple[str, object, str]] = {
+    "dataset": ("data.dataset", ["fashion-mnist", "folder"], "data set type: fashion-mnist, or folder (ImageNet "
+                                                             "layout ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg)"),
+    "data_dir": ("data.root", str, "data folder: ROOT with train/ and val/ for 'folder'; a folder with the "
+                                   "Fashion-MNIST IDX files (or torchvision's FashionMNIST root) for fashion-mnist"),
+    "model": ("model.name", str, "architecture name from botnet.list_models(), e.g. botnet_mini, botnet50"),
+    "img_size": ("data.img_size", positive_int, "training resolution in pixels (also the attention-table size)"),
+    "label_smoothing": ("train.label_smoothing", unit_float, "label smoothing (paper: 0.1)"),
+    "mixup": ("train.mixup", nonneg_float, "mixup alpha (0 = off)"),
+    "cutmix": ("train.cutmix", nonneg_float, "cutmix alpha (0 = off)"),
+    "auto_augment": ("data.auto_augment", str, "timm auto-augment string for folders, e.g. rand-m9-mstd0.5-inc1"),
+    "drop_rate": ("model.drop_rate", unit_float, "dropout before the classifier"),
+    "drop_path_rate": ("model.drop_path_rate", unit_float, "stochastic depth rate"),
+    "limit_train": ("data.limit_train", positive_int, "use only N training images (smoke tests)"),
+    "limit_val": ("data.limit_val", positive_int, "use only N validation images"),
+}
+DETECTION_FLAGS: dict[str, tuple[str, object, str]] = {
+    "data_dir": ("data.root", str, "data folder: the fashion-mosaic folder (generated when missing) or the COCO root"),
+    "backbone": ("model.backbone", str, "backbone name from botnet.list_models(), e.g. botnet50, resnet50"),
+}
+BOOL_FLAGS: dict[str, tuple[str, str]] = {
+    "ema": ("train.ema", "keep an EMA of the weights (timm ModelEmaV3) and evaluate it beside the raw weights"),
+    "channels_last": ("train.channels_last", "use channels_last memory format"),
+    "compile": ("train.compile", "torch.compile the model"),
+    "sync_bn": ("train.sync_bn", "convert BatchNorm to SyncBatchNorm under DDP (CUDA)"),
+    "freeze_bn": ("train.freeze_bn", "keep BatchNorm layers in eval mode (running statistics) while training"),
+    "deterministic": ("train.deterministic", "torch.use_deterministic_algorithms (bitwise repeatable runs; slower)"),
+    "progress": ("train.progress", "show tqdm progress bars"),
+    "plots": ("train.plots", "write PNG curves (and the task's pictures) at the end"),
+}
+CLASSIFICATION_BOOL_FLAGS: dict[str, tuple[str, str]] = {
+    "skip_bad": ("data.skip_bad", "leave out unreadable image files (counted and listed in the summary) instead of "
+                                  "stopping"),
+    "download": ("data.download", "let torchvision download Fashion-MNIST when it is not installed (needs internet)"),
+}
+TASK_FLAGS = {"classification": (CLASSIFICATION_FLAGS, CLASSIFICATION_BOOL_FLAGS), "detection": (DETECTION_FLAGS, {})}
+
+
+def _flags(task: str) -> tuple[dict, dict]:
+    own, own_bool = TASK_FLAGS[task]
+    return {**ENGINE_FLAGS, **own}, {**BOOL_FLAGS, **own_bool}
+
+
+def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe: str | None) -> None:
+    """The recipe, option and checkpoint flags of a training command for ``task``."""
+    p.set_defaults(default_recipe=default_recipe, task=task)
+    g = p.add_argument_group("recipe")
+    g.add_argument("-c", "--config", default=None, metavar="RECIPE",
+                   help=f"recipe name (configs/<name>.yaml) or path to a YAML file (default: {default_recipe}); "
+                        "see --list-recipes")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, value parsed as YAML (repeatable), e.g. --set optim.lr=0.05 "
+                        "--set model.kwargs.heads=2")
+    g.add_argument("--list-recipes", action="store_true", help="print the available recipe names and exit")
+    g.add_argument("--print-config", action="store_true", help="print the final config as YAML and exit")
+    g = p.add_argument_group("options (each overrides one config key)")
+    flags, bools = _flags(task)
+    for dest, (key, kind, help_) in flags.items():
+        extra = {"choices": kind} if isinstance(kind, list) else {"type": kind}
+        g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, help=f"{help_} [{key}]", **extra)
+    for dest, (key, help_) in bools.items():
+        g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action=argparse.BooleanOptionalAction,
+                       help=f"{help_} [{key}]")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--resume", metavar="RUN|CKPT", default=None,
+                   help="continue a run exactly from RUN/last.safetensors (+ last.state.safetensors); 'auto' resumes "
+                        "the output folder when it holds a checkpoint. The run's saved config is used unless --config "
+                        "is given")
+    g.add_argument("--init-weights", metavar="CKPT", default=None,
+                   help="start from these weights (same architecture; mismatching keys are listed and refused)")
+
+
+def _schema(task: str) -> dict:
+    if task == "detection":
+        from botnet.detection.config import DETECTION_DEFAULTS
+
+        return DETECTION_DEFAULTS
+    from botnet.classification.config import CLASSIFICATION_DEFAULTS
+
+    return CLASSIFICATION_DEFAULTS
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """Recipe (or, for ``--resume`` without ``--config``, the run's saved config) + flags + ``--set``.
+
+    ``--resume auto`` becomes the output folder when it holds a checkpoint, else nothing.
+    """
+    from botnet.engine.config import apply_overrides, load_config, merge, set_by_path
+
+    schema = _schema(args.task)
+    meta = None
+    if args.resume and args.resume != "auto":
+        from botnet.engine.checkpoint import check_resumable
+
+        _, meta = check_resumable(args.resume)  # a bad --resume fails here, before anything else
+    if meta is not None and not args.config:
+        cfg = merge(schema, meta.get("config") or {})
+    else:
+        cfg = load_config(args.config or args.default_recipe, defaults=schema)
+    flags, bools = _flags(args.task)
+    for dest, (key, *_rest) in {**flags, **bools}.items():
+        v = getattr(args, dest, None)
+        if v is not None:
+            set_by_path(cfg, key, v)
+    cfg = apply_overrides(cfg, args.set)
+    if args.resume == "auto":
+        from pathlib import Path
+
+        from botnet.engine.trainer import run_dir_of
+
+        last = run_dir_of(cfg) / "last.safetensors"
+        args.resume = str(run_dir_of(cfg)) if last.is_file() else None
+    return cfg
+
+
+def print_config(cfg: dict) -> None:
+    import yaml
+
+    print(yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False))

@@ -1,0 +1,87 @@
+"""COCO evaluation of a detector over all ranks, and the eval.json / eval.md files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["evaluate_detector", "headline", "write_eval"]
+
+
+@torch.no_grad()
+def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "pycocotools", device=None,
+                      progress: bool = True, num_workers: int = 0) -> dict:
+    """COCO box (and mask) metrics of ``model`` on ``dataset`` (a :class:`CocoDetection`).
+
+    In a multi-process job each rank runs a shard; results are gathered and rank 0 computes the
+    metrics (other ranks get ``{}``).
+    """
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from botnet.data.coco import detection_collate
+    from botnet.detection.coco_eval import coco_evaluate, outputs_to_coco_results
+    from botnet.engine.distributed import all_gather_object, get_dist_info
+
+    info = get_dist_info()
+    device = device or next(model.parameters()).device
+    sampler = DistributedSampler(dataset, shuffle=False) if info.distributed else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                        collate_fn=detection_collate, num_workers=num_workers)
+    net = model.module if hasattr(model, "module") else model
+    was_training = net.training
+    net.eval()
+    results, seen = [], set()
+    it = loader
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", unit="batch", leave=False)
+    for images, targets in it:
+        images = [i.to(device) for i in images]
+        outputs = net(images)
+        ids = [int(t["image_id"]) for t in targets]
+        keep = [k for k, i in enumerate(ids) if i not in seen]
+        seen.update(ids)
+        results += outputs_to_coco_results([outputs[k] for k in keep], [ids[k] for k in keep], dataset.label_to_cat_id)
+    net.train(was_training)
+    gathered = all_gather_object((results, sorted(seen)))
+    if not info.is_main:
+        return {}
+    all_results, all_ids, dup = [], set(), set()
+    for res, ids in gathered:
+        new = set(ids) - all_ids
+        all_results += [r for r in res if r["image_id"] in new and r["image_id"] not in dup]
+        dup |= new
+        all_ids |= set(ids)
+    iou_types = ("bbox", "segm") if getattr(dataset, "with_masks", False) else ("bbox",)
+    metrics = coco_evaluate(dataset.coco, all_results, iou_types=iou_types, backend=backend,
+                         image_ids=sorted(all_ids))
+    for m in metrics.values():
+        m["num_images"] = len(all_ids)
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    out = {}
+    for t, name in (("bbox", "box"), ("segm", "mask")):
+        if t in metrics:
+            for k in ("AP", "AP50", "AP75"):
+                v = metrics[t][k]
+                out[f"{name}_{k}"] = 0.0 if v is None else v
+    return out
+
+
+def write_eval(out_dir: str | os.PathLike, metrics: dict, info: dict | None = None) -> tuple[Path, Path]:
+    """Write ``eval.json`` (full metrics) and ``eval.md`` (Markdown tables) into ``out_dir``."""
+    from botnet.detection.coco_eval import results_markdown
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jp, mp = out_dir / "eval.json", out_dir / "eval.md"
+    jp.write_text(json.dumps({"metrics": metrics, **(info or {})}, indent=1, default=str))
+    head = "\n".join(f"- {k}: {v}" for k, v in (info or {}).items())
+    mp.write_text(results_markdown(metrics, title="COCO metrics (percent)") + ("\n" + head + "\n" if head else ""))
+    return jp, mp

@@ -1,0 +1,73 @@
+"""One way back from a checkpoint to a model: ``load_model(path)``.
+
+Every checkpoint stores its task, its architecture and every option the model was built with
+(``model_kwargs``). Each task registers how to build its models from those two; ``load_model``
+reads the metadata, builds, and loads the weights strictly (raw, or EMA from the training
+state). ``eval``, ``predict``, ``attention``, ``export``, ``detect eval|predict`` and resuming all
+go through here, so an exported or evaluated model is always the model that was trained.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from botnet.engine import checkpoint as ckpt
+
+__all__ = ["register_builder", "build_from_metadata", "load_model", "task_of"]
+
+_BUILDERS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {}
+
+
+def register_builder(task: str, fn: Callable[[str, dict[str, Any]], nn.Module]) -> None:
+    """``fn(arch, model_kwargs) -> model`` builds the models of ``task`` (one per task)."""
+    _BUILDERS[task] = fn
+
+
+def task_of(meta: dict[str, Any]) -> str:
+    if meta.get("task"):
+        return str(meta["task"])
+    return "detection" if str(meta.get("arch", "")).startswith("detector:") else "classification"
+
+
+def build_from_metadata(meta: dict[str, Any], where: str = "checkpoint") -> nn.Module:
+    """Build (untrained) the model a checkpoint's metadata describes."""
+    if meta.get("format") != "botnet-checkpoint-v1" or not meta.get("arch"):
+        raise ckpt.CheckpointError(f"{where} is not a botnet checkpoint (no architecture metadata); build the model "
+                                   f"yourself and use botnet.load_resnet_weights or --init-weights")
+    task, kwargs = task_of(meta), meta.get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        raise ckpt.CheckpointError(f"{where} has corrupt model_kwargs metadata ({kwargs!r})")
+    if task not in _BUILDERS:
+        try:
+            importlib.import_module(f"botnet.{task}")  # registers its builder
+        except ImportError:
+            pass
+    if task not in _BUILDERS:
+        raise ckpt.CheckpointError(f"{where} was written by task {task!r}, which this botnet does not know")
+    try:
+        return _BUILDERS[task](meta["arch"], dict(kwargs))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ckpt.CheckpointError(f"{where} describes a model this botnet cannot build ({meta['arch']}, "
+                                   f"{kwargs}): {' '.join(str(e).split())}") from None
+
+
+def load_model(path: str | os.PathLike, *, use_ema: bool = False, device: str | torch.device = "cpu",
+               task: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode on device, metadata)`` for a checkpoint file or run directory.
+
+    ``task`` (optional) makes a checkpoint of another task a clear error instead of a surprise.
+    """
+    from botnet.errors import resolve_device
+
+    device = resolve_device(str(device))
+    wpath = ckpt.resolve_checkpoint(path)
+    meta = ckpt.read_metadata(wpath)
+    if task is not None and meta.get("arch") and task_of(meta) != task:
+        raise ckpt.CheckpointError(f"{wpath} is a {task_of(meta)} checkpoint ({meta.get('arch')}), not a {task} one")
+    model = build_from_metadata(meta, str(wpath))
+    ckpt.load_weights(model, wpath, use_ema=use_ema)
+    return model.to(device).eval(), meta

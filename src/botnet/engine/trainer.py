@@ -1,0 +1,453 @@
+"""The training engine: one loop for every task (single process, or DDP under ``torchrun``).
+
+``Trainer(task, cfg, resume=..., init_weights=...).run()`` validates everything it is given before
+any work (config values, devices, files, the output folder), builds the task's model and data,
+then trains with autocast (bf16/fp16 + gradient scaler), gradient clipping, channels_last,
+``torch.compile``, SyncBatchNorm, EMA (timm ``ModelEmaV3``, evaluated beside the raw weights),
+one parameter-group policy (:mod:`botnet.engine.optim`), timm's schedules fitted to a
+wall-clock budget, measured CPU thread counts (restored afterwards), tqdm progress, metrics to
+TensorBoard/JSONL/CSV, atomic checkpoints with exact resume, clean Ctrl-C (exit code 130) and a
+non-finite-loss stop (exit code 3). It ends with the task's pictures and ``summary.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from botnet.engine import checkpoint as ckpt
+from botnet.engine.distributed import DistInfo, barrier, cleanup, init_distributed, reduce_dict, seed_everything
+from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
+from botnet.engine.log import get_logger
+from botnet.engine.logger import MetricsLogger
+from botnet.engine.task import Task, TaskSetup
+
+__all__ = ["Trainer", "autocast", "run_dir_of", "train"]
+
+log = get_logger("engine")
+
+
+def autocast(device: torch.device, amp: str | None):
+    """``torch.autocast`` for ``amp`` in none | bf16 | fp16 (a no-op for none)."""
+    if amp in (None, "none", "fp32", False):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_dir_of(cfg: dict) -> Path:
+    return Path(cfg["output"]["dir"] or os.path.join("runs", cfg["name"]))
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    ckpt.atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")}
+
+
+def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: DistInfo | None = None) -> dict[str, Any]:
+    """Run one job; returns the summary (also written to ``RUN/summary.json``)."""
+    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info).run()
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: dict, *, resume=None, init_weights=None, dist_info: DistInfo | None = None):
+        self.task, self.cfg, self.resume, self.init_weights = task, cfg, resume, init_weights
+        self.tc = cfg["train"]
+        self.run_dir = run_dir_of(cfg)
+        self._dist_given = dist_info
+        self.di: DistInfo | None = None
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> dict[str, Any]:
+        self.task.validate(self.cfg)  # every bad value is a one-line ConfigError before any work
+        self._check_files()
+        threads_before = torch.get_num_threads()
+        self.di = self._dist_given or init_distributed(self.tc["device"])
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads_before)  # a run leaves the process as it found it
+            if self._dist_given is None:
+                cleanup()
+
+    def _check_files(self) -> None:
+        """A bad --resume / --init-weights / output folder is found before the data is read."""
+        if self.resume:
+            self.resume_path, self.resume_meta = ckpt.check_resumable(self.resume)
+        if self.init_weights:
+            ckpt.read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
+
+    def _run(self) -> dict[str, Any]:
+        di, tc = self.di, self.tc
+        self.t_start = time.monotonic()
+        if di.is_main:
+            ckpt.check_output_dir(self.run_dir)
+            for f in ckpt.remove_stale_temp_files(self.run_dir):
+                log.info(f"removed {f.name}, left by a save that was killed")
+        seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
+        self.setup = self.task.setup(self.cfg, di)
+        self._build()
+        if self.resume and self._restore():
+            return {"status": "already_finished", "steps": self.step, "epochs": float(tc["epochs"]),
+                    "run_dir": str(self.run_dir)}
+        self._wrap()
+        self.logger = MetricsLogger(self.run_dir, enabled=di.is_main, resume=bool(self.resume))
+        self._announce()
+        try:
+            status = self._loop()
+        except NonFiniteLossError:
+            self.logger.close()
+            raise
+        return self._finish(status)
+
+    # ------------------------------------------------------------------ building
+    def _build(self) -> None:
+        di, tc, cfg, s = self.di, self.tc, self.cfg, self.setup
+        model = s.model
+        if self.init_weights:
+            ckpt.load_weights(model, self.init_weights)
+        if tc["sync_bn"] and di.distributed:
+            if di.device.type == "cpu":
+                from botnet.errors import ConfigError
+
+                raise ConfigError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use "
+                                  "--freeze-bn or plain BatchNorm on the CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(di.device)
+        if tc["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        from botnet.engine.optim import build_optimizer
+        from botnet.engine.schedule import build_scheduler
+
+        oc = cfg["optim"]
+        self.global_batch = int(cfg["data"]["batch_size"]) * di.world_size
+        lr = float(oc["lr"]) * (self.global_batch / float(oc["lr_base_batch"]) if oc.get("lr_base_batch") else 1.0)
+        self.optimizer = build_optimizer(model, oc, lr)
+        self.spe = len(s.train_loader)
+        self.epochs = float(tc["epochs"])
+        self.planned_steps = int(round(self.epochs * self.spe))
+        self.scheduler = build_scheduler(self.optimizer, cfg["sched"], self.spe, self.epochs)
+        self.amp = str(tc["amp"] or "none")
+        self.scaler = torch.amp.GradScaler(di.device.type, enabled=(self.amp == "fp16"))
+        self.ema = None
+        if tc["ema"]:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=float(tc["ema_decay"]), use_warmup=bool(tc["ema_warmup"]))
+        self.start_epoch, self.step, self.skip_batches = 0, 0, 0
+        self.best: dict[str, Any] = {"value": -math.inf, "which": None, "step": 0, "metric": self.task.key_metric}
+        self.history_seconds = 0.0
+
+    def _restore(self) -> bool:
+        """Load the checkpoint to resume; True when that run is already finished (nothing is touched)."""
+        st = ckpt.load_checkpoint(self.resume_path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  ema=self.ema, scaler=self.scaler if self.scaler.is_enabled() else None)
+        ex = st["extra"]
+        self.start_epoch, self.step = int(ex.get("epoch", st["epoch"])), int(st["step"])
+        self.skip_batches = int(ex.get("batch_in_epoch", 0))
+        self.best = ex.get("best", self.best)
+        self.history_seconds = float(ex.get("train_seconds", 0.0))
+        if self.step >= self.planned_steps:
+            if self.di.is_main:
+                log.info(f"run {self.run_dir} is already finished ({self.step} steps = {self.epochs:g} epochs of "
+                         f"{self.spe} steps); nothing was changed. To train longer, start a new run from its "
+                         f"weights: --init-weights {self.resume_path} --output NEW_DIR")
+            return True
+        if self.di.is_main:
+            log.info(f"resumed from {self.resume_path}: epoch {self.start_epoch}, step {self.step}"
+                     + (f", {self.skip_batches} batches into the epoch" if self.skip_batches else ""))
+        return False
+
+    def _wrap(self) -> None:
+        self.train_model: nn.Module = self.model
+        if self.di.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=self.di.device_ids, find_unused_parameters=self.task.find_unused_parameters)
+        if self.tc["compile"]:
+            self.train_model = torch.compile(self.train_model)
+
+    def _announce(self) -> None:
+        di, s = self.di, self.setup
+        if not di.is_main:
+            return
+        _write_json(self.run_dir / "config.json", self.cfg)
+        self.logger.add_text("config", "```\n" + json.dumps(self.cfg, indent=2, default=str) + "\n```")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(f"{self.task.name}: {s.arch} ({n_params / 1e6:.3f} M parameters) | "
+                 f"{len(s.train_loader.dataset)} train / {s.num_val} val items | {di.world_size} process(es) x batch "
+                 f"{self.cfg['data']['batch_size']} | {self.spe} steps/epoch | device {di.device} | run dir "
+                 f"{self.run_dir}")
+        if s.skipped_train:
+            log.warning(f"left out {len(s.skipped_train)} unreadable training file(s), e.g. {s.skipped_train[0]}")
+
+    # ------------------------------------------------------------------ checkpoints and evaluation
+    def _save(self, name: str, epoch_idx: int, batch_in_epoch: int, weights_only: nn.Module | None = None,
+              extra_more: dict | None = None) -> None:
+        if not self.di.is_main:
+            return
+        extra = {"epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, "best": self.best,
+                 "train_seconds": self.history_seconds + self.train_seconds, **self.setup.meta, **(extra_more or {})}
+        common = dict(epoch=epoch_idx, step=self.step, arch=self.setup.arch, model_kwargs=self.setup.model_kwargs,
+                      class_names=self.setup.class_names, config=self.cfg, extra=extra, task=self.task.name)
+        path = self.run_dir / f"{name}.safetensors"
+        if weights_only is not None:
+            ckpt.save_checkpoint(path, weights_only, save_state=False, **common)
+        else:
+            ckpt.save_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema,
+                                 scaler=self.scaler if self.scaler.is_enabled() else None, **common)
+
+    def _evaluate(self, epoch_value: float) -> dict[str, dict[str, Any]]:
+        t0 = time.monotonic()
+        out = {"raw": self.task.evaluate(self.model, self.setup, self.cfg, self.di, desc="eval")}
+        if self.ema is not None:
+            out["ema"] = self.task.evaluate(self.ema.module, self.setup, self.cfg, self.di, desc="eval EMA")
+        if self.budget is not None:
+            self.budget.add_eval(time.monotonic() - t0)
+        rec = _scalars(out["raw"])
+        if "ema" in out:
+            rec.update({f"ema_{k}": v for k, v in _scalars(out["ema"]).items()})
+        self.logger.log(rec, step=self.step, phase="val", epoch=epoch_value)
+        key = self.task.key_metric
+        cand = max(out, key=lambda k: out[k].get(key, -math.inf))
+        if out[cand].get(key, -math.inf) > self.best["value"]:
+            self.best = {"value": out[cand][key], "which": cand, "step": self.step, "epoch": epoch_value,
+                         "metric": key}
+            self._save("best", math.ceil(epoch_value), 0, weights_only=self.model if cand == "raw" else self.ema.module,
+                       extra_more={"weights": cand, "val": rec})
+        if self.di.is_main:
+            msg = f"epoch {epoch_value:.2f} step {self.step}: val " + self.task.describe(out["raw"])
+            if "ema" in out:
+                msg += " | EMA " + self.task.describe(out["ema"])
+            log.info(msg)
+        _set_train_mode(self.train_model, bool(self.tc["freeze_bn"]))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> str:
+        from botnet.engine.budget import BudgetFitter
+
+        tc = self.tc
+        self.train_seconds, self.items_per_s = 0.0, 0.0
+        self.total_steps = self.planned_steps
+        self.max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
+        self.last_eval, self.last_eval_step = None, -1
+        self.skipped = list(self.setup.skipped_train)
+        self.budget = None
+        if tc["time_budget"]:
+            self.budget = BudgetFitter(float(tc["time_budget"]), self.t_start, self.planned_steps, self.spe,
+                                       int(tc["eval_every"] or 0), self.setup.num_val, 2 if self.ema else 1)
+        self.tuner = None
+        if self.di.device.type == "cpu":
+            self._cpu_threads()
+        status = "completed"
+        with GracefulInterrupt() as interrupt:
+            self.interrupt = interrupt
+            for epoch in range(self.start_epoch, math.ceil(self.epochs)):
+                if self.step >= self.total_steps:
+                    break
+                reason, batch_in_epoch = self._train_epoch(epoch)
+                pos = (epoch + 1, 0) if batch_in_epoch >= self.spe else (epoch, batch_in_epoch)
+                self._save("last", *pos)  # a finished epoch continues with the next one
+                if reason:
+                    status = reason
+                    break
+                if self.step >= self.total_steps:
+                    break
+                if tc["eval_every"] and (epoch + 1) % int(tc["eval_every"]) == 0:
+                    self.last_eval = self._evaluate(round(epoch + batch_in_epoch / self.spe, 4))
+                    self.last_eval_step = self.step
+                    barrier()
+                    if self.budget is not None and self.budget.exhausted():
+                        status = "time_budget"
+                        break
+        return status
+
+    def _cpu_threads(self) -> None:
+        threads = str(self.tc.get("threads", "auto"))
+        if threads == "auto" and not self.tc["deterministic"]:  # a fixed count keeps runs bitwise repeatable
+            from botnet.engine.threads import ThreadTuner
+
+            self.tuner = ThreadTuner(verbose=self.di.is_main and bool(self.tc["progress"]))
+        elif threads != "auto":
+            torch.set_num_threads(int(threads))
+
+    def _train_epoch(self, epoch: int) -> tuple[str | None, int]:
+        """One epoch (or what is left of it); returns ``(stop reason or None, batches done in it)``."""
+        from tqdm import tqdm
+
+        tc, di, loader = self.tc, self.di, self.setup.train_loader
+        loader.sampler.set_epoch(epoch)
+        batch_in_epoch = 0
+        if self.skip_batches:
+            loader.sampler.skip(self.skip_batches * int(self.cfg["data"]["batch_size"]))
+            batch_in_epoch, self.skip_batches = self.skip_batches, 0
+        self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
+        _set_train_mode(self.train_model, bool(tc["freeze_bn"]))
+        self.bar = tqdm(total=self.epoch_steps, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{math.ceil(self.epochs)}",
+                        dynamic_ncols=True, disable=not (tc["progress"] and di.is_main), leave=di.is_main)
+        self.meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}
+        self.window = {"t": time.monotonic(), "n": 0, "loss": 0.0}
+        reason = None
+        for batch in loader:
+            t_step = time.monotonic()
+            out = self.task.train_step(self.train_model, batch, di.device, self.setup)
+            if out is None:
+                continue
+            self.skipped += out.skipped
+            reason = self._optimizer_step(out, epoch, t_step)
+            batch_in_epoch += 1
+            self._after_step(out, epoch, batch_in_epoch, t_step)
+            if reason or batch_in_epoch >= self.epoch_steps:
+                break
+        self.bar.close()
+        if self.meter["n"]:
+            rec = {"train_loss": self.meter["loss"] / self.meter["n"]}
+            if self.meter["seen"]:
+                rec["train_top1"] = 100.0 * self.meter["correct"] / self.meter["seen"]
+            self.logger.log(rec, step=self.step, phase="train_epoch", epoch=round(epoch + batch_in_epoch / self.spe, 4))
+        return reason, batch_in_epoch
+
+    def _optimizer_step(self, out, epoch: int, t_step: float) -> str | None:
+        """Backward and update; the stop decision (Ctrl-C, budget, max steps) is taken on every rank alike."""
+        loss = out.losses["loss"]
+        self._loss_value = loss_v = float(loss.detach().float())
+        flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested),
+                 "budget": float(self.budget is not None and self.budget.exhausted())}
+        if self.di.distributed:
+            flags = reduce_dict(flags, op="max")
+        if flags["nonfinite"]:
+            self._nonfinite(loss_v, epoch)
+        opt, scaler = self.optimizer, self.scaler
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.tc["grad_clip"]:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tc["grad_clip"]))
+        scaler.step(opt)
+        scaler.update()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        if flags["interrupt"]:
+            return "interrupted"
+        if flags["budget"]:
+            return "time_budget"
+        if self.max_steps and self.step >= self.max_steps:
+            return "max_steps"
+        return None
+
+    def _nonfinite(self, loss_v: float, epoch: int) -> None:
+        self.bar.close()
+        last = self.run_dir / "last.safetensors"
+        hint = f"Last good checkpoint: {last}" if last.is_file() else "No checkpoint had been written yet."
+        err = NonFiniteLossError(loss_v, self.step + 1, epoch + 1, hint=hint)
+        if self.di.is_main:
+            _write_json(self.run_dir / "summary.json", {"status": "nonfinite_loss", "message": str(err),
+                                                        "step": self.step, "epoch": epoch, "best": self.best})
+        raise err
+
+    def _after_step(self, out, epoch: int, batch_in_epoch: int, t_step: float) -> None:
+        """Meters, progress, log records, step checkpoints and the budget fit."""
+        tc, bs, loss_v = self.tc, out.batch_size, self._loss_value
+        self.meter["loss"] += loss_v * bs
+        self.meter["n"] += bs
+        if out.correct is not None:
+            self.meter["correct"] += out.correct
+            self.meter["seen"] += bs
+        self.window["n"] += bs
+        self.window["loss"] += loss_v * bs
+        dt = time.monotonic() - t_step
+        self.train_seconds += dt
+        if self.budget is not None:
+            self.budget.add_step(dt)
+        if self.tuner is not None:
+            self.tuner.after_step(dt)
+        self.bar.update(1)
+        if self.step % max(int(tc["log_every"]), 1) == 0 or batch_in_epoch == self.epoch_steps:
+            self._log_window(out, epoch, batch_in_epoch)
+        if tc["save_every_steps"] and self.step % int(tc["save_every_steps"]) == 0:
+            self._save("last", epoch, batch_in_epoch)
+        if self.budget is not None and self.cfg["sched"].get("fit_time_budget", True) and self.items_per_s > 0 \
+                and self.budget.due(self.step):
+            self._fit_budget(epoch)
+
+    def _log_window(self, out, epoch: int, batch_in_epoch: int) -> None:
+        now = time.monotonic()
+        w = self.window
+        self.items_per_s = w["n"] * self.di.world_size / max(now - w["t"], 1e-9)
+        lr_now = self.optimizer.param_groups[0]["lr"]
+        win_loss = w["loss"] / max(w["n"], 1)  # mean over the steps since the last record
+        self.window = {"t": now, "n": 0, "loss": 0.0}
+        self.bar.set_postfix(loss=f"{win_loss:.4f}", lr=f"{lr_now:.3g}", it_s=f"{self.items_per_s:.0f}")
+        parts = {k: float(v.detach()) for k, v in out.losses.items() if k != "loss"}
+        self.logger.log({"loss": win_loss, **parts, "lr": lr_now, "items_per_s": self.items_per_s}, step=self.step,
+                        phase="train", epoch=round(epoch + batch_in_epoch / self.spe, 4))
+
+    def _fit_budget(self, epoch: int) -> None:
+        target = self.budget.target_steps(self.step, self.items_per_s)
+        if abs(target - self.total_steps) > max(0.02 * self.total_steps, 5) and self.scheduler.fit_total_steps(target):
+            self.total_steps = target
+            if self.di.is_main:
+                log.info(f"time budget {self.budget.budget:.0f}s: schedule set to {self.total_steps} steps "
+                         f"({self.total_steps / self.spe:.2f} epochs; {self.budget.ms_per_step:.0f} ms/step)")
+            self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
+            self.bar.total = self.epoch_steps
+            self.bar.refresh()
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self, status: str) -> dict[str, Any]:
+        di, s = self.di, self.setup
+        epoch_value = round(self.step / self.spe, 4) if self.spe else 0.0
+        if status == "interrupted":
+            if di.is_main:
+                log.info(f"interrupted at step {self.step}: checkpoint saved to {self.run_dir / 'last.safetensors'}; "
+                         f"continue with --resume {self.run_dir}")
+            final = None
+        elif self.last_eval is not None and self.last_eval_step == self.step:
+            final = self.last_eval
+        else:
+            final = self._evaluate(epoch_value)
+        summary: dict[str, Any] = {
+            "status": status, "task": self.task.name, "arch": s.arch, "model_kwargs": s.model_kwargs,
+            "steps": self.step, "epochs": epoch_value, "epochs_planned": self.epochs,
+            "train_seconds": round(self.history_seconds + self.train_seconds, 2),
+            "wall_seconds": round(time.monotonic() - self.t_start, 2), "world_size": di.world_size,
+            "global_batch": self.global_batch, "best": self.best, "run_dir": str(self.run_dir),
+            "skipped_train_files": len(self.skipped), "skipped_train_examples": self.skipped[:20],
+        }
+        if final is not None:
+            summary["final"] = {k: _scalars(v) for k, v in final.items()}
+        if di.is_main:
+            if final is not None:
+                summary.update(self.task.finalize(self.run_dir, s, final, self.logger.records, self.cfg) or {})
+            if final is not None and self.tc["plots"]:
+                from botnet.viz.plots import plot_curves
+
+                plot_curves(self.logger.records, self.run_dir)
+            _write_json(self.run_dir / "summary.json", summary)
+            if self.skipped:
+                log.warning(f"skipped {len(self.skipped)} unreadable training files, e.g. {self.skipped[:3]}")
+        self.logger.close()
+        barrier()
+        return summary
