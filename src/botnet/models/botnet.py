@@ -15,8 +15,6 @@ with the pretrained config of ``default_cfgs``, so timm's arguments (``features_
 model contract (``forward_features``/``forward_head``, ``reset_classifier``, ``feature_info``,
 ``forward_intermediates``, ``set_grad_checkpointing``, ``group_matcher``).
 """
-from __future__ import annotations
-
 import contextlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -190,6 +188,8 @@ def _instance_cfg(cfg: ResNetCfg, in_chans: int, img_hw: tuple[int, int], num_cl
 class ResNet(nn.Module):
     """Bottleneck ResNet whose last ``attn_blocks[i]`` blocks of stage i are BoT blocks."""
 
+    __jit_unused_properties__ = ["botnet_arch"]  # Python-side metadata, not for TorchScript
+
     def __init__(
         self,
         cfg: ResNetCfg,
@@ -259,6 +259,7 @@ class ResNet(nn.Module):
 
         self.num_features = in_chs
         self.inplanes = in_chs  # torchvision's _resnet_fpn_extractor reads this
+        _check_head(num_classes, global_pool)
         self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
         self.head_hidden_size = in_chs * self.global_pool.feat_mult()
         self.drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
@@ -311,7 +312,7 @@ class ResNet(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
         """Parameter groups for timm's layer-wise LR decay: the stem, then each stage or block."""
-        return {"stem": r"^(conv1|bn1)\.", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
+        return {"stem": r"^(?:conv1|bn1)\.", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -326,6 +327,7 @@ class ResNet(nn.Module):
         """New classifier for ``num_classes`` (0: none); ``global_pool`` "" keeps the feature map."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
+        _check_head(num_classes, global_pool)
         ref = self.conv1.weight
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(
@@ -413,6 +415,11 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _check_head(num_classes: int, global_pool: str) -> None:
+    if not global_pool and num_classes > 0:
+        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
 
 
 def _take_indices(n: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
