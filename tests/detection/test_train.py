@@ -181,3 +181,35 @@ def test_training_set_smaller_than_a_batch_is_one_line(tmp_path, capsys):
     assert rc == 2 and "Traceback" not in err and len(errors) == 1, err
     assert "3 usable images, fewer than one batch" in errors[0]
     assert not (run / "last.safetensors").exists()
+
+
+@needs_fmnist
+def test_nan_loss_ends_detection_like_classification(tmp_path, monkeypatch, capsys):
+    # one engine, one behaviour: exit code 3, a message naming the step, summary.json says why
+    from botnet.detection.task import DetectionTask
+
+    orig = DetectionTask.train_step
+    calls = {"n": 0}
+
+    def nan_at_step_2(self, *a, **k):
+        out = orig(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out.losses["loss"] = out.losses["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(DetectionTask, "train_step", nan_at_step_2)
+    run = tmp_path / "run"
+    rc = main(["detect", "train", *_sets(tiny_config_overrides(tmp_path / "mosaic", run, epochs=1, num_train=12))])
+    err = capsys.readouterr().err
+    assert rc == 3 and "loss is nan at step 2" in err and "Traceback" not in err
+    assert json.load(open(run / "summary.json"))["status"] == "nonfinite_loss"
+
+
+def test_both_training_commands_refuse_a_bad_key_the_same_way(capsys):
+    msgs = []
+    for cmd in (["train"], ["detect", "train"]):
+        assert main([*cmd, "--set", "optim.lrr=1"]) == 2
+        msgs.append(capsys.readouterr().err.strip())
+    assert msgs[0].startswith("error: unknown config key 'optim.lrr' (known in optim: ")
+    assert msgs[0] == msgs[1]  # the same section, the same keys, the same words

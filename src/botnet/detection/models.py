@@ -121,7 +121,9 @@ def botnet_fpn_backbone(
     model = botnet.create_model(backbone, num_classes=0, img_size=img_size, **model_kwargs)
     if backbone_weights:
         report = botnet.load_resnet_weights(model, backbone_weights)
-        print(f"backbone weights {backbone_weights}: {report}")
+        from botnet.engine.log import get_logger
+
+        get_logger("detection").info(f"backbone weights {backbone_weights}: {report}")
     if norm == "frozen":
         model = convert_frozen_batchnorm(model)
     to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]

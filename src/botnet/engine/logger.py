@@ -68,7 +68,9 @@ class MetricsLogger:
 
                 self.writer = SummaryWriter(log_dir=str(self.log_dir / "tb"))
             except Exception as e:  # pragma: no cover - tensorboard is a dependency
-                print(f"warning: TensorBoard disabled ({e})")
+                from botnet.engine.log import get_logger
+
+                get_logger("engine").warning(f"TensorBoard disabled ({e})")
 
     def _rewrite_csv(self) -> None:
         cols: list[str] = ["phase", "step", "epoch", "time"]
