@@ -88,6 +88,15 @@ def test_no_published_weights_but_own_file_loads_through_timm(tmp_path):
     assert m.pretrained_cfg["file"] == str(path)
 
 
+def test_device_and_dtype_arguments():
+    m = timm.create_model("botnet_mini", device="meta", dtype=torch.float64)
+    assert {p.device.type for p in m.parameters()} == {"meta"}
+    assert {p.dtype for p in m.parameters()} == {torch.float64}
+    with torch.no_grad():
+        y = timm.create_model("botnet_mini", num_classes=3, dtype=torch.float64)(torch.randn(1, 3, 28, 28, dtype=torch.float64))
+    assert y.dtype == torch.float64 and y.shape == (1, 3)
+
+
 def test_unknown_and_misplaced_arguments_are_errors():
     with pytest.raises(TypeError, match="unknown option"):
         timm.create_model("botnet50", heads_typo=8)
