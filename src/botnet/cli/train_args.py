@@ -24,7 +24,7 @@ ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
     "sched": ("sched.name", ["cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant"],
               "learning-rate schedule"),
     "warmup_epochs": ("sched.warmup_epochs", nonneg_float, "linear warm-up length in epochs (fractional allowed)"),
-    "amp": ("train.amp", ["none", "bf16", "fp16"], "mixed precision autocast (fp16 uses a gradient scaler)"),
+    "amp": ("train.amp", ["auto", "none", "bf16", "fp16"], "mixed precision autocast (fp16 uses a gradient scaler; auto: bf16 for classification on CUDA, none on the CPU)"),
     "ema_decay": ("train.ema_decay", unit_float, "EMA decay (with --ema)"),
     "grad_clip": ("train.grad_clip", positive_float, "clip the global gradient norm to this value"),
     "num_workers": ("data.num_workers", nonneg_int, "DataLoader worker processes per rank (0: in the training process)"),

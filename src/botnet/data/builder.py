@@ -105,7 +105,7 @@ def build_eval_transform(cfg: dict, in_chans: int | None = None, for_files: bool
 
 def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dataset | None, Dataset | None, DataInfo]:
     """``(train_ds, val_ds, DataInfo)``. Folder layouts are checked before anything is loaded."""
-    from botnet.data.transforms import fashion_mnist_transforms, folder_transforms
+    from botnet.data.transforms import folder_transforms
 
     d = cfg["data"]
     in_chans = _in_chans(cfg)
@@ -114,9 +114,12 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     if d["dataset"] == "fashion-mnist":
         from botnet.data.fashion_mnist import FashionMNISTDataset
 
-        tr = FashionMNISTDataset("train", d["root"], d["download"], limit=d["limit_train"],
-                                 transform=fashion_mnist_transforms(size, True, mean, std, d["padding"], d["hflip"],
-                                                                    d["re_prob"])) if train else None
+        from botnet.data.transforms import BatchAugment
+
+        tr = None
+        if train:  # uint8 items; the task augments whole batches on the device (BatchAugment)
+            tr = FashionMNISTDataset("train", d["root"], d["download"], limit=d["limit_train"])
+            tr.batch_transform = BatchAugment(size, mean, std, d["padding"], d["hflip"], d["re_prob"])
         va = FashionMNISTDataset("test", d["root"], d["download"], limit=d["limit_val"],
                                  transform=build_eval_transform(cfg, in_chans)) if val else None
         return tr, va, DataInfo(list(FMNIST_CLASSES), in_chans, mean, std)
@@ -167,10 +170,11 @@ def _collate(cfg: dict):
 def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader over this rank's shard (``ResumableSampler``, seeded by ``train.seed``)."""
     from botnet.engine.distributed import seed_worker
+    from botnet.engine.devices import resolve_num_workers
 
     sampler = ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg["train"]["seed"]),
                                drop_last=True)
-    nw = int(cfg["data"]["num_workers"])
+    nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
     return DataLoader(ds, batch_size=int(cfg["data"]["batch_size"]), sampler=sampler, drop_last=True,
                       num_workers=nw, collate_fn=_collate(cfg), worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])),
@@ -178,8 +182,10 @@ def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 
 
 
 def build_eval_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
+    from botnet.engine.devices import resolve_num_workers
+
     bs = int(cfg["data"]["eval_batch_size"] or 2 * int(cfg["data"]["batch_size"]))
-    nw = int(cfg["data"]["num_workers"])
+    nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
     return DataLoader(ds, batch_size=bs, sampler=ShardSampler(len(ds), rank, world_size), num_workers=nw,
                       collate_fn=_collate(cfg), generator=torch.Generator().manual_seed(0),
                       pin_memory=torch.cuda.is_available())

@@ -84,6 +84,9 @@ def build_detector_from_kwargs(arch: str, kwargs: dict[str, Any]) -> torch.nn.Mo
 class DetectionTask(Task):
     name = "detection"
     find_unused_parameters = True  # the mask head gets no gradient from images without instances
+    # RoI shapes change every step: cudnn.benchmark would re-tune nearly every step (about 10x slower);
+    # bf16 is not the CUDA default here until a detection run has been measured with it
+    cuda_defaults = {"amp": "none", "channels_last": False, "cudnn_benchmark": False}
 
     def __init__(self, cfg: dict | None = None):
         self.key_metric = "mask_AP" if (cfg or DETECTION_DEFAULTS)["model"]["kind"] == "maskrcnn" else "box_AP"

@@ -27,7 +27,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     },
     "data": {
         "batch_size": 128,          # per process
-        "num_workers": 0,           # DataLoader worker processes per rank
+        "num_workers": "auto",      # DataLoader worker processes per rank (auto: 0 on the CPU, see devices.py on CUDA)
     },
     "optim": {
         "name": "sgd",              # any timm create_optimizer_v2 name: sgd, momentum, adamw, lamb ...
@@ -55,9 +55,10 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "ema": False,
         "ema_decay": 0.9999,
         "ema_warmup": False,        # timm ModelEmaV3 warm-up of the decay
-        "amp": "none",              # none | bf16 | fp16 (fp16 uses a gradient scaler)
+        "amp": "auto",              # auto | none | bf16 | fp16 (fp16 uses a gradient scaler); auto: the task's CUDA default
         "grad_clip": None,          # max global gradient norm
-        "channels_last": False,
+        "channels_last": "auto",    # auto | true | false; auto: the task's CUDA default, false on the CPU
+        "cudnn_benchmark": "auto",  # auto | true | false; auto: on for fixed shapes (classification), off for detection
         "compile": False,           # torch.compile the model
         "sync_bn": False,           # SyncBatchNorm under DDP (CUDA only)
         "freeze_bn": False,         # keep BatchNorm in eval mode (running statistics; affine params still train)
@@ -300,11 +301,14 @@ def validate_engine_config(cfg: dict) -> dict:
     _num(cfg, "train.eval_every", kind=int, low=0)
     _num(cfg, "train.save_every_steps", kind=int, low=1, optional=True)
     _num(cfg, "train.log_every", kind=int, low=1)
-    _choice(cfg, "train.amp", ("none", "bf16", "fp16", None))
+    _choice(cfg, "train.amp", ("auto", "none", "bf16", "fp16", None))
+    _choice(cfg, "train.channels_last", ("auto", True, False))
+    _choice(cfg, "train.cudnn_benchmark", ("auto", True, False))
     check_threads(cfg["train"].get("threads"))
     resolve_device(cfg["train"]["device"])
     _num(cfg, "data.batch_size", kind=int, low=1)
-    _num(cfg, "data.num_workers", kind=int, low=0)
+    if cfg["data"]["num_workers"] != "auto":
+        _num(cfg, "data.num_workers", kind=int, low=0)
     _num(cfg, "optim.lr", low=0)
     _num(cfg, "optim.weight_decay", low=0)
     _num(cfg, "optim.momentum", low=0, high=1)

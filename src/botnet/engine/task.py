@@ -48,6 +48,9 @@ class Task:
     name = "task"
     key_metric = "loss"
     find_unused_parameters = False  # DDP: True when some parameters get no gradient in a step
+    # what ``auto`` becomes on CUDA for train.amp / channels_last / cudnn_benchmark (see engine.devices);
+    # on the CPU ``auto`` is none / False / False
+    cuda_defaults: dict[str, Any] = {}
 
     def validate(self, cfg: dict) -> None:
         """Raise :class:`botnet.errors.ConfigError` for a bad value, before any work."""

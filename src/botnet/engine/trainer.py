@@ -80,12 +80,13 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.task.validate(self.cfg)  # every bad value is a one-line ConfigError before any work
         self._check_files()
-        threads_before = torch.get_num_threads()
+        threads_before, benchmark_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
         self.di = self._dist_given or init_distributed(self.tc["device"])
         try:
             return self._run()
         finally:
             torch.set_num_threads(threads_before)  # a run leaves the process as it found it
+            torch.backends.cudnn.benchmark = benchmark_before
             if self._dist_given is None:
                 cleanup()
 
@@ -104,6 +105,12 @@ class Trainer:
             for f in ckpt.remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
         seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
+        from botnet.engine.devices import resolve_device_defaults
+
+        for key, (was, now) in resolve_device_defaults(self.cfg, self.task.cuda_defaults, di.device,
+                                                       di.world_size).items():
+            if di.is_main:
+                log.info(f"{key}: {was} -> {now} on {di.device.type}")
         self.setup = self.task.setup(self.cfg, di)
         self._build()
         if self.resume and self._restore():

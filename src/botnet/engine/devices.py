@@ -1,0 +1,62 @@
+"""Device-dependent defaults: what ``auto`` means for ``train.amp``, ``train.channels_last``,
+``train.cudnn_benchmark`` and ``data.num_workers``.
+
+A user who passes ``--device cuda`` (or has a GPU and keeps ``--device auto``) gets the settings
+that were measured to pay off there, without knowing them; on the CPU ``auto`` keeps what the CPU
+runs fastest. Each task states its CUDA preferences in ``Task.cuda_defaults``:
+
+- classification: bf16 autocast, channels_last and ``cudnn.benchmark`` on. Shapes are fixed, so
+  the autotuner's one-off search pays back (bf16 and channels_last are what the BoT50 / R50
+  training-step ratios of docs/performance.md were measured with).
+- detection: ``cudnn.benchmark`` off. The RoI heads see a different number of boxes every step,
+  so the autotuner searched again nearly every step: a Mask R-CNN step was about 10x slower with
+  it on (one H200, 1024 px canvas, batch 2).
+
+``data.num_workers: auto`` is 0 on the CPU (the loader would take cores from the model: a 2-core
+machine has none to spare) and up to 8 worker processes per GPU on CUDA (the detection demo ran
+at 13 batches/s with the GPU waiting on the main process).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported"]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def resolve_num_workers(value: Any, device: torch.device | None = None, world_size: int = 1) -> int:
+    """``data.num_workers`` as a number: ``auto`` is 0 on the CPU, ``min(8, cores per process)`` on CUDA."""
+    if value != "auto":
+        return int(value)
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda:
+        return 0
+    return max(min(8, (os.cpu_count() or 1) // max(world_size, 1) - 1), 0)
+
+
+def resolve_device_defaults(cfg: dict, cuda_defaults: dict[str, Any], device: torch.device,
+                            world_size: int = 1) -> dict[str, tuple[Any, Any]]:
+    """Replace every ``auto`` in ``cfg`` (in place) by its value on ``device``; returns
+    ``{key: (was, now)}`` for the log, so the choice is never hidden."""
+    tc, changed = cfg["train"], {}
+    cuda = device.type == "cuda"
+    for key, cpu_value in (("amp", "none"), ("channels_last", False), ("cudnn_benchmark", False)):
+        if tc.get(key, "auto") != "auto":
+            continue
+        now = cuda_defaults.get(key, cpu_value) if cuda else cpu_value
+        if key == "amp" and now == "bf16" and not bf16_supported(device):
+            now = "none"  # a GPU without bf16 (before Ampere): full precision rather than fp16 surprises
+        tc[key] = now
+        changed[f"train.{key}"] = ("auto", now)
+    if cfg["data"].get("num_workers") == "auto":
+        cfg["data"]["num_workers"] = resolve_num_workers("auto", device, world_size)
+        changed["data.num_workers"] = ("auto", cfg["data"]["num_workers"])
+    if cuda and not tc.get("deterministic"):
+        torch.backends.cudnn.benchmark = bool(tc["cudnn_benchmark"])
+    return changed
