@@ -149,6 +149,30 @@ def validate_coco(
     only for problems that make the whole file unusable (not a dict, missing top-level lists,
     bad or duplicate categories); everything else is counted in the report.
     """
+    cats = _checked_categories(data)
+    seen_cat = {c["id"] for c in cats}
+    rep = ValidationReport(num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
+    images: dict[Any, dict] = {}
+    for im in data["images"]:
+        if _image_ok(im, images, rep, image_dir if check_files else None, check_image_sizes):
+            images[im["id"]] = dict(im)
+    anns, seen_ann = [], set()
+    for a in data["annotations"]:
+        out = _checked_annotation(a, images, seen_cat, seen_ann, rep, require_masks)
+        if out is not None:
+            seen_ann.add(a["id"])
+            anns.append(out)
+    cleaned = {k: copy.deepcopy(v) for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    cleaned["images"] = list(images.values())
+    cleaned["annotations"] = anns
+    cleaned["categories"] = cats
+    rep.num_images = len(images)
+    rep.num_annotations = len(anns)
+    return cleaned, rep
+
+
+def _checked_categories(data: Any) -> list[dict]:
+    """The top-level structure and the categories; a problem here makes the whole file unusable."""
     if not isinstance(data, dict):
         raise CocoFormatError(f"annotation file must hold a JSON object, got {type(data).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
@@ -157,120 +181,127 @@ def validate_coco(
     for k in ("images", "annotations", "categories"):
         if not isinstance(data[k], list):
             raise CocoFormatError(f"'{k}' must be a list, got {type(data[k]).__name__}")
-    cats = []
-    seen_cat = set()
+    cats, seen = [], set()
     for c in data["categories"]:
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise CocoFormatError(f"category record without id/name: {c!r}")
-        if c["id"] in seen_cat:
+        if c["id"] in seen:
             raise CocoFormatError(f"duplicate category id {c['id']}")
-        seen_cat.add(c["id"])
+        seen.add(c["id"])
         cats.append(dict(c))
     if not cats:
         raise CocoFormatError("annotation file has no categories")
+    return cats
 
-    rep = ValidationReport(num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
-    images: dict[Any, dict] = {}
-    for im in data["images"]:
-        if not isinstance(im, dict) or any(k not in im for k in ("id", "file_name", "width", "height")):
-            rep.add("image_missing_fields", repr(im)[:80])
-            continue
-        if not _finite(im["width"], im["height"]) or im["width"] <= 0 or im["height"] <= 0:
-            rep.add("image_missing_fields", f"image {im['id']}: width/height {im['width']}x{im['height']}")
-            continue
-        if im["id"] in images:
-            rep.add("image_duplicate_id", f"image id {im['id']}")
-            continue
-        if image_dir is not None and check_files:
-            path = os.path.join(os.fspath(image_dir), im["file_name"])
-            if not os.path.isfile(path):
-                rep.add("image_file_missing", path)
-                continue
-            if check_image_sizes:
-                from PIL import Image
 
-                try:
-                    with Image.open(path) as f:
-                        size = f.size
-                except Exception as e:  # unreadable header
-                    rep.add("image_unreadable", f"{path}: {e}")
-                    continue
-                if tuple(size) != (int(im["width"]), int(im["height"])):
-                    rep.add("image_size_mismatch", f"{path}: file {size}, record {im['width']}x{im['height']}")
-                    continue
-        images[im["id"]] = dict(im)
+def _image_ok(im: Any, images: dict, rep: ValidationReport, image_dir, check_image_sizes: bool) -> bool:
+    """One image record: fields, size, unique id and (with ``image_dir``) its file."""
+    if not isinstance(im, dict) or any(k not in im for k in ("id", "file_name", "width", "height")):
+        rep.add("image_missing_fields", repr(im)[:80])
+        return False
+    if not _finite(im["width"], im["height"]) or im["width"] <= 0 or im["height"] <= 0:
+        rep.add("image_missing_fields", f"image {im['id']}: width/height {im['width']}x{im['height']}")
+        return False
+    if im["id"] in images:
+        rep.add("image_duplicate_id", f"image id {im['id']}")
+        return False
+    if image_dir is None:
+        return True
+    path = os.path.join(os.fspath(image_dir), im["file_name"])
+    if not os.path.isfile(path):
+        rep.add("image_file_missing", path)
+        return False
+    if check_image_sizes:
+        from PIL import Image
 
-    anns = []
-    seen_ann = set()
-    for a in data["annotations"]:
-        if not isinstance(a, dict) or any(k not in a for k in ("id", "image_id", "category_id", "bbox")):
-            rep.add("ann_missing_fields", repr(a)[:80])
-            continue
-        if a["id"] in seen_ann:
-            rep.add("ann_duplicate_id", f"annotation id {a['id']}")
-            continue
-        if a["category_id"] not in seen_cat:
-            rep.add("ann_unknown_category", f"annotation {a['id']}: category_id {a['category_id']}")
-            continue
-        im = images.get(a["image_id"])
-        if im is None:
-            rep.add("ann_unknown_image", f"annotation {a['id']}: image_id {a['image_id']}")
-            continue
-        bbox = a["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not _finite(*bbox):
-            rep.add("ann_bad_bbox", f"annotation {a['id']}: bbox {bbox!r}")
-            continue
-        W, H = float(im["width"]), float(im["height"])
-        x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox}")
-            continue
-        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
-        if x1 <= 0 or y1 <= 0 or x >= W or y >= H:
-            rep.add("ann_box_outside", f"annotation {a['id']}: bbox {bbox} in {int(W)}x{int(H)} image")
-            continue
-        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-            rep.add("ann_box_clipped", f"annotation {a['id']}: bbox {bbox}")
-        if x1 - x0 < 1.0 or y1 - y0 < 1.0:
-            rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox} (after clipping)")
-            continue
-        out = dict(a)
-        out["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-        out["iscrowd"] = int(a.get("iscrowd", 0) or 0)
-        seg = a.get("segmentation")
-        if seg is None or (isinstance(seg, list) and not seg):
-            if require_masks:
-                rep.add("ann_missing_segmentation", f"annotation {a['id']}")
-                continue
-            out.pop("segmentation", None)
-        elif isinstance(seg, list):
-            polys = [p for p in seg if _polygon_ok(p)]
-            if not polys:
-                rep.add("ann_degenerate_polygon", f"annotation {a['id']}")
-                continue
-            if len(polys) != len(seg):
-                rep.add("polygon_dropped", f"annotation {a['id']}: {len(seg) - len(polys)} of {len(seg)}")
-            out["segmentation"] = polys
-        elif isinstance(seg, dict):
-            size = seg.get("size")
-            if "counts" not in seg or not isinstance(size, (list, tuple)) or [int(v) for v in size] != [int(H), int(W)]:
-                rep.add("ann_bad_rle", f"annotation {a['id']}: size {size}, image {int(H)}x{int(W)}")
-                continue
-        else:
-            rep.add("ann_bad_rle", f"annotation {a['id']}: segmentation of type {type(seg).__name__}")
-            continue
-        if not _finite(out.get("area", None)) or out.get("area", 0) <= 0:
-            out["area"] = float((x1 - x0) * (y1 - y0))
-        seen_ann.add(a["id"])
-        anns.append(out)
+        try:
+            with Image.open(path) as f:
+                size = f.size
+        except Exception as e:  # unreadable header
+            rep.add("image_unreadable", f"{path}: {e}")
+            return False
+        if tuple(size) != (int(im["width"]), int(im["height"])):
+            rep.add("image_size_mismatch", f"{path}: file {size}, record {im['width']}x{im['height']}")
+            return False
+    return True
 
-    cleaned = {k: copy.deepcopy(v) for k, v in data.items() if k not in ("images", "annotations", "categories")}
-    cleaned["images"] = list(images.values())
-    cleaned["annotations"] = anns
-    cleaned["categories"] = cats
-    rep.num_images = len(images)
-    rep.num_annotations = len(anns)
-    return cleaned, rep
+
+def _checked_annotation(a: Any, images: dict, seen_cat: set, seen_ann: set, rep: ValidationReport,
+                        require_masks: bool) -> dict | None:
+    """One annotation record cleaned (box clipped, iscrowd/area filled), or ``None`` (counted in ``rep``)."""
+    if not isinstance(a, dict) or any(k not in a for k in ("id", "image_id", "category_id", "bbox")):
+        rep.add("ann_missing_fields", repr(a)[:80])
+        return None
+    if a["id"] in seen_ann:
+        rep.add("ann_duplicate_id", f"annotation id {a['id']}")
+        return None
+    if a["category_id"] not in seen_cat:
+        rep.add("ann_unknown_category", f"annotation {a['id']}: category_id {a['category_id']}")
+        return None
+    im = images.get(a["image_id"])
+    if im is None:
+        rep.add("ann_unknown_image", f"annotation {a['id']}: image_id {a['image_id']}")
+        return None
+    box = _clipped_box(a, float(im["width"]), float(im["height"]), rep)
+    if box is None:
+        return None
+    out = dict(a)
+    out["bbox"] = box
+    out["iscrowd"] = int(a.get("iscrowd", 0) or 0)
+    if not _segmentation_ok(a, out, int(im["height"]), int(im["width"]), rep, require_masks):
+        return None
+    if not _finite(out.get("area", None)) or out.get("area", 0) <= 0:
+        out["area"] = float(box[2] * box[3])
+    return out
+
+
+def _clipped_box(a: dict, W: float, H: float, rep: ValidationReport) -> list[float] | None:
+    """``[x, y, w, h]`` clipped to the image, or ``None`` for a bad, empty or outside box."""
+    bbox = a["bbox"]
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not _finite(*bbox):
+        rep.add("ann_bad_bbox", f"annotation {a['id']}: bbox {bbox!r}")
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox}")
+        return None
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
+    if x1 <= 0 or y1 <= 0 or x >= W or y >= H:
+        rep.add("ann_box_outside", f"annotation {a['id']}: bbox {bbox} in {int(W)}x{int(H)} image")
+        return None
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        rep.add("ann_box_clipped", f"annotation {a['id']}: bbox {bbox}")
+    if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+        rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox} (after clipping)")
+        return None
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def _segmentation_ok(a: dict, out: dict, H: int, W: int, rep: ValidationReport, require_masks: bool) -> bool:
+    """Check (and clean, in ``out``) the polygons or RLE of one annotation."""
+    seg = a.get("segmentation")
+    if seg is None or (isinstance(seg, list) and not seg):
+        if require_masks:
+            rep.add("ann_missing_segmentation", f"annotation {a['id']}")
+            return False
+        out.pop("segmentation", None)
+    elif isinstance(seg, list):
+        polys = [p for p in seg if _polygon_ok(p)]
+        if not polys:
+            rep.add("ann_degenerate_polygon", f"annotation {a['id']}")
+            return False
+        if len(polys) != len(seg):
+            rep.add("polygon_dropped", f"annotation {a['id']}: {len(seg) - len(polys)} of {len(seg)}")
+        out["segmentation"] = polys
+    elif isinstance(seg, dict):
+        size = seg.get("size")
+        if "counts" not in seg or not isinstance(size, (list, tuple)) or [int(v) for v in size] != [H, W]:
+            rep.add("ann_bad_rle", f"annotation {a['id']}: size {size}, image {H}x{W}")
+            return False
+    else:
+        rep.add("ann_bad_rle", f"annotation {a['id']}: segmentation of type {type(seg).__name__}")
+        return False
+    return True
 
 
 def read_json_file(path: str | os.PathLike) -> Any:
