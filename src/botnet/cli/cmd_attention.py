@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("attention", help="attention maps of the BoT blocks for one image", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
-    p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT", help="checkpoint file or run directory")
+    p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT", help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME")
     p.add_argument("--query", nargs=2, type=_frac, default=(0.5, 0.5), metavar=("Y", "X"),
                    help="query position as fractions of image height and width (default 0.5 0.5, the centre)")
     p.add_argument("--output", "--out", "-o", dest="out", default="attention", help="output folder for the PNGs (default ./attention)")

@@ -31,11 +31,12 @@ def register(subparsers) -> None:
     d.set_defaults(func=_demo)
 
     e = sub.add_parser("eval", help="COCO box/mask AP of a checkpoint")
-    e.add_argument("checkpoint", help="checkpoint file or run directory")
+    e.add_argument("checkpoint", help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME")
     e.add_argument("--images", default=None, help="image folder (default: the val split of the run's config)")
     e.add_argument("--ann", default=None, help="instances JSON (default: the val split of the run's config)")
     e.add_argument("--output", "--out", dest="output", default=None,
-                   help="folder for eval.json / eval.md (default: the run directory)")
+                   help="folder for eval.json / eval.md (default: the run directory; ./NAME-eval for a "
+                        "published folder)")
     e.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
     e.add_argument("--batch-size", type=positive_int, default=2)
     e.add_argument("--strict", action="store_true", help="fail on any bad annotation record")
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
     e.set_defaults(func=_eval)
 
     r = sub.add_parser("predict", help="draw boxes, labels and masks on images (PNG)")
-    r.add_argument("checkpoint", help="checkpoint file or run directory")
+    r.add_argument("checkpoint", help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME")
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--output", "--out", dest="output", default="predictions",
                    help="output folder (PNGs + predictions.json)")
@@ -114,7 +115,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"warning: evaluation categories {ds.class_names[1:]} differ from the training ones {train_names[1:]}",
               file=sys.stderr)
     metrics = evaluate_detector(model, ds, batch_size=args.batch_size, backend=args.backend)
-    out = args.output or (str(path.parent))
+    # a published folder is not written into (it may be a read-only Hub cache): ./NAME-eval instead
+    out = args.output or (f"{path.parent.name}-eval" if meta.get("published") else str(path.parent))
     jp, mp = write_eval(out, metrics, {"checkpoint": str(path), "images": images, "ann": ann,
                                        "num_images": len(ds), "backend": args.backend})
     print(open(mp).read())

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a classification checkpoint", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=None,
-                   help="checkpoint: RUN/best.safetensors, RUN/last.safetensors or a run directory (best, else last)")
+                   help="checkpoint: RUN/best.safetensors, RUN/last.safetensors, a run directory (best, else last), "
+                        "a published folder (botnet publish) or hf-hub:ORG/NAME")
     p.add_argument("--checkpoint", dest="checkpoint_opt", metavar="CKPT", default=None, help="same as the positional argument")
     p.add_argument("--data-dir", default=None, help="data folder (default: the one the checkpoint was trained with)")
     p.add_argument("--dataset", default=None, choices=["fashion-mnist", "folder"], help="data set type (default: from the checkpoint)")
@@ -58,6 +59,8 @@ def handler(args) -> int:
     device = resolve_device(args.device)
     try:
         model, meta = load_model(path, device=device, task="classification")
+        if args.ema and meta.get("published"):  # before any evaluation: the folder holds one set of weights
+            load_model(path, use_ema=True, task="classification")
         cfg = merge(CLASSIFICATION_DEFAULTS, meta.get("config") or {})
         d = cfg["data"]
         for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "export"))
     p.add_argument("--output", "--out", dest="out", required=True, help="output file (.onnx, .ts/.pt, .pt2)")
     p.add_argument("--checkpoint", default=None,
-                   help="weights: a botnet checkpoint or run directory (the trained model is rebuilt exactly from "
+                   help="weights: a botnet checkpoint, run directory, published folder or hf-hub:ORG/NAME (the trained "
+                        "model is rebuilt exactly from "
                         "its stored architecture and options) or a .pt/.pth state dict (needs MODEL)")
     p.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (default: checkpoint's or 1000)")
     p.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: checkpoint's or 3)")

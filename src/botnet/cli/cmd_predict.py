@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     p.add_argument("--checkpoint", "-k", required=True, metavar="CKPT",
-                   help="RUN/best.safetensors, RUN/last.safetensors or a run directory")
+                   help="RUN/best.safetensors, RUN/last.safetensors, a run directory, a published folder "
+                        "(botnet publish) or hf-hub:ORG/NAME")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show per image (default 5)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights from the .state.safetensors beside the checkpoint")
     p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")

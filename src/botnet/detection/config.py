@@ -96,6 +96,10 @@ def validate_detection_config(cfg: dict) -> dict:
     _num(cfg, "model.trainable_layers", kind=int, low=0, high=5, optional=True)
     check_model_kwargs(cfg["model"]["backbone"], {"num_classes": 0, **(cfg["model"]["kwargs"] or {})})
     bw = cfg["model"]["backbone_weights"]
-    if bw and not os.path.exists(bw):
+    if bw and str(bw).startswith(("hf-hub:", "local-dir:")):
+        from botnet.engine.checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(bw)  # a published model: fetched and checked before training (one-line error)
+    elif bw and not os.path.exists(bw):
         raise ConfigError(f"model.backbone_weights {bw} does not exist")
     return cfg

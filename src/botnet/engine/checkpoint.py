@@ -190,7 +190,14 @@ def _legacy_state_error(p: Path) -> CheckpointError:
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> Path:
     """Accept a weights file, a ``.state.safetensors`` file or a run directory (-> ``best``, else
-    ``last``; resuming passes ``prefer=("last",)``)."""
+    ``last``; resuming passes ``prefer=("last",)``), or a published model folder / ``hf-hub:`` id
+    (-> its ``model.safetensors``, once its config.json and model card are checked)."""
+    from botnet.hub.source import published_folder, read_config  # lazy: botnet.hub imports this module
+
+    folder = published_folder(path)
+    if folder is not None:
+        read_config(folder)
+        return folder / "model.safetensors"
     p = Path(path)
     if p.is_dir():
         for name in prefer:

@@ -57,13 +57,18 @@ def build_from_metadata(meta: dict[str, Any], where: str = "checkpoint") -> nn.M
 
 def load_model(path: str | os.PathLike, *, use_ema: bool = False, device: str | torch.device = "cpu",
                task: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model in eval mode on device, metadata)`` for a checkpoint file or run directory.
+    """``(model in eval mode on device, metadata)`` for a checkpoint file, a run directory or a
+    published model folder (a path, ``local-dir:PATH`` or ``hf-hub:ORG/NAME``, see :mod:`botnet.hub`).
 
     ``task`` (optional) makes a checkpoint of another task a clear error instead of a surprise.
     """
     from botnet.errors import resolve_device
+    from botnet.hub.source import load_published, published_folder  # lazy: hub reads through this module
 
     device = resolve_device(str(device))
+    folder = published_folder(path)
+    if folder is not None:  # config.json says what to build; model.safetensors must fit it
+        return load_published(folder, use_ema=use_ema, device=device, task=task)
     wpath = ckpt.resolve_checkpoint(path)
     meta = ckpt.read_metadata(wpath)
     if task is not None and meta.get("arch") and task_of(meta) != task:

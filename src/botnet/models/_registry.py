@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import sys
 import warnings
 from typing import Callable
@@ -84,27 +85,42 @@ def is_model(name: str) -> bool:
 
 
 def create_model(
-    name: str,
+    name: str | None,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
+    pretrained: bool | str | os.PathLike = False,
     **overrides,
 ) -> nn.Module:
     """Build a registered model (the same model ``timm.create_model`` builds under the timm name).
 
     Args:
-        name: one of :func:`list_models` (or its timm name, e.g. ``botnet_resnet50``).
-        num_classes: classifier outputs; 0 removes the classifier (``fc`` becomes Identity).
+        name: one of :func:`list_models` (or its timm name, e.g. ``botnet_resnet50``), or a published
+            model as ``local-dir:PATH`` / ``hf-hub:ORG/NAME`` (then ``pretrained`` is implied).
+        num_classes: classifier outputs (default 1000, or the published model's); 0 removes the
+            classifier (``fc`` becomes Identity).
         img_size: image size the attention tables are built for (``None``: the model's default
             resolution). It does not restrict the input: every model accepts any size.
-        in_chans: input channels.
+        in_chans: input channels (default 3, or the published model's).
+        pretrained: a folder written by ``botnet publish`` (or ``hf-hub:ORG/NAME``): the model is
+            built with the options stored there and loaded with its weights by timm's loader; any
+            option given here overrides the stored one (another ``num_classes`` gets a new head).
         **overrides: any architecture option of :class:`botnet.models.ResNet` (e.g. ``pos="none"``,
             ``shortcut_act=True``, ``se_in_attn=True``, ``drop_path_rate=0.1``), ``global_pool``
             (timm's pooling types, ``""`` for none), or timm's ``features_only=True`` with
             ``out_indices`` (stages 0-3: layer1..layer4) for a feature extractor.
     """
-    key = resolve_name(name)
+    if isinstance(name, str) and name.startswith(("local-dir:", "hf-hub:")):
+        name, pretrained = None, name
+    if pretrained and not isinstance(pretrained, bool):
+        from botnet.hub.load import create_pretrained  # lazy: botnet.hub builds through this registry
+
+        return create_pretrained(name, pretrained, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+                                 **overrides)
+    if pretrained:
+        overrides["pretrained"] = True  # timm's meaning (registry weights): the entry point explains there are none
+    key = resolve_name(str(name))
     if key not in _MODELS:
         close = fnmatch.filter(_MODELS, f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else ""

@@ -534,6 +534,11 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     # The config follows the instance: its input size, channels and classes (a features_only model
     # keeps timm's reduced config, without num_classes/classifier).
     inst = _instance_cfg(cfg, kwargs["in_chans"], _img_hw(kwargs.get("img_size", cfg.img_size)), kwargs["num_classes"])
+    # Preprocessing describes the weights, not the instance: a published folder (timm local-dir /
+    # hf-hub) stores the run's mean/std/crop_pct, kept unless the channel count changed.
+    if len(resolved.mean) == kwargs["in_chans"] and len(resolved.std) == kwargs["in_chans"]:
+        inst.update(mean=tuple(resolved.mean), std=tuple(resolved.std))
+    inst["crop_pct"] = resolved.crop_pct
     if features:
         inst.pop("num_classes")
     model.pretrained_cfg.update(inst, **(kwargs.get("pretrained_cfg_overlay") or {}))

@@ -1,0 +1,56 @@
+"""Tiny trained runs shared by the publishing tests: each is trained once per session (a few steps)."""
+import pytest
+
+from botnet.cli import main
+from botnet.data import fashion_mnist as fm
+
+QUIET = ["--no-progress", "--threads", "1", "--set", "train.log_every=1"]
+# The detection tests' tiny BoT50 layout (3 BoT blocks in c5, stride 32), shared by the classifier
+# that starts the detector, so every backbone tensor has a place.
+TINY_BOT50 = "{layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8, strides: [1, 2, 2, 2]}"
+
+
+def _needs_fmnist():
+    if fm._complete(fm.SYSTEM_DIR) is None:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo recipe (botnet_mini, strides [2, 2, 1, 1], 28 px) for 4 steps, with EMA."""
+    _needs_fmnist()
+    run = tmp_path_factory.mktemp("hub") / "demo-run"
+    rc = main(["train", "--config", "fashion-mnist", "--max-steps", "4", "--limit-train", "128", "--limit-val", "64",
+               "--batch-size", "32", "--ema", "--ema-decay", "0.5", "--no-plots", "--output", str(run), *QUIET])
+    assert rc == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def bot50_classifier(tmp_path_factory):
+    """A grayscale 28 px classifier with the tiny BoT50 layout, published (starts the detector)."""
+    _needs_fmnist()
+    root = tmp_path_factory.mktemp("hub-bot50")
+    rc = main(["train", "--config", "fashion-mnist", "--model", "botnet50", "--set", f"model.kwargs={TINY_BOT50}",
+               "--max-steps", "2", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32", "--no-plots",
+               "--output", str(root / "run"), *QUIET])
+    assert rc == 0
+    assert main(["publish", str(root / "run"), str(root / "published")]) == 0
+    return root / "published"
+
+
+def detection_overrides(root, out_dir, backbone_weights=None):
+    """--set overrides of a few-second `botnet detect train` on a tiny mosaic."""
+    sets = [
+        f"output.dir={out_dir}", f"data.root={root}",
+        "data.mosaic={num_train: 8, num_val: 4, canvas: 96, min_items: 1, max_items: 3, min_item_size: 24, "
+        "max_item_size: 48}",
+        "model.kwargs={layers: [1, 1, 1, 3], widths: [8, 16, 32, 64], stem_width: 8}",
+        "model.canvas=96", "model.fpn_channels=32", "model.anchor_sizes=[16, 32, 64, 128, 256]",
+        "model.box_head_dim=64", "model.mask_head_layers=[16]", "model.rpn_pre_nms_top_n_train=100",
+        "model.rpn_post_nms_top_n_train=50", "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=50",
+        "model.box_batch_size_per_image=32", "train.epochs=1", "data.batch_size=4", "optim.name=adamw",
+        "optim.lr=0.002", "train.threads=1", "train.log_every=1", "train.progress=false", "eval.batch_size=4",
+        "eval.num_draw=0", "train.plots=false",
+    ] + ([f"model.backbone_weights={backbone_weights}"] if backbone_weights else [])
+    return [a for s in sets for a in ("--set", s)]
