@@ -116,7 +116,7 @@ def test_cli_export_rejects_mismatched_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """A short run of the demo recipe: its model has non-default options (strides [2, 2, 1, 1])."""
+    """A short run of the demo recipe: its model has non-default options (strides [2, 2, 2, 1])."""
     from botnet.data import fashion_mnist as fm
 
     if fm._complete(fm.SYSTEM_DIR) is None:
@@ -134,7 +134,7 @@ def _trained_model(run):
     export command's own rebuild."""
     from safetensors.torch import load_file
 
-    m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, img_size=28, strides=[2, 2, 1, 1])
+    m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, img_size=28, strides=[2, 2, 2, 1])
     m.load_state_dict(load_file(run / "last.safetensors"))
     return m.eval()
 
