@@ -42,7 +42,8 @@ def test_the_folder_has_timm_fields_and_every_override(published, demo_run):
     assert cfg["label_names"][0] == "T-shirt/top" and len(cfg["label_names"]) == 10
     for k, v in summary["model_kwargs"].items():  # the run's own record of its model options
         assert cfg["model_args"][k] == v, k
-    assert cfg["model_args"]["strides"] == [2, 2, 1, 1] and cfg["model_args"]["img_size"] == 28
+    recipe = json.loads((demo_run / "config.json").read_text())["model"]
+    assert cfg["model_args"]["strides"] == recipe["kwargs"]["strides"] and cfg["model_args"]["img_size"] == 28
     pc = cfg["pretrained_cfg"]
     assert pc["input_size"] == [1, 28, 28] and pc["crop_pct"] == 1.0 and pc["interpolation"] == "bilinear"
     assert pc["mean"] == pytest.approx(list(FMNIST_MEAN)) and pc["std"] == pytest.approx(list(FMNIST_STD))
@@ -66,6 +67,18 @@ def test_timm_and_botnet_give_the_trained_logits_and_preprocessing(published, de
     for m in (via_timm, via_botnet, via_load):
         assert timm.data.resolve_data_config({}, model=m) == want  # floats survive JSON exactly
     assert botnet.create_model("botnet_mini", pretrained=str(published), num_classes=3).fc.out_features == 3
+
+
+def test_input_size_is_the_size_the_run_fed_the_model(bot50_classifier):
+    import timm
+
+    cfg = json.loads((bot50_classifier / "config.json").read_text())
+    assert cfg["model_args"]["img_size"] == 28 and cfg["pretrained_cfg"]["input_size"] == [1, 32, 32]
+    for m in (timm.create_model(f"local-dir:{bot50_classifier}", pretrained=True), load_model(bot50_classifier)[0]):
+        assert timm.data.resolve_data_config({}, model=m)["input_size"] == (1, 32, 32)
+        assert m.layer4[0].mhsa.rel_h.shape[0] == 3  # tables still built for 28 px (c5 input 2x2)
+    bigger = botnet.create_model("botnet50", pretrained=str(bot50_classifier), img_size=64)
+    assert timm.data.resolve_data_config({}, model=bigger)["input_size"] == (1, 64, 64)
 
 
 def test_timm_transform_matches_the_runs_own(published, images):
@@ -122,7 +135,8 @@ def test_commands_take_the_folder(published, images, tmp_path, capsys):
 def test_init_weights_reads_the_folder(published, demo_run):
     from botnet.engine import checkpoint as ckpt
 
-    model = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, img_size=28, strides=(2, 2, 1, 1))
+    args = json.loads((published / "config.json").read_text())["model_args"]
+    model = botnet.create_model("botnet_mini", **args)
     ckpt.load_weights(model, published)  # what --init-weights does, strictly
     trained, _ = load_model(demo_run)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))

@@ -120,7 +120,7 @@ def botnet_fpn_backbone(
         raise ValueError(f"norm must be 'bn', 'frozen' or 'sync', got {norm!r}")
     model = botnet.create_model(backbone, num_classes=0, img_size=img_size, **model_kwargs)
     if backbone_weights:
-        report = botnet.load_resnet_weights(model, backbone_weights)
+        report = botnet.load_resnet_weights(model, backbone_weights, verbose=False)  # logged once, below
         from botnet.engine.log import get_logger
 
         get_logger("detection").info(f"backbone weights {backbone_weights}: {report}")

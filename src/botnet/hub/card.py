@@ -63,7 +63,7 @@ def classification_card(info: dict[str, Any]) -> str:
            f"# {info['title']}", "",
            f"A BoTNet-family image classifier (`{info['arch']}`, Bottleneck Transformers, arXiv 2101.11605) trained "
            f"with botnet on {info['dataset']}.", "",
-           "## Use", "", "```python", "import timm",
+           "## Use", "", "```python", "import botnet, timm   # pip install botnet: it registers the BoTNet models in timm",
            f"model = timm.create_model(\"local-dir:{info['name']}\", pretrained=True).eval()   "
            f"# or hf-hub:ORG/{info['name']}",
            "cfg = timm.data.resolve_data_config({}, model=model)   # the preprocessing it was trained with",

@@ -71,6 +71,7 @@ class Bottleneck(nn.Module):
         feat_size: tuple[int, int] = (14, 14),
         heads: int = 4,
         pos: str = "relative",
+        attn_impl: str = "auto",
         act_layer: type[nn.Module] = nn.ReLU,
         se_rd: int = 0,
         shortcut_act: bool = False,
@@ -84,7 +85,7 @@ class Bottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = act_layer(inplace=True)
         if attn:
-            self.mhsa = RelPosMHSA(width, heads, feat_size, pos=pos)
+            self.mhsa = RelPosMHSA(width, heads, feat_size, pos=pos, impl=attn_impl)
             self.pool = (
                 nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
             )
@@ -135,6 +136,7 @@ class ResNetCfg:
     se_in_attn: bool = False  # paper text: SE only in conv blocks; paper's param counts: everywhere
     heads: int = 4
     pos: str = "relative"
+    attn_impl: str = "auto"  # RelPosMHSA implementation: auto, sdpa, flex, explicit (same function and weights)
     shortcut_act: bool = False
     # Init of the position tables: "std" = N(0, d^-1/2) as the paper intends; "official" = the
     # released snippet's N(mean=d^-1/2, std=1) (it passed d^-1/2 as the mean by mistake).
@@ -242,7 +244,7 @@ class ResNet(nn.Module):
                 dpr = cfg.drop_path_rate * block_idx / max(total_blocks - 1, 1)
                 blocks.append(
                     Bottleneck(
-                        in_chs, width, s, attn=attn, feat_size=hw, heads=cfg.heads, pos=cfg.pos,
+                        in_chs, width, s, attn=attn, feat_size=hw, heads=cfg.heads, pos=cfg.pos, attn_impl=cfg.attn_impl,
                         act_layer=act_layer, se_rd=se_rd, shortcut_act=cfg.shortcut_act, drop_path=dpr,
                     )
                 )
@@ -539,6 +541,10 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     if len(resolved.mean) == kwargs["in_chans"] and len(resolved.std) == kwargs["in_chans"]:
         inst.update(mean=tuple(resolved.mean), std=tuple(resolved.std))
     inst["crop_pct"] = resolved.crop_pct
+    src_args = kwargs.get("pretrained_model_args")  # set by timm for local-dir: / hf-hub: folders
+    if src_args is not None and _img_hw(src_args.get("img_size") or MODEL_CFGS[name].img_size) == inst["img_size"]:
+        # the size the run fed the model (it may differ from the tables' img_size), unless overridden here
+        inst["input_size"] = (kwargs["in_chans"], *resolved.input_size[1:])
     if features:
         inst.pop("num_classes")
     model.pretrained_cfg.update(inst, **(kwargs.get("pretrained_cfg_overlay") or {}))
