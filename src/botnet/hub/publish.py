@@ -210,7 +210,7 @@ def _write_classifier(model, meta: dict[str, Any], info: dict[str, Any], tmp: Pa
              "weights": info["which"], "run_config": info["config"], "botnet_version": info["botnet_version"]}
     save_config_for_hf(model, str(tmp / CONFIG_NAME), model_config={"label_names": names, "botnet": block},
                        model_args={k: v for k, v in kw.items() if k != "num_classes"}, data_config=data)
-    prof = profile_model(meta["arch"], **kw)
+    prof = profile_model(meta["arch"], **{**kw, "img_size": data["input_size"][-1]})  # at the size it was fed
     card = dict(info, title=f"{meta['arch']} on {cfg['data']['dataset']}", arch=meta["arch"], timm_name=TIMM_NAMES.get(meta["arch"], meta["arch"]),
                 model_args=json.dumps({k: v for k, v in kw.items()}), params=sum(p.numel() for p in model.parameters()),
                 gmacs=f"{prof.gmacs:.3f} at {prof.img_size[0]}x{prof.img_size[1]} px", dataset=_dataset_text(cfg),
