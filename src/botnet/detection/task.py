@@ -37,7 +37,7 @@ def data_paths(cfg: dict, *, generate: bool = True) -> dict[str, str]:
         from botnet.data.mosaic import generate_fashion_mosaic, mosaic_paths
 
         if generate:
-            generate_fashion_mosaic(d["root"], progress=True, **d["mosaic"])
+            generate_fashion_mosaic(d["root"], progress=bool(cfg.get("train", {}).get("progress", True)), **d["mosaic"])
         (ti, ta), (vi, va) = mosaic_paths(d["root"], "train"), mosaic_paths(d["root"], "val")
         return {"train_images": ti, "train_ann": ta, "val_images": vi, "val_ann": va}
     out = {k: _resolve(d["root"], d[k]) for k in ("train_images", "train_ann", "val_images", "val_ann")}
