@@ -63,7 +63,8 @@ def classification_card(info: dict[str, Any]) -> str:
            f"# {info['title']}", "",
            f"A BoTNet-family image classifier (`{info['arch']}`, Bottleneck Transformers, arXiv 2101.11605) trained "
            f"with botnet on {info['dataset']}.", "",
-           "## Use", "", "```python", "import botnet, timm   # pip install botnet: it registers the BoTNet models in timm",
+           "## Use", "", "```python",
+           "import botnet, timm   # pip install botnet: it registers the BoTNet models in timm",
            f"model = timm.create_model(\"local-dir:{info['name']}\", pretrained=True).eval()   "
            f"# or hf-hub:ORG/{info['name']}",
            "cfg = timm.data.resolve_data_config({}, model=model)   # the preprocessing it was trained with",
@@ -94,7 +95,7 @@ def detection_card(info: dict[str, Any]) -> str:
            f"A torchvision {info['kind']} detector over a BoTNet-FPN backbone (`{info['backbone']}`, Bottleneck "
            f"Transformers, arXiv 2101.11605) trained with botnet on {info['dataset']}.", "",
            "## Use", "", "```python", "import botnet.hub",
-           f"detector = botnet.hub.load_detector(\"{info['name']}\")   # torchvision model, eval mode; or hf-hub:ORG/NAME",
+           f"detector = botnet.hub.load_detector(\"{info['name']}\")   # torchvision model; or hf-hub:ORG/NAME",
            "```", "",
            f"`botnet detect predict {info['name']} IMAGE...` draws its detections; `botnet detect eval {info['name']}` "
            f"measures it. Classes: {', '.join(info['class_names'])}.", "",

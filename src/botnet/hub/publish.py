@@ -154,9 +154,10 @@ def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hard
     extra = meta.get("extra") or {}
     which = "ema" if weights == "ema" else str(extra.get("weights", "raw"))
     best = extra.get("best") or summary.get("best") or {}
-    desc = f"{'EMA weights from the training state of ' if weights == 'ema' else ''}{wpath.name} (step " \
-           f"{meta.get('step', '?')}" + (f"; best {best.get('metric')} {best.get('value'):.4g} at step {best.get('step')}"
-                                         if weights == "best" and best.get("value") is not None else "") + ")"
+    best_txt = (f"; best {best.get('metric')} {best.get('value'):.4g} at step {best.get('step')}"
+                if weights == "best" and best.get("value") is not None else "")
+    desc = (f"{'EMA weights from the training state of ' if weights == 'ema' else ''}{wpath.name} "
+            f"(step {meta.get('step', '?')}{best_txt})")
     cmd = "botnet train" if task_of(meta) == "classification" else "botnet detect train"
     return {
         "which": which, "weights": desc, "config": cfg, "config_yaml": yaml.safe_dump(cfg, sort_keys=False),
@@ -211,8 +212,9 @@ def _write_classifier(model, meta: dict[str, Any], info: dict[str, Any], tmp: Pa
     save_config_for_hf(model, str(tmp / CONFIG_NAME), model_config={"label_names": names, "botnet": block},
                        model_args={k: v for k, v in kw.items() if k != "num_classes"}, data_config=data)
     prof = profile_model(meta["arch"], **{**kw, "img_size": data["input_size"][-1]})  # at the size it was fed
-    card = dict(info, title=f"{meta['arch']} on {cfg['data']['dataset']}", arch=meta["arch"], timm_name=TIMM_NAMES.get(meta["arch"], meta["arch"]),
-                model_args=json.dumps({k: v for k, v in kw.items()}), params=sum(p.numel() for p in model.parameters()),
+    card = dict(info, title=f"{meta['arch']} on {cfg['data']['dataset']}", arch=meta["arch"],
+                timm_name=TIMM_NAMES.get(meta["arch"], meta["arch"]),
+                model_args=json.dumps(kw), params=sum(p.numel() for p in model.parameters()),
                 gmacs=f"{prof.gmacs:.3f} at {prof.img_size[0]}x{prof.img_size[1]} px", dataset=_dataset_text(cfg),
                 metrics=_classifier_metrics(model, cfg, names, meta, info, evaluate), **data)
     (tmp / CARD_NAME).write_text(classification_card(card))
@@ -293,7 +295,8 @@ def _detector_card(model, meta, info, run: Path, tmp: Path, kw: dict, names: lis
     if ev.get("metrics"):
         md = results_markdown(ev["metrics"]).strip().splitlines()
         src = (f"COCO metrics (percent) from the run's final evaluation (`{Path(str(ev.get('checkpoint'))).name}`, "
-               f"{ev.get('num_val_images', '?')} validation images, {ev.get('num_train_images', '?')} training images).")
+               f"{ev.get('num_val_images', '?')} validation images, {ev.get('num_train_images', '?')} training "
+               f"images).")
     else:
         md, src = [], f"No evaluation recorded in {run}/eval.json; measure it with `botnet detect eval {info['name']}`."
     bb = profile_model(kw["backbone"], img_size=kw.get("img_size"), num_classes=0, backbone_only=True,
