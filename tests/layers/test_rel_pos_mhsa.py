@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from botnet.layers import RelPosMHSA, resize_pos_table
+from botnet.layers import IMPLS, RelPosMHSA, choose_impl, resize_pos_table, sdpa_head_size
+from botnet.layers.rel_pos_mhsa import sdpa_kernel_name
+
+HAVE_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU (fused SDPA kernels)")
+# Compiled flex_attention on the CPU needs Inductor's C++ toolchain.
+HAVE_CXX = bool(shutil.which("g++") or shutil.which("c++"))
+needs_compiler = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler for torch.compile (Inductor) on the CPU")
 
 
 def _table_for(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -64,11 +72,14 @@ def _layer(pos="relative", dim=16, heads=2, feat_size=(5, 4), **kw) -> RelPosMHS
 
 @pytest.mark.parametrize("pos", ["relative", "absolute", "none"])
 @pytest.mark.parametrize("size", [(5, 4), (3, 3), (7, 6), (4, 9), (1, 5)])
-@pytest.mark.parametrize("fused", [True, False])
-def test_matches_brute_force(pos, size, fused):
-    m = _layer(pos, fused=fused)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_brute_force(pos, size, impl):
+    # float64 flex runs the unfused reference of flex_attention (the CPU kernel has no float64):
+    # the same score_mod, checked here; the compiled kernel is checked in float32 below.
+    m = _layer(pos, impl=impl)
     x = torch.randn(2, 16, *size, dtype=torch.float64)
-    y = m(x)
+    with torch.no_grad():  # flex has no CPU backward
+        y = m(x)
     assert y.shape == x.shape
     for b in range(2):
         torch.testing.assert_close(y[b], brute_force(m, x[b]), rtol=1e-9, atol=1e-10)
@@ -117,8 +128,9 @@ def test_relative_term_is_translation_equivariant():
 
 
 @pytest.mark.parametrize("pos", ["relative", "absolute", "none"])
-def test_gradients_reach_every_parameter(pos):
-    m = RelPosMHSA(16, 2, (4, 4), pos=pos)
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "explicit"])
+def test_gradients_reach_every_parameter(pos, impl):
+    m = RelPosMHSA(16, 2, (4, 4), pos=pos, impl=impl)
     for size in [(4, 4), (5, 3)]:
         m.zero_grad()
         m(torch.randn(2, 16, *size)).square().sum().backward()
@@ -196,7 +208,142 @@ def test_fused_path_never_materialises_n_by_n(train):
             y.sum().backward()
     assert fused.max_numel < B * heads * N * N / 4, (fused.max_numel, fused.op)
     # ...while the textbook path does build B*heads*N*N logits (so the check can fail).
-    m.fused = False
+    m.impl = "explicit"
     with _MaxNumel() as explicit:
         m(x)
     assert explicit.max_numel >= B * heads * N * N
+
+
+# --------------------------------------------------------------------------- implementations
+@pytest.mark.parametrize("pos", ["relative", "absolute", "none"])
+@pytest.mark.parametrize("size", [(5, 4), (1, 5), (6, 6)])
+def test_sdpa_gradients_equal_explicit_gradients(pos, size):
+    a, b = _layer(pos, impl="sdpa"), _layer(pos, impl="explicit")
+    x = torch.randn(2, 16, *size, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 16, *size, dtype=torch.float64)
+    grads = []
+    for m in (a, b):
+        x.grad = None
+        m(x).backward(g)
+        grads.append([x.grad.clone()] + [p.grad for p in m.parameters()])
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize(("H", "W", "aug", "padded"), [
+    (14, 14, 156, 160), (32, 32, 192, 192), (64, 64, 256, 256), (50, 84, 262, 264), (72, 72, 272, 272), (1, 1, 130, 136),
+])
+def test_sdpa_head_size_padding_rule(H, W, aug, padded):
+    d = 128
+    assert d + H + W == aug
+    assert sdpa_head_size(aug, "cuda") == padded  # a multiple of 8: every fused CUDA kernel's alignment
+    assert padded % 8 == 0 and 0 <= padded - aug < 8
+    assert sdpa_head_size(aug, "cpu") == aug  # the CPU flash kernel takes any size: no extra work
+    assert sdpa_head_size(aug, "meta") == aug
+
+
+def test_sdpa_kernel_name():
+    assert sdpa_kernel_name(160, torch.bfloat16, "cuda") == "flash"  # 14x14: flash in half precision
+    assert sdpa_kernel_name(256, torch.float16, "cuda") == "flash"
+    assert sdpa_kernel_name(264, torch.bfloat16, "cuda") == "efficient"  # 50x84: over flash's 256
+    assert sdpa_kernel_name(160, torch.float32, "cuda") == "efficient"  # flash has no fp32
+    assert sdpa_kernel_name(262, torch.float32, "cpu") == "cpu-flash"
+
+
+def test_zero_padding_changes_nothing():
+    # The padded columns are zeros in q, k and v: the dot products and the kept outputs are equal.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 30, 13, dtype=torch.float64) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    p = sdpa_head_size(13, "cuda") - 13
+    padded = F.scaled_dot_product_attention(*(F.pad(t, (0, p)) for t in (q, k, v)), scale=0.3)[..., :13]
+    assert p == 3
+    torch.testing.assert_close(padded, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_rule():
+    bf16, fp32 = torch.bfloat16, torch.float32
+    for grad in (False, True):
+        assert choose_impl("cuda", bf16, 14 * 14, grad) == "explicit"
+        for hw in (32 * 32, 64 * 64, 50 * 84, 72 * 72):
+            assert choose_impl("cuda", bf16, hw, grad) == "sdpa"
+        assert choose_impl("cuda", fp32, 14 * 14, grad) == "explicit"
+        assert choose_impl("cuda", fp32, 32 * 32, grad) == "sdpa"  # memory <= 0.3 of timm from 32x32 up
+        assert choose_impl("meta", fp32, 64 * 64, grad) == "sdpa"
+    for tokens in (1, 14 * 14, 32 * 32, 64 * 64, 50 * 84):
+        assert choose_impl("cpu", fp32, tokens, False) == "sdpa"
+        assert choose_impl("cpu", fp32, tokens, True) != "flex"  # flex has no CPU backward
+    assert choose_impl("cpu", fp32, 64 * 64, True) == "sdpa"  # O(N) memory where N x N is big
+
+
+def test_auto_choice_is_visible(caplog):
+    m = RelPosMHSA(16, 2, (4, 4))
+    assert "impl='auto'" in repr(m) and "last ran" not in repr(m)
+    with caplog.at_level(logging.DEBUG, logger="botnet.layers.rel_pos_mhsa"):
+        with torch.no_grad():
+            m(torch.randn(1, 16, 4, 3))
+    assert m.last_impl == choose_impl("cpu", torch.float32, 12, False)
+    assert f"impl='auto' (last ran {m.last_impl})" in repr(m)
+    assert f"impl='auto' -> {m.last_impl} (cpu, torch.float32, 12 tokens" in caplog.text
+
+
+def test_impl_option_is_checked_and_fused_alias_works():
+    with pytest.raises(ValueError, match="impl must be one of auto, sdpa, flex, explicit"):
+        RelPosMHSA(16, 2, impl="fast")
+    m = RelPosMHSA(16, 2)
+    m.fused = False
+    assert m.impl == "explicit" and not m.fused
+    m.fused = True
+    assert m.impl == "sdpa"
+
+
+def test_impls_share_parameters_and_state_dict_keys():
+    mods = [RelPosMHSA(64, 4, (7, 7), impl=i) for i in IMPLS]
+    keys = {tuple(m.state_dict()) for m in mods}
+    assert keys == {("rel_h", "rel_w", "qkv.weight")}  # as before the implementations existed
+    assert len({sum(p.numel() for p in m.parameters()) for m in mods}) == 1
+
+
+def test_flex_refuses_cpu_training_with_a_clear_error():
+    m = _layer("relative", impl="flex").float()
+    with pytest.raises(RuntimeError, match="impl='flex' cannot train on the CPU.*use impl='auto' or 'sdpa'"):
+        m(torch.randn(1, 16, 4, 4))
+
+
+@needs_compiler
+@pytest.mark.parametrize("size", [(5, 4), (1, 5)])
+def test_flex_compiled_float32_matches_brute_force(size):
+    m = _layer("relative", impl="flex").float()
+    x = torch.randn(1, 16, *size)
+    with torch.no_grad():
+        y = m(x)
+    torch.testing.assert_close(y[0].double(), brute_force(m, x[0]), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hw", [(14, 14), (50, 84), (72, 72)])
+def test_cuda_sdpa_runs_a_fused_kernel_at_every_size(hw, dtype):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = RelPosMHSA(512, 4, hw, impl="sdpa").cuda()
+    x = torch.randn(2, 512, *hw, device="cuda", requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            y = m(x)  # raises if no fused kernel accepts the padded head size
+        y.float().sum().backward()
+    ref = m.double()(x.detach().double()) if dtype == torch.float32 else None
+    if ref is not None:
+        torch.testing.assert_close(y.double(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_no_weight_decay_names_the_position_tables():
+    from botnet.engine.optim import no_weight_decay_names, param_groups
+
+    assert RelPosMHSA(16, 2, pos="relative").no_weight_decay() == {"rel_h", "rel_w"}
+    assert RelPosMHSA(16, 2, pos="absolute").no_weight_decay() == {"abs_h", "abs_w"}
+    assert RelPosMHSA(16, 2, pos="none").no_weight_decay() == set()
+    block = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), RelPosMHSA(16, 2))
+    assert {"1.rel_h", "1.rel_w"} <= no_weight_decay_names(block)
+    decay = {id(p) for g in param_groups(block, 0.1) if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(block[1].rel_h) not in decay and id(block[1].qkv.weight) in decay

@@ -238,12 +238,7 @@ def test_group_matcher_drives_timms_layer_decay():
 
 
 # --------------------------------------------------------------------------- TorchScript
-_SCRIPT_XFAIL = pytest.mark.xfail(
-    strict=True, reason="RelPosMHSA is not scriptable yet (tuple(x.shape) in its error message, string-typed "
-    "pos branches that reference absent tables): attention layer TorchScript fix pending")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_SCRIPT_XFAIL) if n in BOT else n for n in CONTRACT])
+@pytest.mark.parametrize("name", CONTRACT)
 def test_torchscript(name):
     with timm.layers.set_scriptable(True):
         m = timm.create_model(name).eval()
@@ -374,11 +369,7 @@ def _fx_model(model):
     )
 
 
-_FX_XFAIL = pytest.mark.xfail(strict=True, reason="attention layer FX fix pending")
-FX_MODELS = [pytest.param(n, marks=_FX_XFAIL) if n in BOT else n for n in CONTRACT]
-
-
-@pytest.mark.parametrize("name", FX_MODELS)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_fx_forward_matches_eager(name):
     m = timm.create_model(name).eval()
     x = torch.randn(1, *_small(name, odd=True))
@@ -389,7 +380,7 @@ def test_fx_forward_matches_eager(name):
     assert torch.equal(out, y) and not torch.isnan(y).any()
 
 
-@pytest.mark.parametrize("name", FX_MODELS)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_fx_backward_reaches_every_parameter(name):
     m = timm.create_model(name, num_classes=42).train()
     fx = _fx_model(m)
@@ -400,7 +391,7 @@ def test_fx_backward_reaches_every_parameter(name):
     assert sum(p.numel() for p in fx.parameters()) == sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name", [pytest.param("botnet_mini", marks=_FX_XFAIL), "botnet_resnet50"])
+@pytest.mark.parametrize("name", ["botnet_mini", "botnet_resnet50"])
 def test_fx_graph_scripts(name):
     with timm.layers.set_scriptable(True):
         m = timm.create_model(name).eval()
@@ -409,3 +400,14 @@ def test_fx_graph_scripts(name):
     with torch.no_grad():
         (out,) = scripted(x).values()
         torch.testing.assert_close(out, m(x))
+
+
+def test_plain_fx_symbolic_trace_records_the_attention_as_one_call():
+    """torch.fx.symbolic_trace without timm's leaf lists: the layer's function is one graph node."""
+    m = timm.create_model("botnet_mini", num_classes=5).eval()
+    gm = torch.fx.symbolic_trace(m)
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "rel_pos_attention"]
+    assert len(calls) == len(m.attention_layers()) == 2
+    x = torch.randn(2, *_small("botnet_mini", odd=True))
+    with torch.no_grad():
+        assert torch.equal(gm(x), m(x))

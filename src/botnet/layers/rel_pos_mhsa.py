@@ -7,34 +7,40 @@ Semantics (the official BoTNet snippet, see the paper notes):
     out_i = Σ_j softmax_j(logit[i, :]) v_j
 
 with 4 heads by default, bias-free 1x1 q/k/v projections, tables shared across heads, no output
-projection. The position term is never materialised as an N x N tensor: because
-``q̂_i·r_h[row(j) - row(i) + H - 1] = a_i · onehot(row(j))`` with ``a_i[x] = q̂_i·r_h[x - row(i) + H - 1]``
-(H numbers per query) and likewise for columns, the whole logit is a single dot product
+projection. The position term is never an N x N input: ``q̂_i·r_h[row(j) - row(i) + H - 1]`` equals
+``a_i[row(j)]`` with ``a_i[x] = q̂_i·r_h[x - row(i) + H - 1]`` (H numbers per query), and likewise
+``b_i[col(j)]`` for columns. Three implementations compute the same function from ``a`` and ``b``
+(``impl=``, see :func:`choose_impl` for what ``"auto"`` picks and why):
 
-    [q̂_i, a_i, b_i] · [k_j, onehot(row(j)), onehot(col(j))]
-
-so one ``scaled_dot_product_attention`` call (scale 1, fused kernels) computes it in O(N) memory.
+- ``"sdpa"``: one ``scaled_dot_product_attention`` call on ``[q, a, b] · [k, onehot(row), onehot(col)]``
+  (O(N) memory); on CUDA the head size is zero-padded so a fused kernel accepts it
+  (:func:`sdpa_head_size`).
+- ``"flex"``: ``flex_attention`` with a ``score_mod`` adding ``a`` and ``b`` by key index (head size
+  stays d), compiled. The CPU kernel has no backward in torch 2.14 and no float64.
+- ``"explicit"``: the textbook (B, heads, N, N) logits.
 
 Any input size works: tables trained at ``feat_size`` are linearly resized to the needed length
 (2L'-1 for relative, L' for absolute) on the fly, and a checkpoint made at another ``feat_size``
 is resized the same way when loaded.
 """
-from __future__ import annotations
-
 import logging
-from typing import Literal
+import warnings
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RelPosMHSA", "resize_pos_table"]
+__all__ = ["RelPosMHSA", "resize_pos_table", "rel_pos_attention", "choose_impl", "sdpa_head_size",
+           "sdpa_kernel_name", "IMPLS"]
 
 _log = logging.getLogger(__name__)
 
-PosKind = Literal["relative", "absolute", "none"]
+IMPLS = ("auto", "sdpa", "flex", "explicit")
+POS_KINDS = ("relative", "absolute", "none")
 
 
+# ---------------------------------------------------------------------- position tables
 def resize_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
     """Linearly resize a (L, d) position table to (length, d) (align_corners=False)."""
     # (L, d) -> (1, d, L) -> (1, d, length) -> (length, d)
@@ -42,11 +48,14 @@ def resize_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _needs_resize(table: torch.Tensor, length: int) -> bool:
-    # Under tracing/compilation/export the input size may be symbolic: always take the resize
-    # path there (resizing to the same length is exactly the identity), so no guard on H/W is made.
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    # Under tracing/compilation/export/scripting the input size may be symbolic: always take the
+    # resize path there (resizing to the same length is exactly the identity), so no guard on H/W.
+    if torch.jit.is_scripting():
         return True
-    return table.shape[0] != length
+    else:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return True
+        return table.shape[0] != length
 
 
 def _fit_table(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -72,6 +81,228 @@ def _onehot_keys(H: int, W: int, dtype: torch.dtype, device: torch.device) -> to
     return torch.cat([rows, cols], dim=-1).reshape(H * W, H + W)
 
 
+# ---------------------------------------------------------------------- which implementation
+def sdpa_head_size(width: int, device_type: str) -> int:
+    """Head size the augmented q/k/v are zero-padded to (zero columns change no dot product).
+
+    CUDA's fused kernels refuse head sizes that are not a multiple of 8 (memory-efficient kernel
+    in half precision; 4 in fp32, so 8 serves both) and then SDPA silently runs its math kernel,
+    which materialises the N x N logits (measured: 50x84 tokens give d+H+W = 262 for d = 128).
+    The CPU flash kernel takes any head size, so padding there would only add work.
+    """
+    if device_type != "cuda":
+        return width
+    return (width + 7) // 8 * 8
+
+
+def sdpa_kernel_name(width: int, dtype: torch.dtype, device_type: str) -> str:
+    """The kernel SDPA can use for a padded head size: flash takes half precision up to 256,
+    the memory-efficient kernel any multiple of 8 (no TF32 in fp32); the CPU has one flash kernel."""
+    if device_type != "cuda":
+        return "cpu-flash"
+    half = dtype == torch.float16 or dtype == torch.bfloat16
+    return "flash" if half and width <= 256 else "efficient"
+
+
+# CPU, measured with `botnet bench --attn-impl explicit,sdpa` (time ratio to timm BottleneckAttn in
+# the same run, dim 512, 4 heads, fp32; 2-core VM, busy; docs/performance.md has the command and date;
+# peak-memory ratio in brackets):
+#
+#   tokens x batch   mode      explicit        sdpa
+#   14x14 x 8        fwd       0.98 (0.71)     1.15 (0.74)
+#   14x14 x 8        fwd+bwd   1.00 (0.99)     0.75 (1.16)
+#   32x32 x 8        fwd       0.64 (0.89)     0.64 (0.31)
+#   32x32 x 8        fwd+bwd   0.90 (0.99)     0.86 (0.54)
+#   64x64 x 2        fwd       0.79 (0.96)     0.50 (0.12)
+#   64x64 x 2        fwd+bwd   T64B_E          T64B_S
+#
+# flex on the CPU: every new (H, W) costs a compilation of ~10-15 s (dynamic shapes fail to
+# compile in torch 2.14's Inductor), no backward, no float64: auto never picks it there.
+#
+# CUDA, from the measurements in issue 9 (one H200, torch 2.11; not re-measured here; the sdpa
+# figures are the path before padding, timm = explicit-like): bf16 fwd+bwd time sdpa/timm 1.13 at
+# 14x14 x 128, 0.49 at 32x32 x 32, 0.31 at 64x64 x 8; fp32 fwd+bwd 1.54 / 1.78 / 2.52 (the
+# efficient kernel has no TF32) but peak memory 0.50 / 0.18 at 32x32 / 64x64.
+def choose_impl(device_type: str, dtype: torch.dtype, tokens: int, grad: bool) -> str:
+    """What ``impl="auto"`` runs: a rule from the measurements in the table above (the limits are
+    literals: TorchScript compiles this function and cannot read module-level numbers)."""
+    if device_type == "cuda":
+        if dtype == torch.float16 or dtype == torch.bfloat16:
+            # 14x14 (196 tokens): sdpa was 1.13x timm's time in bf16 fwd+bwd; 32x32 up: 0.49 and less.
+            return "explicit" if tokens <= 196 else "sdpa"
+        # fp32: sdpa's efficient kernel has no TF32 (1.5-2.5x timm's time), so explicit below
+        # 32x32; from 32x32 up the O(N) memory of sdpa (0.50 / 0.18 of timm's peak) decides.
+        return "explicit" if tokens < 1024 else "sdpa"
+    # CPU: sdpa at every measured size, with and without grad (table above); explicit only ties
+    # at 14x14 and 32x32 and costs N x N memory.
+    return "sdpa"  # CPU, meta (counting), others: the O(N)-memory path
+
+
+# ---------------------------------------------------------------------- the shared pieces
+def _project(x: torch.Tensor, weight: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> unscaled q, k, v, each a (B, heads, N, d) view of one token-major GEMM.
+
+    (B, N, 3C) = x_tokens @ W^T reads a channels_last input as it is; each head's q/k/v rows are
+    then contiguous in d.
+    """
+    B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    d = C // heads
+    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C); a view for channels_last input
+    qkv = F.linear(tokens, weight.reshape(3 * C, C)).view(B, H * W, 3, heads, d)
+    parts = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return parts[0], parts[1], parts[2]
+
+
+def _rel_terms(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """a (B, heads, N, H) and b (B, heads, N, W): the unscaled relative logits per key row / column."""
+    B, nh, N, d = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    # R_h[r, x] = r_h[x - r + H - 1]: the table row for query row r and key row x.
+    R_h = _fit_table(r_h, 2 * H - 1)[_rel_index(H, q.device)].to(q.dtype)  # (H, H, d)
+    R_w = _fit_table(r_w, 2 * W - 1)[_rel_index(W, q.device)].to(q.dtype)  # (W, W, d)
+    qg = q.reshape(B, nh, H, W, d)
+    a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H)
+    b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, W)
+    return a, b
+
+
+def _explicit_logits(q: torch.Tensor, k: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor],
+                     scale: float) -> torch.Tensor:
+    """The full (B, heads, N, N) logits (key j = (x, y) -> x * W + y)."""
+    logits = (q * scale) @ k.transpose(-1, -2)
+    if a is not None and b is not None:
+        B, nh, N, H, W = a.shape[0], a.shape[1], a.shape[2], a.shape[3], b.shape[3]
+        bias = (a * scale).reshape(B, nh, N, H, 1) + (b * scale).reshape(B, nh, N, 1, W)
+        logits = logits + bias.reshape(B, nh, N, N)
+    return logits
+
+
+def _attend_explicit(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    return _explicit_logits(q, k, a, b, scale).softmax(dim=-1) @ v
+
+
+def _attend_sdpa(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """One SDPA call on the augmented q/k (zero-padded to a fused-kernel head size on CUDA)."""
+    d = q.shape[-1]
+    if a is None or b is None:
+        return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale)
+    B, nh, N, H, W = q.shape[0], q.shape[1], q.shape[2], a.shape[3], b.shape[3]
+    width = d + H + W
+    pad = sdpa_head_size(width, q.device.type) - width
+    onehot = _onehot_keys(H, W, k.dtype, k.device)  # (N, H + W): [onehot(row j), onehot(col j)]
+    qa = torch.cat([q, a, b], dim=-1)
+    ka = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
+    if pad > 0:
+        qa, ka = F.pad(qa, [0, pad]), F.pad(ka, [0, pad])
+    va = F.pad(v, [0, width + pad - d])  # one head size for q, k and v; the extra outputs are dropped
+    return F.scaled_dot_product_attention(qa, ka, va, scale=scale)[..., :d]
+
+
+# ---------------------------------------------------------------------- flex
+_FLEX_COMPILED = None
+
+
+def _flex_kernel(dtype: torch.dtype, device_type: str):
+    """Compiled flex_attention (static shapes: torch 2.14's Inductor fails to build the dynamic CPU
+    kernel); eager inside an outer compilation, and for float64 on the CPU, which the CPU kernel
+    refuses (the unfused reference then computes the same function)."""
+    global _FLEX_COMPILED
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling() or (device_type == "cpu" and dtype == torch.float64):
+        return flex_attention, False
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED, True
+
+
+def _attend_flex(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, a, b)):
+        raise RuntimeError(
+            "RelPosMHSA impl='flex' cannot train on the CPU: FlexAttention has no CPU backward in torch "
+            f"{torch.__version__}; use impl='auto' or 'sdpa', or run under torch.no_grad()")
+    kernel, compiled = _flex_kernel(q.dtype, q.device.type)
+    score_mod = None
+    if a is not None and b is not None:
+        W = b.shape[-1]
+        a_s, b_s = a * scale, b * scale
+
+        def score_mod(score, bi, hi, qi, ki):  # add the query's terms for the key's row and column
+            return score + a_s[bi, hi, qi, ki // W] + b_s[bi, hi, qi, ki % W]
+
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if compiled:
+        return kernel(q, k, v, score_mod=score_mod, scale=scale)
+    with warnings.catch_warnings():  # "called without torch.compile()": intended (float64 reference)
+        warnings.simplefilter("ignore", UserWarning)
+        return kernel(q, k, v, score_mod=score_mod, scale=scale)
+
+
+# ---------------------------------------------------------------------- the layer's function
+_LOGGED: set = set()
+
+
+def _log_choice(chosen: str, x: torch.Tensor, tokens: int, grad: bool) -> None:
+    """One debug line per distinct decision (not one per call)."""
+    key = (chosen, x.device.type, x.dtype, tokens, grad)
+    if key not in _LOGGED and _log.isEnabledFor(logging.DEBUG):
+        _LOGGED.add(key)
+        _log.debug("RelPosMHSA impl='auto' -> %s (%s, %s, %d tokens, grad=%s)", chosen, x.device.type,
+                   x.dtype, tokens, grad)
+
+
+def resolve_impl(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """``impl`` with "auto" replaced by :func:`choose_impl`'s pick for this input."""
+    if impl != "auto":
+        return impl
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    tokens = x.shape[2] * x.shape[3]
+    chosen = choose_impl(x.device.type, x.dtype, tokens, grad)
+    if not torch.jit.is_scripting():
+        _log_choice(chosen, x, tokens, grad)
+    return chosen
+
+
+def rel_pos_attention(x: torch.Tensor, weight: torch.Tensor, table_h: Optional[torch.Tensor],
+                      table_w: Optional[torch.Tensor], heads: int, pos: str, impl: str) -> torch.Tensor:
+    """The whole layer as one function of its input and parameters (see the module docstring).
+
+    ``pos`` "relative" takes ``table_h`` (2H'-1, d) / ``table_w`` (2W'-1, d), "absolute" (H', d) /
+    (W', d); "none" ignores them. FX records a call of this function as one node (torch.fx.wrap).
+    """
+    _check_input(x, weight.shape[1])
+    B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    d = C // heads
+    scale = d ** -0.5
+    chosen = resolve_impl(impl, x, weight)
+    q, k, v = _project(x, weight, heads)
+    a: Optional[torch.Tensor] = None
+    b: Optional[torch.Tensor] = None
+    if pos == "relative" and table_h is not None and table_w is not None:
+        a, b = _rel_terms(q, table_h, table_w, H, W)
+    elif pos == "absolute" and table_h is not None and table_w is not None:
+        e = _fit_table(table_h, H)[:, None, :] + _fit_table(table_w, W)[None, :, :]
+        k = k + e.reshape(H * W, d).to(k.dtype)  # key position embedding: q̂·(k_j + E_h[x] + E_w[y])
+    if chosen == "explicit":
+        out = _attend_explicit(q, k, v, a, b, scale)
+    elif chosen == "sdpa":
+        out = _attend_sdpa(q, k, v, a, b, scale)
+    elif chosen == "flex":
+        if torch.jit.is_scripting():
+            raise RuntimeError("RelPosMHSA impl='flex' cannot run in TorchScript; use 'sdpa' or 'explicit'")
+        else:
+            out = _attend_flex(q, k, v, a, b, scale)
+    else:
+        raise ValueError("RelPosMHSA: unknown impl '" + impl + "'; choose from auto, sdpa, flex, explicit")
+    # -> (B, C, H, W) with channel = head*d + i, in the input's memory format (one copy either way)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+    return out.transpose(-1, -2).reshape(B, C, H, W)
+
+
+torch.fx.wrap("rel_pos_attention")
+
+
 class RelPosMHSA(nn.Module):
     """Global multi-head self-attention over a (B, C, H, W) map with 2D relative positions.
 
@@ -84,10 +315,13 @@ class RelPosMHSA(nn.Module):
         qkv_init_std: std of the normal init of the q/k/v projection (official code: 0.01).
         pos_init_std: std of the tables' normal init; default d^-1/2 (the official code meant
             this and passed it as the mean by mistake).
-        fused: True (default) computes everything in one scaled_dot_product_attention call with
-            O(N) memory; False materialises the (B, heads, N, N) logits (the textbook path, kept
-            as a reference and for counting the paper's multiply-adds).
+        impl: "auto" (default; :func:`choose_impl` picks per device, dtype, tokens and grad mode),
+            "sdpa", "flex" or "explicit" (see the module docstring). All compute the same function
+            and have the same parameters.
     """
+
+    __constants__ = ["heads", "pos", "_relative", "_absolute"]
+    __jit_unused_properties__ = ["impl", "fused"]  # Python-side switches; TorchScript reads _impl
 
     def __init__(
         self,
@@ -95,15 +329,15 @@ class RelPosMHSA(nn.Module):
         heads: int = 4,
         feat_size: int | tuple[int, int] = (14, 14),
         *,
-        pos: PosKind = "relative",
+        pos: str = "relative",
         qkv_init_std: float = 0.01,
         pos_init_std: float | None = None,
-        fused: bool = True,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        if pos not in ("relative", "absolute", "none"):
+        if pos not in POS_KINDS:
             raise ValueError(f"pos must be 'relative', 'absolute' or 'none', got {pos!r}")
         fh, fw = (feat_size, feat_size) if isinstance(feat_size, int) else tuple(feat_size)
         if fh < 1 or fw < 1:
@@ -111,8 +345,10 @@ class RelPosMHSA(nn.Module):
         self.dim, self.heads, self.dim_head = dim, heads, dim // heads
         self.feat_size = (int(fh), int(fw))
         self.pos = pos
+        self._relative, self._absolute = pos == "relative", pos == "absolute"
         self.scale = self.dim_head**-0.5
-        self.fused = fused
+        self.impl = impl  # checked by the property setter
+        self.last_impl = ""  # what the latest eager forward ran (for extra_repr)
         self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=False)  # channels [q; k; v]
         d = self.dim_head
         if pos == "relative":
@@ -126,111 +362,81 @@ class RelPosMHSA(nn.Module):
         self.reset_parameters()
         self.register_load_state_dict_pre_hook(_resize_tables_on_load)
 
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {value!r}")
+        self._impl = value
+
+    @property
+    def fused(self) -> bool:
+        """Earlier switch, kept for callers: False is impl="explicit", True the O(N)-memory "sdpa"."""
+        return self._impl != "explicit"
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        self.impl = "sdpa" if value else "explicit"
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.qkv.weight, std=self.qkv_init_std)
         for p in self._pos_tables():
             nn.init.normal_(p, std=self.pos_init_std)
 
-    def _pos_tables(self) -> list[nn.Parameter]:
-        if self.pos == "relative":
-            return [self.rel_h, self.rel_w]
-        if self.pos == "absolute":
-            return [self.abs_h, self.abs_w]
-        return []
+    def _pos_tables(self) -> List[nn.Parameter]:
+        return [getattr(self, n) for n in self._pos_table_names()]
+
+    def _pos_table_names(self) -> List[str]:
+        return {"relative": ["rel_h", "rel_w"], "absolute": ["abs_h", "abs_w"]}.get(self.pos, [])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The position tables (timm's convention: names relative to this module)."""
+        return set(self._pos_table_names())
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, feat_size={self.feat_size}, pos={self.pos!r}"
+        ran = f" (last ran {self.last_impl})" if self._impl == "auto" and self.last_impl else ""
+        return f"dim={self.dim}, heads={self.heads}, feat_size={self.feat_size}, pos={self.pos!r}, impl={self._impl!r}{ran}"
 
-    # ------------------------------------------------------------------ helpers
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"RelPosMHSA expects input of shape (B, {self.dim}, H, W), got {tuple(x.shape)}"
-            )
-
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> q̂, k, v each (B, heads, N, d); q̂ already scaled by d^-1/2."""
-        self._check_input(x)
-        B, _, H, W = x.shape
-        qkv = self.qkv(x).reshape(B, 3, self.heads, self.dim_head, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, N, d)
-        return q * self.scale, k, v
-
-    def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The O(N)-memory path: one scaled_dot_product_attention call on augmented q/k.
-
-        Layout (chosen by measurement on the CPU, same math): the projection is one token-major
-        GEMM, (B, N, 3C) = x_tokens @ W^T (a view of the input for channels_last), so each head's
-        q/k/v rows are contiguous in d; the d^-1/2 factor is SDPA's ``scale`` applied to the whole
-        augmented dot product (= q̂·k + q̂·r_h + q̂·r_w) instead of an extra pass over q.
-        """
-        self._check_input(x)
-        B, C, H, W = x.shape
-        N, nh, d = H * W, self.heads, self.dim_head
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C); a view for channels_last input
-        qkv = F.linear(tokens, self.qkv.weight.view(3 * C, C)).view(B, N, 3, nh, d)
-        # (B, heads, N, d) views, unscaled. The SDPA inputs below are made contiguous in this
-        # head-major layout: the CPU flash kernel is ~2x slower at 64x64 on token-major strides.
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.pos == "relative":
-            r_h = _fit_table(self.rel_h, 2 * H - 1)  # (2H-1, d)
-            r_w = _fit_table(self.rel_w, 2 * W - 1)  # (2W-1, d)
-            # R_h[r, x] = r_h[x - r + H - 1]: the table row for query row r and key row x.
-            R_h = r_h[_rel_index(H, x.device)].to(q.dtype)  # (H, H, d)
-            R_w = r_w[_rel_index(W, x.device)].to(q.dtype)  # (W, W, d)
-            qg = q.reshape(B, nh, H, W, d)
-            a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H)  # per-key-row logits
-            b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, W)  # per-key-col logits
-            onehot = _onehot_keys(H, W, k.dtype, k.device)  # (N, H + W): [onehot(row j), onehot(col j)]
-            q = torch.cat([q, a, b], dim=-1)
-            k = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
-            # Fused kernels want one head size for q, k and v: pad v with zeros, drop them after.
-            v = F.pad(v, (0, H + W))
-        else:
-            if self.pos == "absolute":
-                e_h = _fit_table(self.abs_h, H)  # (H, d)
-                e_w = _fit_table(self.abs_w, W)  # (W, d)
-                k = k + (e_h[:, None, :] + e_w[None, :, :]).reshape(N, d).to(k.dtype)  # key position embedding
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)[..., :d]  # (B, heads, N, d)
-        # -> (B, C, H, W) with channel = head*d + i, in the input's memory format (one copy either way)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return out.transpose(-1, -2).reshape(B, C, H, W)
-
-    def _logits_explicit(self, q: torch.Tensor, k: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """The full (B, heads, N, N) logits, built the textbook way (reference path)."""
-        B, nh, N, d = q.shape
-        logits = q @ k.transpose(-1, -2)  # content term
-        if self.pos == "relative":
-            R_h = _fit_table(self.rel_h, 2 * H - 1)[_rel_index(H, q.device)].to(q.dtype)  # (H, H, d)
-            R_w = _fit_table(self.rel_w, 2 * W - 1)[_rel_index(W, q.device)].to(q.dtype)  # (W, W, d)
-            qg = q.reshape(B, nh, H, W, d)
-            a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H, 1)
-            b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, 1, W)
-            logits = logits + (a + b).reshape(B, nh, N, N)  # key j = (x, y) -> x * W + y
-        elif self.pos == "absolute":
-            e = (_fit_table(self.abs_h, H)[:, None] + _fit_table(self.abs_w, W)[None]).reshape(N, d)
-            logits = logits + q @ e.to(q.dtype).t()
-        return logits
-
-    # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return self._fused(x)
-        B, C, H, W = x.shape
-        q, k, v = self._qkv(x)
-        out = self._logits_explicit(q, k, H, W).softmax(dim=-1) @ v
-        # (B, heads, N, d) -> (B, heads*d, H, W): channel = head*d + i
-        return out.transpose(-1, -2).reshape(B, C, H, W)
+        table_h: Optional[torch.Tensor] = None
+        table_w: Optional[torch.Tensor] = None
+        if self._relative:
+            table_h, table_w = self.rel_h, self.rel_w
+        elif self._absolute:
+            table_h, table_w = self.abs_h, self.abs_w
+        impl = self._impl
+        if not torch.jit.is_scripting():
+            # FX records the call with impl as given (resolved when the graph runs); eager runs
+            # record what they chose for extra_repr.
+            if not isinstance(x, torch.fx.Proxy) and not torch.compiler.is_compiling():
+                _check_input(x, self.dim)
+                impl = resolve_impl(impl, x, self.qkv.weight)
+                self.last_impl = impl
+        return rel_pos_attention(x, self.qkv.weight, table_h, table_w, self.heads, self.pos, impl)
 
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
         """The explicit softmax weights, (B, heads, N, N). For visualisation and tests only."""
-        B, C, H, W = x.shape
-        q, k, _ = self._qkv(x)
-        logits = self._logits_explicit(q, k, H, W)
+        H, W = x.shape[2], x.shape[3]
+        q, k, _ = _project(x, self.qkv.weight, self.heads)
+        a = b = None
+        if self.pos == "relative":
+            a, b = _rel_terms(q, self.rel_h, self.rel_w, H, W)
+        elif self.pos == "absolute":
+            e = _fit_table(self.abs_h, H)[:, None, :] + _fit_table(self.abs_w, W)[None, :, :]
+            k = k + e.reshape(H * W, self.dim_head).to(k.dtype)
+        logits = _explicit_logits(q, k, a, b, self.scale)
         return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+def _check_input(x: torch.Tensor, dim: int) -> None:
+    if x.dim() != 4 or x.shape[1] != dim:
+        got = "(" + ", ".join([str(n) for n in x.shape]) + ")"
+        raise ValueError("RelPosMHSA expects input of shape (B, " + str(dim) + ", H, W), got " + got)
 
 
 def _resize_tables_on_load(module: RelPosMHSA, state_dict, prefix, *args) -> None:
@@ -247,4 +453,3 @@ def _resize_tables_on_load(module: RelPosMHSA, state_dict, prefix, *args) -> Non
                 "%s: resized position table %s from %d to %d rows (checkpoint made at another feat_size)",
                 prefix.rstrip(".") or "RelPosMHSA", name, stored.shape[0], own.shape[0],
             )
-
