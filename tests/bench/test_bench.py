@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 import botnet.cli
@@ -68,3 +69,85 @@ def test_build_step_modes_run():
                 dict(model="botnet:botnet_mini", mode="train", size=28, batch=2, model_kwargs={"in_chans": 3}),
                 dict(model="botnet:botnet_mini", mode="infer", size=28, batch=2, channels_last=True, bf16=True)):
         build_step(cfg)()
+
+
+# --------------------------------------------------------------------------- devices and the GPU plan
+def _bench_args(argv):
+    import argparse
+
+    from botnet.cli import cmd_bench
+
+    parser = argparse.ArgumentParser()
+    cmd_bench.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_gpu_plan_covers_every_table_of_issue_9():
+    from botnet.bench.gpu_plan import PLAN, bench_args
+    from botnet.cli.cmd_bench import _comparisons
+
+    names, configs = {}, []
+    for section, args in PLAN:
+        parsed = _bench_args(bench_args(section, args, "out"))
+        assert parsed.device == "cuda" and parsed.preset == "gpu" and parsed.name == f"gpu-{section}"
+        comps, _ = _comparisons(parsed, "cuda")
+        names[section] = [c.name for c in comps]
+        configs += [c.ours for c in comps] + [c.baseline for c in comps]
+    assert {c["device"] for c in configs} == {"cuda"}
+    attn = names["attention-bf16"]
+    for size in ("14x14 b128", "32x32 b32", "64x64 b8", "50x84 b4", "72x72 b4"):
+        for mode in ("fwd", "fwdbwd"):
+            for impl in ("auto", "sdpa", "explicit"):
+                assert f"attn {size} {mode} [{impl}]" in attn
+                assert mode == "fwd" or f"attn {size} {mode} [{impl}]" in names["attention-fp32"]
+    assert {"train 224px b128", "train 1024px b8"} <= set(names["backbone"])
+    assert {"T3@224 vs B3@300 train b32", "T5@256 vs B5@456 train b32", "T7@384 vs B7@600 train b32"} <= set(
+        names["efficientnet"])
+    assert "train step 1024px b2 (same builder)" in names["maskrcnn"]
+    assert names["attention-flex"] == ["attn 64x64 b8 fwdbwd [flex]", "attn 50x84 b4 fwdbwd [flex]"]
+
+
+def test_gpu_plan_summary_lists_rows_and_skipped_sections(tmp_path):
+    from botnet.bench.gpu_plan import summarize
+
+    rc = botnet.cli.main(["bench", "--attn-sizes", "3x4:1", "--attn-dim", "16", "--attn-heads", "2", "--attn-modes",
+                          "fwd", "--attn-impl", "sdpa,explicit", "--repeats", "1", "--no-memory", "--out", str(tmp_path),
+                          "--name", "gpu-attention-bf16"])
+    assert rc == 0
+    md = summarize(tmp_path, ["attention-bf16", "backbone"], ["backbone"], [], 12.0).read_text()
+    assert "| attention | attn 3x4 b1 fwd [sdpa] |" in md and "| attn 3x4 b1 fwd [explicit] |" in md
+    assert "skipped (budget spent): backbone" in md
+    doc = json.loads((tmp_path / "gpu-summary.json").read_text())
+    assert [r["section"] for r in doc["results"]] == ["attention-bf16"] * 2 and doc["meta"]["skipped_sections"] == ["backbone"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_script_and_plan_fail_cleanly_without_cuda(tmp_path, capsys):
+    import subprocess
+    from pathlib import Path
+
+    from botnet.bench.gpu_plan import main
+
+    assert main([str(tmp_path / "out")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.sh"
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bench_reports_synchronised_times_and_cuda_peak_memory(tmp_path):
+    rc = botnet.cli.main(["bench", "--device", "cuda", "--attn-sizes", "16:2", "--attn-dim", "64", "--attn-heads", "2",
+                          "--repeats", "2", "--bf16", "--out", str(tmp_path), "--name", "cuda"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "cuda.json").read_text())
+    assert doc["meta"]["device"] == "cuda" and doc["meta"]["machine"]["gpu_used"]
+    for r in doc["results"]:
+        assert "max_memory_allocated" in r["ours"]["memory"]["method"] and r["ours"]["memory"]["peak_bytes"] > 0
+
+
+def test_non_square_attention_step_runs_each_impl():
+    for impl in ("sdpa", "explicit"):
+        build_step(dict(model="attn:botnet", impl=impl, mode="fwdbwd", size=[3, 5], batch=1, dim=16, heads=2))()
+    build_step(dict(model="attn:timm", mode="fwdbwd", size=[3, 5], batch=1, dim=16, heads=2))()

@@ -128,6 +128,11 @@ def _table(f):
         (["data", "check-coco", missing / "x.json"], [str(missing / "x.json")]),
         (["data", "fashion-mosaic", "--out", txt], [str(txt)]),
         (["models", "--img-size", "0"], ["--img-size"]),
+        (["bench", "--repeats", "0", "--out", f["dir"] / "bench"], ["--repeats", ">= 1"]),
+        (["bench", "--warmup", "-1", "--out", f["dir"] / "bench"], ["--warmup", ">= 0"]),
+        (["bench", "--attn-sizes", "64:0", "--out", f["dir"] / "bench"], ["--attn-sizes", "64:0"]),
+        (["bench", "--attn-impl", "fastest", "--out", f["dir"] / "bench"], ["--attn-impl", "fastest"]),
+        (["bench", "--device", no_gpu, "--out", f["dir"] / "bench"], ["cuda"]),
         (["nosuchcommand"], ["nosuchcommand"]),
     ]
 

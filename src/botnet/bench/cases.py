@@ -6,7 +6,7 @@ A *configuration* is a plain JSON-able dict, so the memory worker process can re
      "channels_last": false, "bf16": false, "compile": false}
 
 ``model`` is one of
-- ``attn:botnet``  - :class:`botnet.layers.RelPosMHSA` (``dim``, ``heads``; ``fused`` optional),
+- ``attn:botnet``  - :class:`botnet.layers.RelPosMHSA` (``dim``, ``heads``; ``impl`` optional, default auto),
 - ``attn:timm``    - ``timm.layers.bottleneck_attn.BottleneckAttn(scale_pos_embed=True)`` with the
   weights of the ``attn:botnet`` layer built from the same seed copied in (same numbers),
 - ``botnet:NAME``  - ``botnet.create_model(NAME)``,
@@ -34,7 +34,7 @@ from torch import nn
 __all__ = ["Comparison", "build_step", "copy_to_timm_attn", "SUITES", "make_suite"]
 
 DEFAULTS = dict(mode="fwd", size=14, batch=1, dim=512, heads=4, channels_last=False, bf16=False,
-                compile=False, seed=0)
+                compile=False, seed=0, device="cpu")
 
 
 @dataclass
@@ -74,15 +74,25 @@ def copy_to_timm_attn(ours: nn.Module, theirs: nn.Module) -> None:
         theirs.pos_embed.width_rel.copy_(ours.rel_w)
 
 
+def _hw(cfg: dict) -> tuple[int, int]:
+    """(H, W) of an attention configuration: ``size`` is an int (square) or [H, W]."""
+    s = cfg["size"]
+    return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+
+def size_label(size) -> str:
+    return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
 def _attn_pair(cfg: dict) -> tuple[nn.Module, nn.Module]:
     from timm.layers.bottleneck_attn import BottleneckAttn
 
     from botnet.layers import RelPosMHSA
 
-    s = cfg["size"]
+    hw = _hw(cfg)
     torch.manual_seed(cfg["seed"])
-    ours = RelPosMHSA(cfg["dim"], cfg["heads"], (s, s), fused=cfg.get("fused", True))
-    theirs = BottleneckAttn(cfg["dim"], feat_size=(s, s), num_heads=cfg["heads"], scale_pos_embed=True)
+    ours = RelPosMHSA(cfg["dim"], cfg["heads"], hw, impl=cfg.get("impl", "auto"))
+    theirs = BottleneckAttn(cfg["dim"], feat_size=hw, num_heads=cfg["heads"], scale_pos_embed=True)
     copy_to_timm_attn(ours, theirs)
     return ours, theirs
 
@@ -110,12 +120,10 @@ def _build_module(cfg: dict) -> nn.Module:
         return timm.create_model(name, pretrained=False)
     if kind == "det":
         size = cfg["size"]
-        if name == "botnet50":
-            try:
-                from botnet.detection import maskrcnn_botnet50_fpn
-            except ImportError:  # package __init__ not there (yet): the module itself
-                from botnet.detection.models import maskrcnn_botnet50_fpn
-            return maskrcnn_botnet50_fpn(num_classes=91, min_size=size, max_size=size)
+        if name in ("botnet50", "resnet50"):  # the same builder, BoT50 or R50 backbone
+            from botnet.detection.models import maskrcnn_botnet50_fpn
+
+            return maskrcnn_botnet50_fpn(num_classes=91, min_size=size, max_size=size, backbone=name)
         if name == "torchvision":
             from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -145,16 +153,33 @@ def _det_inputs(cfg: dict, g: torch.Generator):
 
 
 def build_step(cfg: dict) -> Callable[[], None]:
-    """Build the model and inputs of one configuration; return the step to time (no args)."""
+    """Build the model and inputs of one configuration; return the step to time (no args).
+
+    On CUDA the step ends with ``torch.cuda.synchronize()`` so a wall-clock timing covers its
+    kernels, not only their launch.
+    """
     cfg = full_config(cfg)
+    step = _build_step(cfg)
+    if torch.device(cfg["device"]).type != "cuda":
+        return step
+
+    def synced_step() -> None:
+        step()
+        torch.cuda.synchronize()
+
+    return synced_step
+
+
+def _build_step(cfg: dict) -> Callable[[], None]:
     mode = cfg["mode"]
     model = _build_module(cfg)
     g = torch.Generator().manual_seed(cfg["seed"] + 1)
     kind = cfg["model"].split(":")[0]
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    dev = torch.device(cfg["device"])
+    model = model.to(device=dev, memory_format=fmt)
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg["bf16"] else (lambda: torch.autocast("cpu", enabled=False))
+        (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if cfg["bf16"] else (lambda: torch.autocast(dev.type, enabled=False))
     )
     train = mode in ("train", "fwdbwd")
     model.train(mode == "train" or (kind == "attn" and train))
@@ -164,6 +189,8 @@ def build_step(cfg: dict) -> Callable[[], None]:
         if mode != "train":
             raise ValueError("detection configurations support mode='train' only")
         images, targets = _det_inputs(cfg, g)
+        images = [im.to(dev) for im in images]
+        targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
         def det_step() -> None:
@@ -176,11 +203,11 @@ def build_step(cfg: dict) -> Callable[[], None]:
         return det_step
 
     if kind == "attn":
-        shape = (cfg["batch"], cfg["dim"], cfg["size"], cfg["size"])
+        shape = (cfg["batch"], cfg["dim"], *_hw(cfg))
     else:
         in_chans = 3
         shape = (cfg["batch"], in_chans, cfg["size"], cfg["size"])
-    x = torch.randn(*shape, generator=g).contiguous(memory_format=fmt)
+    x = torch.randn(*shape, generator=g).to(dev).contiguous(memory_format=fmt)
 
     if mode == "fwd" or mode == "infer":
         def infer_step() -> None:
@@ -193,7 +220,7 @@ def build_step(cfg: dict) -> Callable[[], None]:
         x.requires_grad_(True)
         with torch.no_grad():
             out_shape = model(x).shape
-        grad_out = torch.randn(out_shape, generator=g)
+        grad_out = torch.randn(out_shape, generator=g).to(dev)
 
         def fwdbwd_step() -> None:
             with autocast():
@@ -206,7 +233,7 @@ def build_step(cfg: dict) -> Callable[[], None]:
         return fwdbwd_step
 
     if mode == "train":
-        labels = torch.randint(0, 1000, (cfg["batch"],), generator=g)
+        labels = torch.randint(0, 1000, (cfg["batch"],), generator=g).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def train_step() -> None:
@@ -259,30 +286,72 @@ def _pair(group, name, ours, baseline, ours_label, baseline_label, **kw) -> Comp
     return Comparison(group, name, full_config(ours), full_config(baseline), ours_label, baseline_label, **kw)
 
 
-ATTN_TARGETS = {
+ATTN_TARGETS = {  # CPU (dim 512, 4 heads, fp32): ours / timm
     (64, "fwd"): {"time": 0.7, "mem": 0.2},
-    (64, "fwdbwd"): {"time": 0.9, "mem": 0.3},
+    (64, "fwdbwd"): {"time": 0.6, "mem": 0.3},
     (32, "fwd"): {"time": 0.6},
     (14, "fwdbwd"): {"time": 1.0},
 }
+# GPU targets of issue 9 (bf16 fwd+bwd time; peak memory <= 0.3 from 32x32 up; fp32 time <= 1.0).
+GPU_ATTN_BF16_TIME = {(14, 14): 1.0, (32, 32): 0.45, (64, 64): 0.3, (50, 84): 0.5, (72, 72): 0.5}
+
+# The configurations each suite runs, per preset: "cpu" (the 2-core CI machine) and "gpu" (the
+# tables of issue 9 on one H100/H200; batches as measured there).
+PRESETS = {
+    "cpu": {
+        "attention": ((14, 8), (32, 8), (64, 2)),
+        "backbone": (("infer", 224, 8, {"time": 1.0}), ("infer", 1024, 1, {"time": 1.15}), ("train", 224, 8, {})),
+        "maskrcnn": (512, 2),
+        "efficientnet": (("botnet_s1_59", 224, "efficientnet_b3", 300), ("botnet_s1_59", 224, "efficientnet_b4", 380)),
+        "efficientnet_batches": (("infer", 8), ("train", 4)),
+    },
+    "gpu": {
+        "attention": ((14, 128), (32, 32), (64, 8), ((50, 84), 4), (72, 4)),
+        "backbone": (("train", 224, 128, {"time": 1.10}), ("train", 1024, 8, {"time": 1.15}),
+                     ("infer", 224, 128, {}), ("infer", 1024, 8, {})),
+        "maskrcnn": (1024, 2),
+        "efficientnet": (("botnet_s1_59", 224, "efficientnet_b3", 300), ("botnet_s1_128", 256, "efficientnet_b5", 456),
+                         ("botnet_s1_128", 384, "efficientnet_b7", 600)),
+        "efficientnet_batches": (("train", 32),),
+    },
+}
 
 
-def suite_attention(sizes=((14, 8), (32, 8), (64, 2)), dim=512, heads=4, modes=("fwd", "fwdbwd"), **flags):
+def _attn_targets(hw: tuple[int, int], mode: str, flags: dict, dim: int, heads: int) -> dict:
+    if dim != 512 or heads != 4:
+        return {}
+    if flags.get("device", "cpu") == "cuda":
+        if mode != "fwdbwd":
+            return {}
+        t = {"time": GPU_ATTN_BF16_TIME[hw]} if flags.get("bf16") and hw in GPU_ATTN_BF16_TIME else {}
+        if not flags.get("bf16"):
+            t = {"time": 1.0}
+        if hw[0] * hw[1] >= 32 * 32:
+            t["mem"] = 0.3
+        return t
+    return ATTN_TARGETS.get((hw[0], mode), {}) if hw[0] == hw[1] else {}
+
+
+def suite_attention(sizes=None, dim=512, heads=4, modes=("fwd", "fwdbwd"), impls=("auto",), preset="cpu", **flags):
+    """RelPosMHSA (each ``impls`` entry) against timm's BottleneckAttn with the same weights."""
     out = []
-    for size, batch in sizes:
+    for size, batch in sizes or PRESETS[preset]["attention"]:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        label = size_label(size)
         for mode in modes:
-            common = dict(mode=mode, size=size, batch=batch, dim=dim, heads=heads, **flags)
-            out.append(_pair(
-                "attention", f"attn {size}x{size} b{batch} {mode}",
-                dict(model="attn:botnet", **common), dict(model="attn:timm", **common),
-                "RelPosMHSA (fused)", "timm BottleneckAttn",
-                targets=ATTN_TARGETS.get((size, mode), {}) if dim == 512 and heads == 4 else {},
-            ))
+            common = dict(mode=mode, size=list(hw), batch=batch, dim=dim, heads=heads, **flags)
+            for impl in impls:
+                suffix = "" if impls == ("auto",) else f" [{impl}]"
+                out.append(_pair(
+                    "attention", f"attn {label} b{batch} {mode}{suffix}",
+                    dict(model="attn:botnet", impl=impl, **common), dict(model="attn:timm", **common),
+                    f"RelPosMHSA ({impl})", "timm BottleneckAttn",
+                    targets=_attn_targets(hw, mode, flags, dim, heads),
+                ))
     return out
 
 
-def suite_backbone(**flags):
-    cases = [("infer", 224, 8, {"time": 1.0}), ("infer", 1024, 1, {"time": 1.15}), ("train", 224, 8, {})]
+def suite_backbone(preset="cpu", **flags):
     control = _pair(
         "botnet50 vs resnet50", "control: infer 224px b8", dict(model="botnet:resnet50", mode="infer", size=224, batch=8, **flags),
         dict(model="tv:resnet50", mode="infer", size=224, batch=8, **flags), "our resnet50 (same architecture)",
@@ -294,28 +363,38 @@ def suite_backbone(**flags):
               dict(model="botnet:botnet50", mode=mode, size=size, batch=batch, **flags),
               dict(model="tv:resnet50", mode=mode, size=size, batch=batch, **flags),
               "botnet50", "torchvision resnet50", targets=t)
-        for mode, size, batch, t in cases
+        for mode, size, batch, t in PRESETS[preset]["backbone"]
     ]
 
 
-def suite_maskrcnn(size=512, batch=2, **flags):
-    return [_pair("Mask R-CNN", f"train step {size}px b{batch}",
-                  dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
-                  dict(model="det:torchvision", mode="train", size=size, batch=batch, **flags),
-                  "Mask R-CNN BoT50-FPN", "torchvision maskrcnn_resnet50_fpn", targets={"time": 1.15})]
+def suite_maskrcnn(size=None, batch=None, preset="cpu", **flags):
+    psize, pbatch = PRESETS[preset]["maskrcnn"]
+    size, batch = size or psize, batch or pbatch
+    out = [_pair("Mask R-CNN", f"train step {size}px b{batch}",
+                 dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
+                 dict(model="det:torchvision", mode="train", size=size, batch=batch, **flags),
+                 "Mask R-CNN BoT50-FPN", "torchvision maskrcnn_resnet50_fpn", targets={"time": 1.15})]
+    if preset == "gpu":  # the issue's figure: BoT50 against R50 from our own builder
+        out.append(_pair("Mask R-CNN", f"train step {size}px b{batch} (same builder)",
+                         dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
+                         dict(model="det:resnet50", mode="train", size=size, batch=batch, **flags),
+                         "Mask R-CNN BoT50-FPN", "Mask R-CNN R50-FPN (same builder)"))
+    return out
 
 
-def suite_efficientnet(batch_infer=8, batch_train=4, **flags):
-    # T3 (BoTNet-S1-59, 224 px, 81.7 % top-1) against EfficientNet-B3 at its 300 px (81.6 %) and
-    # B4 at 380 px (82.9 %), each at its own paper resolution.
+def suite_efficientnet(preset="cpu", **flags):
+    # BoTNet-S1 against the EfficientNet of similar accuracy, each at its own paper resolution:
+    # T3 (81.7 %) vs B3@300 (81.6 %) / B4@380 (82.9 %); T5@256 vs B5@456; T7 (s1_128@384) vs B7@600.
+    tnames = {("botnet_s1_59", 224): "T3", ("botnet_s1_128", 256): "T5", ("botnet_s1_128", 384): "T7"}
     out = []
-    for eff, esize in (("efficientnet_b3", 300), ("efficientnet_b4", 380)):
-        for mode, batch in (("infer", batch_infer), ("train", batch_train)):
+    for ours, osize, eff, esize in PRESETS[preset]["efficientnet"]:
+        for mode, batch in PRESETS[preset]["efficientnet_batches"]:
+            t = tnames[(ours, osize)]
             out.append(_pair(
-                "BoTNet-S1 vs EfficientNet", f"T3@224 vs {eff[-2:].upper()}@{esize} {mode} b{batch}",
-                dict(model="botnet:botnet_s1_59", mode=mode, size=224, batch=batch, **flags),
+                "BoTNet-S1 vs EfficientNet", f"{t}@{osize} vs {eff[-2:].upper()}@{esize} {mode} b{batch}",
+                dict(model=f"botnet:{ours}", mode=mode, size=osize, batch=batch, **flags),
                 dict(model=f"timm:{eff}", mode=mode, size=esize, batch=batch, **flags),
-                "botnet_s1_59 @224", f"timm {eff} @{esize}",
+                f"{ours} @{osize}", f"timm {eff} @{esize}",
             ))
     return out
 

@@ -5,7 +5,11 @@ Timing: every variant of one comparison is built in the same process and run in 
 ``repeats`` timed runs, and the ratio is median(ours) / median(baseline). Interleaving makes
 slow drifts of a shared machine (other jobs starting and stopping) hit both variants alike.
 
-Memory: the CPU allocator keeps no peak statistics, so the peak is the process's resident-set
+Memory on CUDA: ``torch.cuda.max_memory_allocated`` after one warm-up step and
+``reset_peak_memory_stats``, minus what was allocated before the step (model, inputs), in this
+process (:func:`measure_cuda_peak_memory`).
+
+Memory on the CPU: the CPU allocator keeps no peak statistics, so the peak is the process's resident-set
 high-water mark. Each configuration runs in its own interpreter (``python -m botnet.bench.worker``)
 that imports torch, builds the model and inputs, runs one warm-up step, returns freed memory
 to the OS, resets the kernel's high-water mark (``/proc/self/clear_refs``), runs one more step
@@ -30,6 +34,7 @@ __all__ = [
     "read_status_kib",
     "reset_peak_rss",
     "trim_heap",
+    "measure_cuda_peak_memory",
 ]
 
 
@@ -113,3 +118,24 @@ def measure_peak_memory(config: dict, *, timeout: float = 1800.0) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"peak_bytes": None, "error": f"worker exited {proc.returncode}: {' | '.join(tail)}"}
     return json.loads(lines[-1])
+
+
+def measure_cuda_peak_memory(config: dict) -> dict:
+    """Peak CUDA memory one step of ``config`` allocates above what is resident before it."""
+    import torch
+
+    from botnet.bench.cases import build_step
+
+    step = build_step(config)
+    step()  # warm-up: workspaces, cuBLAS handles and autotuning are not the step's peak
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    peak = torch.cuda.max_memory_allocated() - before
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {"peak_bytes": int(peak), "allocated_before_bytes": int(before),
+            "method": "torch.cuda.max_memory_allocated after reset_peak_memory_stats minus memory_allocated before the step"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from botnet.bench.cases import Comparison, build_step
-from botnet.bench.core import measure_peak_memory, median, time_interleaved
+from botnet.bench.core import measure_cuda_peak_memory, measure_peak_memory, median, time_interleaved
 
 __all__ = ["run_comparison", "run_comparisons", "machine_info", "write_results"]
 
@@ -81,7 +81,18 @@ def machine_info() -> dict:
         "timm": timm_v,
         "git_commit": commit,
         "gpu_used": False,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda,
     }
+
+
+def _peak_memory(cfg: dict) -> dict:
+    if torch.device(cfg.get("device", "cpu")).type != "cuda":
+        return measure_peak_memory(cfg)  # a fresh process: the CPU allocator keeps no peak
+    try:
+        return measure_cuda_peak_memory(cfg)
+    except Exception as e:  # e.g. out of memory: keep the timing, report why the memory is missing
+        return {"peak_bytes": None, "error": f"{type(e).__name__}: {e}"}
 
 
 def run_comparison(comp: Comparison, *, warmup: int, repeats: int, memory: bool, log=print) -> dict:
@@ -105,8 +116,7 @@ def run_comparison(comp: Comparison, *, warmup: int, repeats: int, memory: bool,
         log(f"  ! {comp.name}: {res['error']}")
         return res
     if memory and comp.memory:
-        mo = measure_peak_memory(comp.ours)
-        mb = measure_peak_memory(comp.baseline)
+        mo, mb = _peak_memory(comp.ours), _peak_memory(comp.baseline)
         res["ours"]["memory"], res["baseline"]["memory"] = mo, mb
         if mo.get("peak_bytes") is not None and mb.get("peak_bytes"):
             res["mem_ratio"] = mo["peak_bytes"] / mb["peak_bytes"]
@@ -157,6 +167,12 @@ def _target_cell(r: dict, key: str) -> str:
 
 def markdown_table(doc: dict) -> str:
     meta = doc["meta"]
+    cuda = meta.get("device") == "cuda"
+    gpu = f"GPU {meta['machine'].get('gpu')} (CUDA {meta['machine'].get('cuda')})" if cuda else "no GPU used"
+    memory = ("- peak memory: torch.cuda.max_memory_allocated during one step minus the memory allocated "
+              "before it (after a warm-up step)" if cuda else
+              "- peak memory: one fresh process per configuration; extra resident memory at the step's peak "
+              "(VmHWM after clear_refs minus VmRSS before the step)")
     lines = [
         f"# Benchmark results: {meta.get('title', 'botnet bench')}",
         "",
@@ -164,12 +180,11 @@ def markdown_table(doc: dict) -> str:
         f"- command: `{meta['command']}`",
         f"- machine: {meta['machine']['cpu']}, {meta['machine']['logical_cpus']} logical CPUs, "
         f"torch {meta['machine']['torch']} ({meta['machine']['torch_threads']} threads), "
-        f"torchvision {meta['machine']['torchvision']}, timm {meta['machine']['timm']}, no GPU used",
+        f"torchvision {meta['machine']['torchvision']}, timm {meta['machine']['timm']}, {gpu}",
         f"- timing: {meta['warmup']} warm-up + {meta['repeats']} timed runs per variant, interleaved; "
         "median; time ratio = median(ours) / median(baseline) (targets are judged on it); "
         "'ratio of minima' = min(ours) / min(baseline), less sensitive to other jobs' bursts",
-        "- peak memory: one fresh process per configuration; extra resident memory at the step's peak "
-        "(VmHWM after clear_refs minus VmRSS before the step)",
+        memory,
         f"- load average before / after: {meta.get('load_before')} / {meta.get('load_after')}; "
         f"other busy processes at start: {meta.get('other_busy_processes')}",
     ]
@@ -248,13 +263,16 @@ def write_results(doc: dict, out_dir: str | Path, stem: str) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def new_doc(*, title: str, command: str, warmup: int, repeats: int, note: str = "") -> dict:
+def new_doc(*, title: str, command: str, warmup: int, repeats: int, note: str = "", device: str = "cpu") -> dict:
+    machine = machine_info()
+    machine["gpu_used"] = device == "cuda"
     return {
         "meta": {
             "title": title,
+            "device": device,
             "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": command,
-            "machine": machine_info(),
+            "machine": machine,
             "warmup": warmup,
             "repeats": repeats,
             "load_before": _load(),
