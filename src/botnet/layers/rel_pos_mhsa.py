@@ -104,17 +104,17 @@ def sdpa_kernel_name(width: int, dtype: torch.dtype, device_type: str) -> str:
     return "flash" if half and width <= 256 else "efficient"
 
 
-# CPU, measured with `botnet bench --attn-impl explicit,sdpa` (time ratio to timm BottleneckAttn in
-# the same run, dim 512, 4 heads, fp32; 2-core VM, busy; docs/performance.md has the command and date;
-# peak-memory ratio in brackets):
+# CPU, measured with `botnet bench --attn-impl explicit,sdpa` and `--attn-impl flex --attn-modes fwd`
+# (time ratio to timm BottleneckAttn in the same run, dim 512, 4 heads, fp32, peak-memory ratio in
+# brackets; 2-core VM under load; benchmarks/results/cpu-attention-{impls,flex}.md):
 #
-#   tokens x batch   mode      explicit        sdpa
-#   14x14 x 8        fwd       0.98 (0.71)     1.15 (0.74)
-#   14x14 x 8        fwd+bwd   1.00 (0.99)     0.75 (1.16)
-#   32x32 x 8        fwd       0.64 (0.89)     0.64 (0.31)
-#   32x32 x 8        fwd+bwd   0.90 (0.99)     0.86 (0.54)
-#   64x64 x 2        fwd       0.79 (0.96)     0.50 (0.12)
-#   64x64 x 2        fwd+bwd   T64B_E          T64B_S
+#   tokens x batch   mode      explicit        sdpa            flex (compiled)
+#   14x14 x 8        fwd       0.98 (0.71)     1.15 (0.74)     1.02
+#   14x14 x 8        fwd+bwd   1.00 (0.99)     0.75 (1.16)     no CPU backward
+#   32x32 x 8        fwd       0.64 (0.89)     0.64 (0.31)     0.82
+#   32x32 x 8        fwd+bwd   0.90 (0.99)     0.86 (0.54)     no CPU backward
+#   64x64 x 2        fwd       0.79 (0.96)     0.50 (0.12)     1.01
+#   64x64 x 2        fwd+bwd   0.89 (0.99)     0.91 (0.21)     no CPU backward
 #
 # flex on the CPU: every new (H, W) costs a compilation of ~10-15 s (dynamic shapes fail to
 # compile in torch 2.14's Inductor), no backward, no float64: auto never picks it there.
