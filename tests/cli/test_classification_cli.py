@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
 from botnet.cli import build_parser, main
 from botnet.data import fashion_mnist as fm
@@ -103,6 +104,10 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["raw"]["n"] == 256 and summary["demo_wall_seconds"] > 0
+    assert f"after {summary['epochs']:.2f} epochs" in capsys.readouterr().out
+    assert summary["command"].startswith("botnet demo --limit-train 512") and "logical cores" in summary["hardware"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["amp"] == "none" and cfg["data"]["num_workers"] == 0  # auto, resolved on the CPU
     mk = summary["model_kwargs"]  # what botnet.create_model("botnet_mini", ...) was called with
     assert summary["arch"] == "botnet_mini" and (mk["num_classes"], mk["in_chans"], mk["img_size"]) == (10, 1, 28)
     assert list((run / "attention").glob("*.png")) and (run / "confusion_matrix.png").is_file()
@@ -124,6 +129,10 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
                "--limit-train", "256", "--limit-val", "64", "--output", str(tmp_path / "x"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "does not match the model" in err and "layer3.1." in err
+    rc = main(["train", "--init-weights", str(run), "--max-steps", "1", "--limit-train", "256", "--limit-val", "64",
+               "--output", str(tmp_path / "y"), "--no-progress", "--no-plots"])
+    n = len(load_file(str(run / "best.safetensors")))
+    assert rc == 0 and f"all {n} tensors loaded from {run}" in capsys.readouterr().out
 
 
 def test_every_option_of_every_classification_command_is_explained():

@@ -56,7 +56,7 @@ def test_detection_folder_config_and_card(det_published, det_run):
     box = f"{100 * ev['bbox']['AP']:.1f}"
     assert re.search(rf"^\| box \| {re.escape(box)} \|", card, re.M) and re.search(r"^\| mask \| ", card, re.M)
     assert all(f"| {c} |" in card for c in cfg["label_names"][1:])  # per-class AP rows
-    assert "botnet detect train --config config.yaml" in card and "arXiv:2101.11605" in card
+    assert "botnet detect train --set" in card and "arXiv:2101.11605" in card
 
 
 def test_one_line_load_and_the_cli_give_the_trained_detector(det_published, det_run, tmp_path, capsys):

@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from botnet.engine.devices import set_command_line
     from botnet.engine.log import setup_cli_logging
     from botnet.errors import UserInputError
 
     setup_cli_logging()
+    set_command_line(["botnet", *(sys.argv[1:] if argv is None else argv)])  # runs record how they were started
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported"]
+__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported", "describe_machine", "command_line", "set_command_line"]
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -60,3 +60,38 @@ def resolve_device_defaults(cfg: dict, cuda_defaults: dict[str, Any], device: to
     if cuda and not tc.get("deterministic"):
         torch.backends.cudnn.benchmark = bool(tc["cudnn_benchmark"])
     return changed
+
+
+def describe_machine(device: torch.device | None = None) -> str:
+    """CPU model and logical cores, and the GPU a run used: what ``summary.json`` and model cards state."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical cores"
+    if device is not None and device.type == "cuda":
+        text += f"; {torch.cuda.get_device_name(device)}"
+    elif device is None and torch.cuda.is_available():
+        text += "; " + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return text
+
+
+_COMMAND: list[str] | None = None
+
+
+def set_command_line(argv: list[str]) -> None:
+    """Set by ``botnet.cli.main``: the command a run records (``sys.argv`` may be a test runner's)."""
+    global _COMMAND
+    _COMMAND = [str(a) for a in argv]
+
+
+def command_line() -> str:
+    """The command this process runs, as a user would type it (``botnet ...`` from the command line)."""
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in (_COMMAND or sys.argv))

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from botnet.engine import checkpoint as ckpt
 from botnet.engine.distributed import DistInfo, barrier, cleanup, init_distributed, reduce_dict, seed_everything
+from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.engine.log import get_logger
 from botnet.engine.logger import MetricsLogger
@@ -131,7 +132,9 @@ class Trainer:
         di, tc, cfg, s = self.di, self.tc, self.cfg, self.setup
         model = s.model
         if self.init_weights:
-            ckpt.load_weights(model, self.init_weights)
+            ckpt.load_weights(model, self.init_weights)  # strict: every tensor, same shapes, or a one-line error
+            if di.is_main:
+                log.info(f"initial weights: all {len(model.state_dict())} tensors loaded from {self.init_weights}")
         if tc["sync_bn"] and di.distributed:
             if di.device.type == "cpu":
                 from botnet.errors import ConfigError
@@ -442,6 +445,8 @@ class Trainer:
             "wall_seconds": round(time.monotonic() - self.t_start, 2), "world_size": di.world_size,
             "global_batch": self.global_batch, "best": self.best, "run_dir": str(self.run_dir),
             "skipped_train_files": len(self.skipped), "skipped_train_examples": self.skipped[:20],
+            "command": command_line(), "hardware": describe_machine(di.device), "device": str(di.device),
+            "threads": torch.get_num_threads(),
         }
         if final is not None:
             summary["final"] = {k: _scalars(v) for k, v in final.items()}

@@ -124,22 +124,10 @@ def _trained_date(run: Path) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _this_machine() -> str:
-    """CPU model and cores, and GPUs, of the machine publishing (runs do not record theirs)."""
-    import platform
+def _publishing_machine() -> str:
+    from botnet.engine.devices import describe_machine
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"{cpu}, {os.cpu_count()} logical cores"]
-    if torch.cuda.is_available():
-        parts += [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return "; ".join(parts) + " (the machine that ran botnet publish; pass --hardware to state the training machine)"
+    return describe_machine() + " (the machine that ran botnet publish; the run did not record its own)"
 
 
 def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hardware: str | None) -> dict[str, Any]:
@@ -159,15 +147,16 @@ def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hard
     desc = (f"{'EMA weights from the training state of ' if weights == 'ema' else ''}{wpath.name} "
             f"(step {meta.get('step', '?')}{best_txt})")
     cmd = "botnet train" if task_of(meta) == "classification" else "botnet detect train"
+    command = summary.get("command") or f"{cmd} --config config.yaml"  # runs before summary.json kept it
     return {
         "which": which, "weights": desc, "config": cfg, "config_yaml": yaml.safe_dump(cfg, sort_keys=False),
-        "command": f"{cmd} --config config.yaml", "steps": summary.get("steps", meta.get("step", 0)),
+        "command": command, "steps": summary.get("steps", meta.get("step", 0)),
         "epochs": float(summary.get("epochs", meta.get("epoch", 0)) or 0),
         "train_seconds": float(summary.get("train_seconds", 0) or 0), "status": summary.get("status", "unknown"),
         "world_size": summary.get("world_size", 1), "device": (cfg.get("train") or {}).get("device", "auto"),
         "trained_date": _trained_date(run),
         "published_date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "hardware": hardware or _this_machine(), "botnet_version": botnet.__version__, "summary": summary,
+        "hardware": hardware or summary.get("hardware") or _publishing_machine(), "botnet_version": botnet.__version__, "summary": summary,
     }
 
 
