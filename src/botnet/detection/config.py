@@ -84,7 +84,6 @@ def validate_detection_config(cfg: dict) -> dict:
     from botnet.errors import ConfigError
 
     validate_engine_config(cfg)
-    _num(cfg, "train.epochs", kind=int, low=1)
     _num(cfg, "data.hflip", low=0, high=1)
     _num(cfg, "eval.batch_size", kind=int, low=1)
     _choice(cfg, "eval.backend", ("pycocotools", "faster_coco_eval"))
