@@ -186,14 +186,15 @@ def _attend_sdpa(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], 
     if a is None or b is None:
         return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale)
     B, nh, N, H, W = q.shape[0], q.shape[1], q.shape[2], a.shape[3], b.shape[3]
-    width = d + H + W
-    pad = sdpa_head_size(width, q.device.type) - width
     onehot = _onehot_keys(H, W, k.dtype, k.device)  # (N, H + W): [onehot(row j), onehot(col j)]
     qa = torch.cat([q, a, b], dim=-1)
     ka = torch.cat([k, onehot.expand(B, nh, N, H + W)], dim=-1)
-    if pad > 0:
+    pad = 0
+    if q.device.type == "cuda":  # the CPU flash kernel takes any head size: no branch on sizes there
+        width = d + H + W
+        pad = sdpa_head_size(width, "cuda") - width
         qa, ka = F.pad(qa, [0, pad]), F.pad(ka, [0, pad])
-    va = F.pad(v, [0, width + pad - d])  # one head size for q, k and v; the extra outputs are dropped
+    va = F.pad(v, [0, H + W + pad])  # one head size for q, k and v; the extra outputs are dropped
     return F.scaled_dot_product_attention(qa, ka, va, scale=scale)[..., :d]
 
 
@@ -259,21 +260,24 @@ def resolve_impl(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
     tokens = x.shape[2] * x.shape[3]
     chosen = choose_impl(x.device.type, x.dtype, tokens, grad)
     if not torch.jit.is_scripting():
-        _log_choice(chosen, x, tokens, grad)
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # sizes may be symbolic there
+            _log_choice(chosen, x, tokens, grad)
     return chosen
 
 
 def rel_pos_attention(x: torch.Tensor, weight: torch.Tensor, table_h: Optional[torch.Tensor],
-                      table_w: Optional[torch.Tensor], heads: int, pos: str, impl: str) -> torch.Tensor:
+                      table_w: Optional[torch.Tensor], heads: int, pos: str, impl: str,
+                      scale: float) -> torch.Tensor:
     """The whole layer as one function of its input and parameters (see the module docstring).
 
     ``pos`` "relative" takes ``table_h`` (2H'-1, d) / ``table_w`` (2W'-1, d), "absolute" (H', d) /
-    (W', d); "none" ignores them. FX records a call of this function as one node (torch.fx.wrap).
+    (W', d); "none" ignores them. ``scale`` is d^-1/2 (a Python number, so traces keep no shape
+    arithmetic for it). FX records a call of this function as one node (torch.fx.wrap).
     """
-    _check_input(x, weight.shape[1])
+    if not torch.jit.is_tracing():  # a trace would record the check as a constant (and warn)
+        _check_input(x, weight.shape[1])
     B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     d = C // heads
-    scale = d ** -0.5
     chosen = resolve_impl(impl, x, weight)
     q, k, v = _project(x, weight, heads)
     a: Optional[torch.Tensor] = None
@@ -320,7 +324,7 @@ class RelPosMHSA(nn.Module):
             and have the same parameters.
     """
 
-    __constants__ = ["heads", "pos", "_relative", "_absolute"]
+    __constants__ = ["heads", "pos", "scale", "_relative", "_absolute"]
     __jit_unused_properties__ = ["impl", "fused"]  # Python-side switches; TorchScript reads _impl
 
     def __init__(
@@ -412,11 +416,11 @@ class RelPosMHSA(nn.Module):
         if not torch.jit.is_scripting():
             # FX records the call with impl as given (resolved when the graph runs); eager runs
             # record what they chose for extra_repr.
-            if not isinstance(x, torch.fx.Proxy) and not torch.compiler.is_compiling():
+            if not (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()):
                 _check_input(x, self.dim)
                 impl = resolve_impl(impl, x, self.qkv.weight)
                 self.last_impl = impl
-        return rel_pos_attention(x, self.qkv.weight, table_h, table_w, self.heads, self.pos, impl)
+        return rel_pos_attention(x, self.qkv.weight, table_h, table_w, self.heads, self.pos, impl, self.scale)
 
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
