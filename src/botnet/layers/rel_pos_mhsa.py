@@ -199,21 +199,22 @@ def _attend_sdpa(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], 
 
 
 # ---------------------------------------------------------------------- flex
-_FLEX_COMPILED = None
+_FLEX_COMPILED: dict = {}
 
 
 def _flex_kernel(dtype: torch.dtype, device_type: str):
-    """Compiled flex_attention (static shapes: torch 2.14's Inductor fails to build the dynamic CPU
-    kernel); eager inside an outer compilation, and for float64 on the CPU, which the CPU kernel
-    refuses (the unfused reference then computes the same function)."""
-    global _FLEX_COMPILED
+    """Compiled flex_attention, one per device type. On the CPU with static shapes (torch 2.14's
+    Inductor fails to build the dynamic-shape CPU kernel: one compilation per (H, W)); elsewhere
+    torch.compile's default, which turns sizes dynamic after the first recompilation. Eager
+    inside an outer compilation, and for float64 on the CPU, which the CPU kernel refuses (the
+    unfused reference then computes the same function)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if torch.compiler.is_compiling() or (device_type == "cpu" and dtype == torch.float64):
         return flex_attention, False
-    if _FLEX_COMPILED is None:
-        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
-    return _FLEX_COMPILED, True
+    if device_type not in _FLEX_COMPILED:
+        _FLEX_COMPILED[device_type] = torch.compile(flex_attention, dynamic=False if device_type == "cpu" else None)
+    return _FLEX_COMPILED[device_type], True
 
 
 def _attend_flex(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], scale: float) -> torch.Tensor:
