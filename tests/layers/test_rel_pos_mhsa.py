@@ -295,6 +295,7 @@ def test_impl_option_is_checked_and_fused_alias_works():
     assert m.impl == "explicit" and not m.fused
     m.fused = True
     assert m.impl == "sdpa"
+    assert RelPosMHSA(16, 2, fused=False).impl == "explicit" and RelPosMHSA(16, 2, fused=True).impl == "sdpa"
 
 
 def test_impls_share_parameters_and_state_dict_keys():

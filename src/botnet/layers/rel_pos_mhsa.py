@@ -323,6 +323,7 @@ class RelPosMHSA(nn.Module):
         impl: "auto" (default; :func:`choose_impl` picks per device, dtype, tokens and grad mode),
             "sdpa", "flex" or "explicit" (see the module docstring). All compute the same function
             and have the same parameters.
+        fused: the earlier switch, kept: False is impl="explicit", True is impl="sdpa".
     """
 
     __constants__ = ["heads", "pos", "scale", "_relative", "_absolute"]
@@ -338,6 +339,7 @@ class RelPosMHSA(nn.Module):
         qkv_init_std: float = 0.01,
         pos_init_std: float | None = None,
         impl: str = "auto",
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if dim % heads != 0:
@@ -353,6 +355,8 @@ class RelPosMHSA(nn.Module):
         self._relative, self._absolute = pos == "relative", pos == "absolute"
         self.scale = self.dim_head**-0.5
         self.impl = impl  # checked by the property setter
+        if fused is not None:
+            self.fused = fused
         self.last_impl = ""  # what the latest eager forward ran (for extra_repr)
         self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=False)  # channels [q; k; v]
         d = self.dim_head
