@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="size to trace at (default: the model's resolution); other sizes still work")
     p.add_argument("--batch", type=positive_int, default=2, help="batch size to trace at (default 2; batch is dynamic)")
-    p.add_argument("--min-size", type=positive_int, default=8, help="smallest height/width the dynamic dims allow")
+    p.add_argument("--min-size", type=positive_int, default=None,
+                   help="smallest height/width the dynamic dims allow (default: the model's stride + 1, so its "
+                        "last feature map is at least 2x2)")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     p.set_defaults(func=handler)
 
@@ -85,6 +87,9 @@ def handler(args: argparse.Namespace) -> int:
 
     model = _build(args)
     model.eval()
+    from botnet.export import smallest_dynamic_size
+
+    args.min_size = args.min_size or smallest_dynamic_size(model)
     path = export_model(model, args.format, args.out, img_size=args.img_size, batch=args.batch,
                         min_size=args.min_size)
     print(f"wrote {path} ({args.format}, dynamic batch/height/width)")

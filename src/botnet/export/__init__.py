@@ -76,9 +76,22 @@ def export_program(model: nn.Module, path: str | Path, example: torch.Tensor, *,
     return path
 
 
+def smallest_dynamic_size(model: nn.Module) -> int:
+    """Smallest height/width the dynamic dims may take: the last feature map at least 2 x 2 (a dim
+    of size 1 is specialised by torch.export, so 1x1 maps cannot share the program)."""
+    info = getattr(model, "feature_info", None)
+    try:
+        stride = int(info[-1]["reduction"]) if info else 32
+    except (TypeError, KeyError, IndexError):
+        stride = 32
+    return stride + 1
+
+
 def export_model(model: nn.Module, fmt: str, path: str | Path, *, img_size=None, batch: int = 2,
-                 min_size: int = 8) -> Path:
-    """Export ``model`` in ``fmt`` (onnx, torchscript, export), tracing at ``img_size``."""
+                 min_size: int | None = None) -> Path:
+    """Export ``model`` in ``fmt`` (onnx, torchscript, export), tracing at ``img_size``; dynamic sizes
+    from ``min_size`` (default: :func:`smallest_dynamic_size`) up."""
+    min_size = min_size or smallest_dynamic_size(model)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     example = _example(model, img_size, batch)
