@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 9 on one CUDA GPU (H100/H200 class), under 6 minutes: attention at
+# The GPU benchmark on one CUDA GPU (H100/H200 class), under 6 minutes: attention at
 # 14x14 x 128, 32x32 x 32, 64x64 x 8, 50x84 x 4, 72x72 x 4 (bf16 and fp32/TF32, each implementation
 # against timm), BoT50 vs R50 at 224 and 1024 px, BoTNet-S1 T3/T5/T7 vs EfficientNet B3/B5/B7,
 # Mask R-CNN BoT50 vs R50 at 1024 px. Writes gpu-*.{json,md} and gpu-summary.{json,md} to OUT_DIR.

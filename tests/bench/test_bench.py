@@ -82,7 +82,7 @@ def _bench_args(argv):
     return parser.parse_args(argv)
 
 
-def test_gpu_plan_covers_every_table_of_issue_9():
+def test_gpu_plan_covers_every_gpu_table():
     from botnet.bench.gpu_plan import PLAN, bench_args
     from botnet.cli.cmd_bench import _comparisons
 

@@ -292,11 +292,11 @@ ATTN_TARGETS = {  # CPU (dim 512, 4 heads, fp32): ours / timm
     (32, "fwd"): {"time": 0.6},
     (14, "fwdbwd"): {"time": 1.0},
 }
-# GPU targets of issue 9 (bf16 fwd+bwd time; peak memory <= 0.3 from 32x32 up; fp32 time <= 1.0).
+# GPU targets (bf16 fwd+bwd time; peak memory <= 0.3 from 32x32 up; fp32 time <= 1.0).
 GPU_ATTN_BF16_TIME = {(14, 14): 1.0, (32, 32): 0.45, (64, 64): 0.3, (50, 84): 0.5, (72, 72): 0.5}
 
 # The configurations each suite runs, per preset: "cpu" (the 2-core CI machine) and "gpu" (the
-# tables of issue 9 on one H100/H200; batches as measured there).
+# GPU tables on one H100/H200; batches as measured there).
 PRESETS = {
     "cpu": {
         "attention": ((14, 8), (32, 8), (64, 2)),
@@ -374,7 +374,7 @@ def suite_maskrcnn(size=None, batch=None, preset="cpu", **flags):
                  dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
                  dict(model="det:torchvision", mode="train", size=size, batch=batch, **flags),
                  "Mask R-CNN BoT50-FPN", "torchvision maskrcnn_resnet50_fpn", targets={"time": 1.15})]
-    if preset == "gpu":  # the issue's figure: BoT50 against R50 from our own builder
+    if preset == "gpu":  # the measured H200 figure: BoT50 against R50 from our own builder
         out.append(_pair("Mask R-CNN", f"train step {size}px b{batch} (same builder)",
                          dict(model="det:botnet50", mode="train", size=size, batch=batch, **flags),
                          dict(model="det:resnet50", mode="train", size=size, batch=batch, **flags),

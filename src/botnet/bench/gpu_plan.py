@@ -1,7 +1,7 @@
-"""The GPU benchmark of issue 9 on one CUDA GPU: ``python -m botnet.bench.gpu_plan [OUT_DIR]``
+"""The GPU benchmark on one CUDA GPU: ``python -m botnet.bench.gpu_plan [OUT_DIR]``
 (what ``benchmarks/gpu.sh`` runs).
 
-Every table of the issue, one ``botnet bench --device cuda --preset gpu`` call each, in order of
+Every GPU table of docs/performance.md, one ``botnet bench --device cuda --preset gpu`` call each, in order of
 importance, inside a wall-clock budget (default 330 s, so the whole run stays under 6 minutes with
 start-up): attention at 14x14 x 128, 32x32 x 32, 64x64 x 8, 50x84 x 4, 72x72 x 4 (bf16 and fp32/TF32,
 fwd and fwd+bwd, each implementation against timm), BoT50 vs R50 at 224 and 1024 px, BoTNet-S1 T3/T5/T7
@@ -51,7 +51,7 @@ def summarize(out: Path, sections: list[str], skipped: list[str], failed: list[s
     docs = [(s, json.loads((out / f"gpu-{s}.json").read_text())) for s in sections if (out / f"gpu-{s}.json").is_file()]
     rows = [dict(r, section=s) for s, d in docs for r in d["results"]]
     meta = dict(docs[0][1]["meta"]) if docs else {"machine": {}, "date_utc": "", "warmup": 2, "repeats": 5}
-    meta.update(title="GPU benchmark of issue 9 (benchmarks/gpu.sh)", command="benchmarks/gpu.sh",
+    meta.update(title="GPU benchmark (benchmarks/gpu.sh)", command="benchmarks/gpu.sh",
                 skipped_sections=skipped, failed_sections=failed, wall_s=round(wall_s, 1),
                 note=(f"skipped (budget spent): {', '.join(skipped)}; " if skipped else "")
                 + (f"sections with errors: {', '.join(failed)}" if failed else ""))

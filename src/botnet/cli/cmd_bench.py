@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where to run (cuda: synchronised timing, peak memory from torch.cuda.max_memory_allocated)")
     p.add_argument("--preset", choices=("cpu", "gpu"), default=None,
-                   help="case lists and batches of each suite (default: the --device's; gpu = the tables of issue 9)")
+                   help="case lists and batches of each suite (default: the --device's; gpu = the GPU tables of docs/performance.md)")
     p.add_argument("--attn-sizes", type=_sizes, default=None, metavar="S:B,...",
                    help="attention map sizes (S or HxW) and batches (default 14:8,32:8,64:2; gpu preset "
                    "14:128,32:32,64:8,50x84:4,72:4)")

@@ -119,7 +119,7 @@ def sdpa_kernel_name(width: int, dtype: torch.dtype, device_type: str) -> str:
 # flex on the CPU: every new (H, W) costs a compilation of ~10-15 s (dynamic shapes fail to
 # compile in torch 2.14's Inductor), no backward, no float64: auto never picks it there.
 #
-# CUDA, from the measurements in issue 9 (one H200, torch 2.11; not re-measured here; the sdpa
+# CUDA, from H200 measurements of the earlier layer (torch 2.11; not re-measured with this code; the sdpa
 # figures are the path before padding, timm = explicit-like): bf16 fwd+bwd time sdpa/timm 1.13 at
 # 14x14 x 128, 0.49 at 32x32 x 32, 0.31 at 64x64 x 8; fp32 fwd+bwd 1.54 / 1.78 / 2.52 (the
 # efficient kernel has no TF32) but peak memory 0.50 / 0.18 at 32x32 / 64x64.
