@@ -167,6 +167,26 @@ class CanvasRCNNTransform(GeneralizedRCNNTransform):
         return super().__repr__().replace("GeneralizedRCNNTransform(", f"CanvasRCNNTransform(canvas={self.canvas}, ", 1)
 
 
+def _shared_heads(fpn: nn.Module, num_classes: int, fpn_channels: int, anchor_sizes: Sequence[int],
+                  aspect_ratios: Sequence[float], box_head_dim: int) -> dict:
+    """The pieces Faster and Mask R-CNN share: anchors per FPN level, box head and predictor, and the
+    backbone's normalisation (an RGB backbone's mean/std; torchvision's default otherwise)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    n_levels = 5  # 4 FPN levels + the max-pool level
+    if len(anchor_sizes) != n_levels:
+        raise ValueError(f"anchor_sizes needs {n_levels} entries (one per FPN level), got {len(anchor_sizes)}")
+    mean = std = None
+    pre = getattr(fpn, "pretrained_cfg", None) or {}
+    if len(pre.get("mean", ())) == 3:
+        mean, std = list(pre["mean"]), list(pre["std"])
+    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * n_levels)
+    return dict(image_mean=mean, image_std=std, rpn_anchor_generator=anchors,
+                box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_dim),
+                box_predictor=FastRCNNPredictor(box_head_dim, num_classes))
+
+
 def build_detector(
     kind: str = "maskrcnn",
     backbone: str = "botnet50",
@@ -197,8 +217,6 @@ def build_detector(
     (e.g. ``rpn_pre_nms_top_n_train``, ``box_detections_per_img``, ``box_batch_size_per_image``).
     """
     from torchvision.models.detection import FasterRCNN, MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     if kind not in ("maskrcnn", "fasterrcnn"):
@@ -216,20 +234,8 @@ def build_detector(
         backbone, img_size=img_size, trainable_layers=trainable_layers, norm="frozen" if norm == "frozen" else "bn",
         fpn_channels=fpn_channels, backbone_weights=backbone_weights, **(backbone_kwargs or {}),
     )
-    n_levels = 5  # 4 FPN levels + the max-pool level
-    if len(anchor_sizes) != n_levels:
-        raise ValueError(f"anchor_sizes needs {n_levels} entries (one per FPN level), got {len(anchor_sizes)}")
-    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * n_levels)
-    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
-    box_predictor = FastRCNNPredictor(box_head_dim, num_classes)
-    mean = std = None
-    pre = getattr(fpn, "pretrained_cfg", None) or {}
-    if len(pre.get("mean", ())) == 3:
-        mean, std = list(pre["mean"]), list(pre["std"])
-    common = dict(
-        min_size=sizes, max_size=max_size, image_mean=mean, image_std=std,
-        rpn_anchor_generator=anchors, box_head=box_head, box_predictor=box_predictor,
-    )
+    common = dict(min_size=sizes, max_size=max_size,
+                  **_shared_heads(fpn, num_classes, fpn_channels, anchor_sizes, aspect_ratios, box_head_dim))
     if kind == "maskrcnn":
         layers = tuple(int(c) for c in mask_head_layers)
         model = MaskRCNN(

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported", "describe_machine", "command_line", "set_command_line"]
+__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported", "describe_machine", "command_line",
+           "set_command_line"]
 
 
 def bf16_supported(device: torch.device) -> bool:
