@@ -33,6 +33,16 @@ def test_overrides_and_unknown_keys():
         load_config("fashion-mnist", ["optim.lrr=1"], defaults=CLASSIFICATION_DEFAULTS)
 
 
+def test_exponent_floats_are_numbers_in_overrides_and_recipes(tmp_path):
+    # PyYAML alone reads 5e-4 as a string (YAML 1.1), which the schema would then refuse
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: fashion-mnist\noptim:\n  lr: 2e-3\n")
+    cfg = load_config(str(recipe), ["optim.weight_decay=5e-4", "optim.lr_base_batch=2.56E+2", "name=1e-x"],
+                      defaults=CLASSIFICATION_DEFAULTS)
+    assert cfg["optim"]["lr"] == 2e-3 and cfg["optim"]["weight_decay"] == 5e-4 and cfg["optim"]["lr_base_batch"] == 256.0
+    assert cfg["name"] == "1e-x"
+
+
 def test_cosine_can_be_fitted_to_fewer_steps():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,21 @@ def set_by_path(cfg: dict, dotted: str, value: Any, strict: bool = True) -> None
     node[parts[-1]] = value
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2 floats: ``5e-4`` and ``1e3`` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
     """Apply ``["optim.lr=0.1", ...]`` (values parsed as YAML)."""
     for item in overrides or []:
@@ -164,7 +180,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else None
+            value = _yaml_load(raw) if raw.strip() != "" else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())[:120]})") from None
         set_by_path(cfg, key.strip(), value)
@@ -175,7 +191,7 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     from botnet.errors import ConfigError
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())[:160]}") from None
     except OSError as e:
