@@ -86,6 +86,7 @@ def _table(f):
         (["train", "--resume", corrupt], [str(corrupt)]),
         (["train", "--set", "model.kwargs.no_such_arg=3"], ["no_such_arg", "valid"]),
         (["train", "--set", "optim.nope=1"], ["optim.nope", "known"]),
+        (["train", "--set", "data.eval_tta=vflip"], ["data.eval_tta", "hflip"]),
         (["train", "--set", "optim.lr=[1,"], ["not valid YAML"]),
         (["train", "--config", "no-such-recipe"], ["no-such-recipe", "known recipes"]),
         (["train", "--model", "nonet"], ["nonet"]),

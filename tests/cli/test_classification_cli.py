@@ -104,7 +104,8 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["raw"]["n"] == 256 and summary["demo_wall_seconds"] > 0
-    assert f"after {summary['epochs']:.2f} epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"after {summary['epochs']:.2f} epochs" in out and "averaged with its mirror image" in out  # the recipe's TTA
     assert summary["command"].startswith("botnet demo --limit-train 512") and "logical cores" in summary["hardware"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["amp"] == "none" and cfg["data"]["num_workers"] == 0  # auto, resolved on the CPU
@@ -115,9 +116,14 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     capsys.readouterr()
     assert main(["eval", str(run / "best.safetensors"), "--no-progress", "--limit", "200"]) == 0
     assert "on 200 images" in capsys.readouterr().out
+    assert main(["eval", str(run), "--no-progress", "--limit", "200", "--tta", "hflip", "--json", str(tmp_path / "e.json")]) == 0
+    assert "(tta hflip)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["raw"]["tta"] == "hflip"
     assert main(["predict", *map(str, samples), "--checkpoint", str(run)]) == 0
     out = capsys.readouterr().out
     assert out.count("%") == 5 * len(samples)
+    assert main(["predict", str(samples[0]), "--checkpoint", str(run), "--tta", "hflip", "--topk", "2"]) == 0
+    assert capsys.readouterr().out.count("%") == 2
     import re
 
     listed = re.findall(r"^\s+\d\. (.+?)\s+\d+\.\d+%$", out, flags=re.M)

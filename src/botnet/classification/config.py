@@ -5,7 +5,9 @@ from typing import Any
 
 from botnet.engine.config import _choice, _num, check_model_kwargs, task_schema, validate_engine_config
 
-__all__ = ["CLASSIFICATION_DEFAULTS", "validate_classification_config", "model_kwargs_from_cfg"]
+__all__ = ["CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config", "model_kwargs_from_cfg"]
+
+TTA_MODES = ("none", "hflip")  # test-time augmentation of the evaluation (see classification.task.log_probs)
 
 # Classification's schema (``botnet train``): Fashion-MNIST or ImageNet-layout folders.
 _OWN: dict[str, Any] = {
@@ -36,6 +38,7 @@ _OWN: dict[str, Any] = {
         "scale": [0.08, 1.0],       # RandomResizedCrop scale (folders)
         "padding": 2,               # random-crop padding (Fashion-MNIST)
         "eval_batch_size": None,    # default 2 x batch_size
+        "eval_tta": "none",         # none | hflip: average the probabilities of each image and its mirror image
         "skip_bad": False,
         "limit_train": None,        # use only the first N training images (tests, smoke runs)
         "limit_val": None,
@@ -80,6 +83,7 @@ def validate_classification_config(cfg: dict) -> dict:
     _num(cfg, "data.limit_train", kind=int, low=1, optional=True)
     _num(cfg, "data.limit_val", kind=int, low=1, optional=True)
     _choice(cfg, "data.dataset", ("fashion-mnist", "folder"))
+    _choice(cfg, "data.eval_tta", TTA_MODES)
     _num(cfg, "model.drop_rate", low=0, high=1, high_open=True)
     _num(cfg, "model.drop_path_rate", low=0, high=1, high_open=True)
     _num(cfg, "model.num_classes", kind=int, low=1, optional=True)

@@ -38,8 +38,11 @@ def load_image(path: str, in_chans: int, invert: bool = False):
 
 @torch.no_grad()
 def predict_files(model, transform, class_names, paths: list[str], topk: int = 5, skip_bad: bool = False,
-                  invert: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Top-k predictions per file; returns ``(results, skipped)`` where skipped is ``[(path, reason)]``."""
+                  invert: bool = False, device: str = "cpu", tta: str = "none") -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Top-k predictions per file; returns ``(results, skipped)`` where skipped is ``[(path, reason)]``.
+    ``tta``: the test-time augmentation of :func:`botnet.classification.task.log_probs`."""
+    from botnet.classification.task import log_probs
+
     in_chans = model.conv1.in_channels if hasattr(model, "conv1") else 3
     results, skipped = [], []
     for p in paths:
@@ -51,7 +54,7 @@ def predict_files(model, transform, class_names, paths: list[str], topk: int = 5
             skipped.append((p, e.reason))
             continue
         x = transform(img).unsqueeze(0).to(device)
-        prob = model(x).float().softmax(1)[0]
+        prob = log_probs(model, x, tta).exp()[0]
         k = min(topk, prob.numel())
         v, i = prob.topk(k)
         results.append({"file": p, "top": [{"class": class_names[j] if j < len(class_names) else str(j),

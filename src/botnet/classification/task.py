@@ -8,6 +8,7 @@ run writes the confusion matrix (PNG and CSV).
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from botnet.classification.config import (CLASSIFICATION_DEFAULTS, model_kwargs_
                                           validate_classification_config)
 from botnet.engine.task import StepOutput, Task, TaskSetup
 
-__all__ = ["ClassificationTask", "evaluate", "train"]
+__all__ = ["ClassificationTask", "evaluate", "log_probs", "train"]
 
 
 def _unpack(batch):
@@ -78,6 +79,7 @@ class ClassificationTask(Task):
             model=_build_model(cfg["model"]["name"], mkw), arch=cfg["model"]["name"], model_kwargs=mkw,
             train_loader=build_train_loader(train_ds, cfg, dist.rank, dist.world_size), num_val=len(val_ds),
             class_names=list(info.classes), skipped_train=[p for p, _ in getattr(train_ds, "bad_files", [])],
+            eval_passes=2 if dc["eval_tta"] == "hflip" else 1,
             state={"val_loader": build_eval_loader(val_ds, cfg, dist.rank, dist.world_size),
                    "skipped_val": [p for p, _ in getattr(val_ds, "bad_files", [])]},
         )
@@ -104,7 +106,8 @@ class ClassificationTask(Task):
     def evaluate(self, model, setup, cfg, dist, desc: str = "eval") -> dict[str, Any]:
         tc = cfg["train"]
         res = evaluate(model, setup.state["val_loader"], dist.device, len(setup.class_names), tc["amp"],
-                       tc["channels_last"], progress=bool(tc["progress"]) and dist.is_main, desc=desc)
+                       tc["channels_last"], progress=bool(tc["progress"]) and dist.is_main, desc=desc,
+                       tta=cfg["data"]["eval_tta"])
         return {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "n": res["n"],
                 "n_skipped": res["n_skipped"], "_confusion": res["confusion"]}
 
@@ -124,9 +127,20 @@ class ClassificationTask(Task):
         return {"skipped_val_files": int(final["raw"]["n_skipped"])}
 
 
+def log_probs(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class log-probabilities ``(B, K)``, float32. ``tta="hflip"``: of the mean of the probabilities of
+    ``x`` and of its mirror image (the flip the training augmentation uses), at twice the cost."""
+    out = model(x).float().log_softmax(1)
+    if tta == "hflip":
+        out = torch.logaddexp(out, model(x.flip(-1)).float().log_softmax(1)) - math.log(2.0)
+    elif tta != "none":
+        raise ValueError(f"unknown test-time augmentation {tta!r}; use none or hflip")
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, amp: str = "none",
-             channels_last: bool = False, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+             channels_last: bool = False, progress: bool = False, desc: str = "eval", tta: str = "none") -> dict[str, Any]:
     """Top-1/top-5 accuracy (%), mean cross-entropy and the confusion matrix, reduced over ranks.
 
     Every rank evaluates its shard (``ShardSampler``: no padding), sums are all-reduced, so the
@@ -152,8 +166,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            out = model(x)
-        out = out.float()
+            out = log_probs(model, x, tta)
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         topk = out.topk(min(5, out.shape[1]), dim=1).indices
         c1 += (topk[:, 0] == y).sum().item()

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (quick checks)")
     p.add_argument("--ema", action="store_true", help="also evaluate the EMA weights stored in the .state.safetensors beside the weights")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable image files (counted) instead of stopping")
+    p.add_argument("--tta", default=None, choices=["none", "hflip"],
+                   help="test-time augmentation: hflip averages each image's and its mirror image's probabilities "
+                        "(default: the recipe's data.eval_tta)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -65,7 +68,7 @@ def handler(args) -> int:
         d = cfg["data"]
         for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),
                          ("eval_img_size", args.img_size), ("crop_pct", args.crop_pct), ("limit_val", args.limit),
-                         ("num_workers", args.num_workers)):
+                         ("num_workers", args.num_workers), ("eval_tta", args.tta)):
             if val is not None:
                 d[key] = val
         d["eval_batch_size"] = args.batch_size
@@ -79,12 +82,13 @@ def handler(args) -> int:
             return 2
         loader = build_eval_loader(val_ds, cfg)
         which = (meta.get("extra") or {}).get("weights", "raw")
+        tta = d["eval_tta"]
         results = {which: evaluate(model, loader, device, len(names), args.amp, progress=not args.no_progress,
-                                   desc="eval")}
+                                   desc="eval", tta=tta)}
         if args.ema:
             ema_model, _ = load_model(path, use_ema=True, device=device, task="classification")
             results["ema"] = evaluate(ema_model, loader, device, len(names), args.amp, progress=not args.no_progress,
-                                      desc="eval EMA")
+                                      desc="eval EMA", tta=tta)
     except FileNotFoundError as e:  # other bad input is a UserInputError, reported by botnet.cli.main
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -94,9 +98,9 @@ def handler(args) -> int:
     out = {}
     for k, r in results.items():
         print(f"{ckpt.resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
-              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (skipped {r['n_skipped']} unreadable files)"
+              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (tta {tta})" if tta != "none" else "") + (f"  (skipped {r['n_skipped']} unreadable files)"
                                                                    if r["n_skipped"] else ""))
-        out[k] = {m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}
+        out[k] = {**{m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}, "tta": tta}
         out[k]["skipped_files"] = r["skipped"]
     if args.json:
         ckpt.atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())

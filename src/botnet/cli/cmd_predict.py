@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted in the summary)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON")
+    p.add_argument("--tta", default=None, choices=["none", "hflip"],
+                   help="test-time augmentation: hflip averages each image's and its mirror image's probabilities "
+                        "(default: the recipe's data.eval_tta, as `botnet eval` measures)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=handler)
 
@@ -40,8 +43,9 @@ def handler(args) -> int:
 
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
+        tta = args.tta or ((meta.get("config") or {}).get("data") or {}).get("eval_tta", "none")
         results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
-                                         args.invert, args.device)
+                                         args.invert, args.device, tta)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ class TaskSetup:
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)      # extra checkpoint metadata (task-defined)
     skipped_train: list[str] = field(default_factory=list)  # files left out before training
+    eval_passes: int = 1                   # forward passes per validation item (2 with flip test-time augmentation)
     state: dict[str, Any] = field(default_factory=dict)     # anything else the task keeps (val sets ...)
 
 

@@ -265,7 +265,8 @@ class Trainer:
         self.budget = None
         if tc["time_budget"]:
             self.budget = BudgetFitter(float(tc["time_budget"]), self.t_start, self.planned_steps, self.spe,
-                                       int(tc["eval_every"] or 0), self.setup.num_val, 2 if self.ema else 1)
+                                       int(tc["eval_every"] or 0), self.setup.num_val * self.setup.eval_passes,
+                                       2 if self.ema else 1)
         self.tuner = None
         if self.di.device.type == "cpu":
             self._cpu_threads()

@@ -78,6 +78,8 @@ def classification_card(info: dict[str, Any]) -> str:
            "| metric | value |", "|---|---|",
            f"| top-1 accuracy (%) | {_pct(m.get('top1'))} |", f"| top-5 accuracy (%) | {_pct(m.get('top5'))} |",
            f"| mean cross-entropy | {_num(m.get('loss'))} |",
+           *([f"| top-1 accuracy, each image averaged with its mirror image (%) | {_pct(m['tta_top1'])} |"]
+             if m.get("tta_top1") is not None else []),
            f"| images | {m.get('n', '-')} |", ""]
     if m.get("per_class"):
         out += ["| class | images | accuracy (%) |", "|---|---|---|"]

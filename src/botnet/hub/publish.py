@@ -234,7 +234,13 @@ def _classifier_metrics(model, cfg, names, meta, info, evaluate: bool) -> dict[s
     got = {k: rec.get(pre + k) for k in ("top1", "top5", "loss", "n")} if rec else \
         dict(final.get("ema" if info["which"] == "ema" else "raw") or {})
     return {**{k: got.get(k) for k in ("top1", "top5", "loss")}, "n": int(got["n"]) if got.get("n") else None,
-            "per_class": None, "source": "Accuracy recorded by the training run's last validation of these weights."}
+            "per_class": None, "source": "Accuracy recorded by the training run's last validation of these weights"
+                                         + _tta_text(cfg) + "."}
+
+
+def _tta_text(cfg: dict[str, Any]) -> str:
+    tta = cfg["data"].get("eval_tta", "none")
+    return "" if tta == "none" else f", with test-time augmentation ({tta}: each image and its mirror image averaged)"
 
 
 def _measure(model, cfg: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -246,13 +252,17 @@ def _measure(model, cfg: dict[str, Any], names: list[str]) -> dict[str, Any]:
     c = copy.deepcopy(cfg)
     c["data"].update(limit_train=None, num_workers=0)
     _, val_ds, _ = build_datasets(c, train=False, val=True)
-    res = evaluate(model, build_eval_loader(val_ds, c), torch.device("cpu"), len(names))
+    loader = build_eval_loader(val_ds, c)
+    res = evaluate(model, loader, torch.device("cpu"), len(names))
+    tta = c["data"].get("eval_tta", "none")
+    tta_top1 = evaluate(model, loader, torch.device("cpu"), len(names), tta=tta)["top1"] if tta != "none" else None
     cm, rows = res["confusion"], res["confusion"].sum(1)
     per = {n: (int(rows[i]), 100.0 * float(cm[i, i]) / rows[i] if rows[i] else None) for i, n in enumerate(names)}
     split = "its test split" if c["data"]["dataset"] == "fashion-mnist" else f"split {c['data']['val_split']}"
     return {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "n": res["n"], "per_class": per,
+            "tta_top1": tta_top1,
             "source": f"Measured by `botnet publish` with the published weights on the {res['n']} images of the "
-                      f"run's validation data ({split}), with the preprocessing above."}
+                      f"run's validation data ({split}), with the preprocessing above and no test-time augmentation."}
 
 
 # ----------------------------------------------------------------------------- detection
