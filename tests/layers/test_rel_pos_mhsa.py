@@ -348,3 +348,21 @@ def test_no_weight_decay_names_the_position_tables():
     assert {"1.rel_h", "1.rel_w"} <= no_weight_decay_names(block)
     decay = {id(p) for g in param_groups(block, 0.1) if g["weight_decay"] > 0 for p in g["params"]}
     assert id(block[1].rel_h) not in decay and id(block[1].qkv.weight) in decay
+
+
+def test_channels_last_model_keeps_the_qkv_weight_in_the_layout_of_its_gradient():
+    """model.to(channels_last) would give the (3C, C, 1, 1) qkv weight strides (C, 1, C, C) while its
+    gradient (it is used as a matrix) has (C, 1, 1, 1): DDP then warned on every backward."""
+    import botnet
+
+    model = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, strides=[2, 2, 2, 1])
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    mhsa = [m for m in model.modules() if isinstance(m, RelPosMHSA)]
+    assert len(mhsa) == 2
+    for m in mhsa:
+        assert m.qkv.weight.grad is not None and m.qkv.weight.grad.stride() == m.qkv.weight.stride()
+    # the convolutions stay channels_last (3x3 weights: the strides differ from the default)
+    conv = model.layer1[0].conv2.weight
+    assert conv.stride() != torch.empty(conv.shape).stride() and conv.is_contiguous(memory_format=torch.channels_last)

@@ -390,6 +390,17 @@ class RelPosMHSA(nn.Module):
     def fused(self, value: bool) -> None:
         self.impl = "sdpa" if value else "explicit"
 
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        # model.to(memory_format=torch.channels_last) gives the (3C, C, 1, 1) qkv weight the strides
+        # (C, 1, C, C); the attention uses it as a (3C, C) matrix, whose gradient comes back with the
+        # default strides (C, 1, 1, 1). Same memory, but DDP compares strides and warns on every
+        # backward ("Grad strides do not match bucket view strides"), so keep the default strides.
+        w = self.qkv.weight
+        if w.stride() != torch.empty(w.shape, device="meta").stride():
+            w.data = w.data.clone(memory_format=torch.contiguous_format)
+        return self
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.qkv.weight, std=self.qkv_init_std)
         for p in self._pos_tables():
