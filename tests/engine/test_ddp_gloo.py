@@ -40,3 +40,23 @@ def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path, tiny_train
 
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["final"]["raw"]["n"] == 64
+
+
+def test_demo_under_torchrun_reports_once_and_ddp_does_not_warn_on_channels_last(tmp_path, tiny_train_args):
+    """Rank 1 used to go on after training like rank 0 (attention maps, summary, the final line twice),
+    and every channels_last backward made DDP warn about the attention weight's gradient strides."""
+    out = tmp_path / "demo"
+    args = ["demo", *tiny_train_args[1:], "--max-steps", "3", "--time-budget", "120", "--attention-images", "2",
+            "--set", "train.channels_last=true", "--batch-size", "16", "--output", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "botnet.cli",
+           *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "2 process(es) x batch 16" in r.stdout
+    assert r.stdout.count("demo: top-1") == 1
+    assert "Grad strides do not match" not in r.stderr
+    assert len(list((out / "attention").glob("*.png"))) == 2
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2

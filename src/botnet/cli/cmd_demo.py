@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def handler(args) -> int:
     t0 = time.monotonic()
-    from botnet.cli.cmd_train import prepare, run_training
+    from botnet.cli.cmd_train import is_main_process, prepare, run_training
 
     if args.time_budget is None and not any(s.startswith("train.time_budget=") for s in args.set):
         budget = args.gpu_time_budget_default if _uses_gpu(args) else args.time_budget_default
@@ -42,8 +42,8 @@ def handler(args) -> int:
     if cfg is None:
         return 0
     rc, result = run_training(args, cfg)
-    if rc != 0 or result is None or result["status"] == "already_finished":
-        return rc
+    if rc != 0 or result is None or result["status"] == "already_finished" or not is_main_process():
+        return rc  # under torchrun, rank 0 alone draws the attention maps and reports
     import json
     from pathlib import Path
 

@@ -36,6 +36,11 @@ def _train_fn(task: str):
     return train
 
 
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a ``torchrun`` job: the one that reports and writes extras."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_training(args, cfg: dict) -> tuple[int, dict | None]:
     """Shared by every training command: run; returns ``(exit code, summary or None)``.
 
@@ -50,7 +55,7 @@ def run_training(args, cfg: dict) -> tuple[int, dict | None]:
         return 3, None
     if summary["status"] == "interrupted":
         return 130, summary
-    if summary["status"] == "already_finished" or int(os.environ.get("RANK", "0")) != 0:
+    if summary["status"] == "already_finished" or not is_main_process():
         return 0, summary
     line = (f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} of "
             f"{summary['epochs_planned']:g} epochs, train {summary['train_seconds']:.0f}s, "
