@@ -31,7 +31,8 @@ def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run with no logged value would draw an empty legend and warn
+        ax.legend()
 
 
 def _num(v: Any) -> float | None:

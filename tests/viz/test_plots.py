@@ -1,0 +1,15 @@
+"""The training curves: written as PNGs from metrics.jsonl records, without warnings when a run logged nothing."""
+import warnings
+
+from botnet.viz.plots import plot_curves
+
+
+def test_curves_of_a_run_with_values_and_of_one_without(tmp_path):
+    records = [{"phase": "train", "step": s, "loss": 2.0 / s} for s in range(1, 6)]
+    records.append({"phase": "val", "step": 5, "loss": 0.5, "top1": 80.0, "top5": 99.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when asked for a legend with nothing in it
+        paths = plot_curves(records, tmp_path / "full") + plot_curves([], tmp_path / "empty")
+    assert sorted(p.name for p in paths) == ["accuracy.png", "accuracy.png", "loss.png", "loss.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
