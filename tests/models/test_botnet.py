@@ -269,3 +269,19 @@ def test_torchvision_fpn_extractor_accepts_our_backbone():
     with torch.no_grad():
         torch.testing.assert_close(fpn.body(x)["3"], maps["layer4"])
     assert not m.layer1[0].conv1.weight.requires_grad and m.layer4[0].conv1.weight.requires_grad
+
+
+def test_stride_2_stem_skips_the_full_resolution_maps():
+    """botnet_mini with stem_stride=2 and strides [1, 2, 2, 1]: the stem conv runs at 14x14 for a 28 px
+    image, the stages keep the same sizes after layer1 (14, 7, 4, 4) and the BoT tables fit 4x4 tokens."""
+    m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, stem_stride=2, strides=[1, 2, 2, 1]).eval()
+    assert m.conv1.stride == (2, 2)
+    assert [f["stride"] for f in m.feature_info] == [2, 4, 8, 8]
+    with torch.no_grad():
+        maps = m.forward_feature_maps(torch.randn(1, 1, 28, 28))
+    assert [tuple(t.shape[-2:]) for t in maps.values()] == [(14, 14), (7, 7), (4, 4), (4, 4)]
+    for _, mod in m.attention_layers():
+        assert mod.rel_h.shape[0] == 2 * 4 - 1
+    for bad in ({"stem_stride": 3}, {"stem_stride": 2, "stem_kernel": 7}):
+        with pytest.raises(ValueError, match="stem_stride"):
+            botnet.create_model("botnet_mini", **bad)

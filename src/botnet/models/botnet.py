@@ -130,7 +130,8 @@ class ResNetCfg:
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)  # bottleneck widths (out = 4x)
     strides: tuple[int, int, int, int] = (1, 2, 2, 2)
     stem_width: int = 64
-    stem_kernel: int = 7  # 7: conv7x7/2 + maxpool3x3/2 (stride 4); 3: conv3x3/1 (stride 1)
+    stem_kernel: int = 7  # 7: conv7x7/2 + maxpool3x3/2 (stride 4); 3: conv3x3/stem_stride
+    stem_stride: int = 1  # 3x3 stem only: 2 skips the full-resolution maps (small, memory-bound layers)
     act: str = "relu"
     se_ratio: float = 0.0  # SE bottleneck as a fraction of the block output (paper: 0.0625)
     se_in_attn: bool = False  # paper text: SE only in conv blocks; paper's param counts: everywhere
@@ -151,7 +152,7 @@ class ResNetCfg:
     @property
     def reduction(self) -> int:
         """Output stride of the last stage (32 for ResNet-50, 16 for the S1 family, 4 for mini)."""
-        r = 4 if self.stem_kernel == 7 else 1
+        r = 4 if self.stem_kernel == 7 else self.stem_stride
         for s in self.strides:
             r *= s
         return r
@@ -213,13 +214,15 @@ class ResNet(nn.Module):
         # torchvision's IntermediateLayerGetter / _resnet_fpn_extractor can run them in sequence.
         if cfg.stem_kernel not in (7, 3):
             raise ValueError(f"stem_kernel must be 7 or 3, got {cfg.stem_kernel}")
-        deep = cfg.stem_kernel == 7  # conv7x7/2 + maxpool3x3/2, else conv3x3/1 and no pool
-        self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, cfg.stem_kernel, stride=2 if deep else 1,
+        if cfg.stem_stride not in (1, 2) or (cfg.stem_kernel == 7 and cfg.stem_stride != 1):
+            raise ValueError(f"stem_stride must be 1 or 2, and 1 with stem_kernel=7; got {cfg.stem_stride}")
+        deep = cfg.stem_kernel == 7  # conv7x7/2 + maxpool3x3/2, else conv3x3/stem_stride and no pool
+        self.conv1 = nn.Conv2d(in_chans, cfg.stem_width, cfg.stem_kernel, stride=2 if deep else cfg.stem_stride,
                                padding=cfg.stem_kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.act1 = act_layer(inplace=True)
         self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if deep else nn.Identity()
-        stem_strides = (2, 2) if deep else ()
+        stem_strides = (2, 2) if deep else (cfg.stem_stride,)
         hw, stride = img_hw, 1
         for s in stem_strides:
             hw, stride = (_down(hw[0], s), _down(hw[1], s)), stride * s
