@@ -20,9 +20,9 @@ def test_recipe_model_keeps_two_bot_blocks_attending_over_4x4_tokens():
     assert seen == [(4, 4), (4, 4)]
 
 
-def test_budget_is_570s_on_the_cpu_and_50s_on_a_gpu(monkeypatch, capsys):
+def test_budget_is_590s_on_the_cpu_and_50s_on_a_gpu(monkeypatch, capsys):
     assert main(["demo", "--device", "cpu", "--print-config"]) == 0
-    assert "time_budget: 570.0" in capsys.readouterr().out
+    assert "time_budget: 590.0" in capsys.readouterr().out
     import botnet.cli.cmd_demo as demo
 
     monkeypatch.setattr(demo, "_uses_gpu", lambda args: True)
