@@ -57,8 +57,11 @@ class BudgetFitter:
             evals_left = (epochs_left // self.eval_every if self.eval_every else 0) + 1
             can_do = step + int(max(self.budget - elapsed - per_eval * evals_left - 5, 0) / max(per_step, 1e-9))
         target = min(max(int(can_do * 0.97), step + 1), self.planned)
-        if target % self.spe and target % self.spe < 0.15 * self.spe and target - target % self.spe > step:
-            target -= target % self.spe  # do not start an epoch only to evaluate again a few steps later
+        # With evaluations at epoch ends, do not start an epoch only to evaluate again a few steps
+        # later. Without them (eval_every 0: one evaluation, at the end) those steps are training.
+        if (self.eval_every and target % self.spe and target % self.spe < 0.15 * self.spe
+                and target - target % self.spe > step):
+            target -= target % self.spe
         return target
 
     @property
