@@ -82,8 +82,9 @@ class CheckpointMismatchError(CheckpointError):
 
     def __init__(self, path: str | os.PathLike, missing: list[str], unexpected: list[str],
                  shape_mismatch: list[tuple[str, tuple, tuple]], arch: str | None = None,
-                 model_arch: str | None = None):
+                 model_arch: str | None = None, dtype_mismatch: list[tuple[str, str, str]] | None = None):
         self.path, self.missing, self.unexpected, self.shape_mismatch = str(path), missing, unexpected, shape_mismatch
+        self.dtype_mismatch = dtype_mismatch or []
 
         def _fmt(keys: list[str], limit: int = 4) -> str:
             more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -100,6 +101,9 @@ class CheckpointMismatchError(CheckpointError):
         if shape_mismatch:
             shown = [f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in shape_mismatch]
             parts.append(f"{len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
+        if self.dtype_mismatch:  # e.g. int8 weights would load (cast) and predict the same for every class
+            shown = [f"{k} (checkpoint {a} vs model {b})" for k, a, b in self.dtype_mismatch]
+            parts.append(f"{len(shown)} keys of another dtype (floating point vs integer): {_fmt(shown)}")
         # one line: the user sees which file, which architectures and the first offending keys
         super().__init__(head + ": " + "; ".join(parts) + ". Use a checkpoint of the same architecture and "
                          "number of classes")
@@ -409,8 +413,14 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
         state = unpack(tensors, meta["skeleton"])
     except StateFormatError as e:
         raise CheckpointError(f"training state {path} is corrupt: {e}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"training state {path} is corrupt: top level is not a mapping")
+    from botnet.engine.schemas import TRAINING_STATE, consistency_problem
+    from botnet.validation import validate
+
+    validate(state, TRAINING_STATE, source=f"training state {path}", error=CheckpointError,
+             hint="the file is damaged; resume from another checkpoint")
+    why = consistency_problem(state)
+    if why:
+        raise CheckpointError(f"training state {path}: {why}; the file is damaged")
     return state
 
 
@@ -463,20 +473,21 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {_short(e)} (truncated, or not a "
                               f"safetensors file)") from e
+    from botnet.engine.schemas import METADATA
+    from botnet.validation import loads_json, validate
+
     out: dict[str, Any] = dict(raw)
     for k in ("model_kwargs", "class_names", "extra", "config"):
-        if k in raw:
-            try:
-                out[k] = json.loads(raw[k])
-            except json.JSONDecodeError:
-                pass
+        if k in raw:  # depth-capped: a deeply nested field is one line, not a RecursionError
+            out[k] = loads_json(raw[k], source=f"checkpoint {path} (metadata field {k})", error=CheckpointError)
     for k in ("epoch", "step"):
         if k in raw:
             try:
                 out[k] = int(raw[k])
             except ValueError:
                 raise CheckpointError(f"checkpoint {path} has a corrupt metadata field {k}={raw[k]!r}") from None
-    return out
+    return validate(out, METADATA, source=f"checkpoint {path}", error=CheckpointError,
+                    hint="the file's metadata is damaged; use another checkpoint")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -520,9 +531,12 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
     unexpected = sorted(k for k in state if k not in own)
     shape = sorted((k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
                    if k in state and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shape:
+    dtype = sorted((k, str(state[k].dtype).replace("torch.", ""), str(own[k].dtype).replace("torch.", ""))
+                   for k in own if k in state and state[k].is_floating_point() != own[k].is_floating_point())
+    if missing or unexpected or shape or dtype:
         model_arch = getattr(unwrap_model(model), "botnet_arch", None)
-        raise CheckpointMismatchError(path, missing, unexpected, shape, arch=arch, model_arch=model_arch)
+        raise CheckpointMismatchError(path, missing, unexpected, shape, arch=arch, model_arch=model_arch,
+                                      dtype_mismatch=dtype)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> dict[str, Any]:
@@ -569,6 +583,21 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
     return meta
 
 
+def _check_optimizer_fits(optimizer, sd: dict[str, Any], spath: Path, meta: dict[str, Any], wpath: Path) -> None:
+    """A stored optimizer state of another optimizer loads without complaint and fails at the first
+    step: refuse it here, naming the file and the option that chooses the optimizer."""
+    from botnet.engine.schemas import optimizer_fit_problem
+
+    why = optimizer_fit_problem(optimizer, sd)
+    if why:
+        name = ((meta.get("config") or {}).get("optim") or {}).get("name")
+        was = (f"the run was trained with optim.name={name}: resume with --opt {name}, or" if name else "resume "
+               f"with the run's optimizer (--opt), or")
+        raise CheckpointError(f"training state {spath} does not fit this run's optimizer "
+                              f"({type(optimizer).__name__}): {why}; {was} start a new run from its weights with "
+                              f"--init-weights {wpath}")
+
+
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *, optimizer=None,
                     scheduler=None, ema=None, scaler=None, restore_rng: bool = True,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -591,12 +620,27 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         raise CheckpointError(f"training state {spath} is missing; cannot resume (weights alone can be "
                               f"loaded with --init-weights / load_weights)")
     state = read_training_state(spath, expected_save_id=meta.get("save_id"))
+    from botnet.engine.schemas import consistency_problem
+
+    why = consistency_problem(state, meta)
+    if why:
+        raise CheckpointError(f"training state {spath}: {why}; the file is damaged")
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema), ("scaler", scaler)):
         if obj is not None:
             if name not in state:
                 raise CheckpointError(f"training state {spath} has no {name} state")
-            obj.load_state_dict(state[name])
+            if name == "optimizer":
+                _check_optimizer_fits(obj, state[name], spath, meta, wpath)
+            try:  # the schema checked the shape of the tree; what is left is the object's own check
+                obj.load_state_dict(state[name])
+            except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+                raise CheckpointError(f"training state {spath}: its {name} state does not fit this run's {name} "
+                                      f"({_short(e)})") from None
     if restore_rng and "rng" in state:
-        set_rng_state(state["rng"])
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"training state {spath}: field rng cannot be restored ({_short(e)}); the file "
+                                  f"is damaged") from None
     return {"epoch": state.get("epoch", 0), "step": state.get("step", 0), "extra": state.get("extra", {}),
             "metadata": meta}

@@ -70,10 +70,10 @@ def pack(tree: Any) -> tuple[dict[str, torch.Tensor], str]:
 
 def unpack(tensors: dict[str, torch.Tensor], skeleton_json: str) -> Any:
     """Inverse of :func:`pack`. Raises :class:`StateFormatError` on anything malformed."""
-    try:
-        skeleton = json.loads(skeleton_json)
-    except (TypeError, json.JSONDecodeError) as e:
-        raise StateFormatError(f"state skeleton is not valid JSON ({e})") from e
+    from botnet.validation import loads_json
+
+    # depth-capped before parsing: json and dec() below both recurse once per level
+    skeleton = loads_json(skeleton_json, source="its skeleton", error=StateFormatError)
 
     def dec(obj: Any) -> Any:
         if isinstance(obj, list):
@@ -101,7 +101,10 @@ def unpack(tensors: dict[str, torch.Tensor], skeleton_json: str) -> Any:
                 raise StateFormatError(f"bad mapping in state: {e}") from e
         return {k: dec(v) for k, v in obj.items()}
 
-    return dec(skeleton)
+    try:
+        return dec(skeleton)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # e.g. {"$tuple": 5}, an unhashable name
+        raise StateFormatError(f"malformed entry in its skeleton ({type(e).__name__}: {e})") from None
 
 
 def _hashable(k: Any) -> Any:

@@ -10,12 +10,14 @@ error). Only JSON and safetensors are read: nothing in a shared folder can run c
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from botnet.engine.checkpoint import CheckpointError
+from botnet.engine.schemas import CONFIG
+from botnet.errors import UserInputError
+from botnet.validation import Dict, Int, List, Num, Str, loads_json, validate
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "FORMAT", "PublishedModelError", "published_folder",
            "read_config", "published_meta", "load_published"]
@@ -29,6 +31,23 @@ class PublishedModelError(CheckpointError):
     """A published model folder (or hub id) is missing a file, or its files disagree."""
 
 
+# config.json as timm and botnet publish write it; other keys are allowed (timm adds its own)
+CONFIG_SCHEMA = Dict({
+    "architecture": Str(min_len=1, required=True),
+    "num_classes": Int(low=1), "num_features": Int(low=0), "global_pool": Str(),
+    "label_names": List(Str(), nullable=True, max_len=1_000_000),
+    "model_args": Dict({"num_classes": Int(low=1), "in_chans": Int(low=1)}, nullable=True),
+    "pretrained_cfg": Dict({
+        "input_size": List(Int(low=1), min_len=3, max_len=3), "mean": List(Num(), min_len=1),
+        "std": List(Num(low=0, low_open=True), min_len=1), "crop_pct": Num(low=0, high=1, low_open=True),
+        "interpolation": Str(), "crop_mode": Str(), "num_classes": Int(low=0)}, nullable=True),
+    "botnet": Dict({
+        "format": Str(), "task": Str(("classification", "detection")), "arch": Str(min_len=1),
+        "model_kwargs": Dict({"num_classes": Int(low=1)}), "weights": Str(), "run_config": CONFIG,
+        "class_names": List(Str(), nullable=True)}, nullable=True),
+})
+
+
 def _is_run_dir(p: Path) -> bool:
     return any((p / n).is_file() or (p / "checkpoints" / n).is_file() for n in _RUN_WEIGHTS)
 
@@ -40,8 +59,8 @@ def _looks_published(p: Path) -> bool:
     if (p / WEIGHTS_NAME).is_file() or (p / CARD_NAME).is_file():
         return True
     try:  # a run directory has a config.json too, but never an "architecture" key
-        return "architecture" in json.loads((p / CONFIG_NAME).read_text())
-    except (OSError, ValueError, TypeError):
+        return "architecture" in loads_json((p / CONFIG_NAME).read_bytes(), source=str(p / CONFIG_NAME))
+    except (OSError, TypeError, UserInputError):
         return False
 
 
@@ -91,11 +110,13 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise PublishedModelError(f"{cfg_path} is missing: a published model folder needs config.json, "
                                   f"{WEIGHTS_NAME} and {CARD_NAME} (write one with botnet publish RUN_DIR OUT_DIR)")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise PublishedModelError(f"{cfg_path} is not valid JSON ({' '.join(str(e).split())})") from None
+        cfg = loads_json(cfg_path.read_bytes(), source=str(cfg_path), error=PublishedModelError)
+    except OSError as e:
+        raise PublishedModelError(f"cannot read {cfg_path} ({e.strerror or e})") from None
     if not isinstance(cfg, dict) or not cfg.get("architecture"):
         raise PublishedModelError(f"{cfg_path} has no architecture field; it is not a timm/botnet model config")
+    validate(cfg, CONFIG_SCHEMA, source=str(cfg_path), error=PublishedModelError,
+             hint="the file is damaged; re-publish the run with botnet publish")
     for name, what in ((WEIGHTS_NAME, "the weights"), (CARD_NAME, "the model card")):
         if not (folder / name).is_file():
             raise PublishedModelError(f"{folder / name} is missing ({what}); re-publish the run with botnet publish")
