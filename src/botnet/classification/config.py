@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from botnet.engine.config import _choice, _num, check_model_kwargs, task_schema, validate_engine_config
+from botnet.engine.config import (_choice, _num, check_model_kwargs, check_sections, check_stats, check_typed,
+                                  task_schema, validate_engine_config)
 
 __all__ = ["CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config", "model_kwargs_from_cfg"]
 
-TTA_MODES = ("none", "hflip")  # test-time augmentation of the evaluation (see classification.task.log_probs)
+TTA_MODES = ("none", "hflip")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's resize modes  # test-time augmentation of the evaluation (see classification.task.log_probs)
 
 # Classification's schema (``botnet train``): Fashion-MNIST or ImageNet-layout folders.
 _OWN: dict[str, Any] = {
@@ -69,7 +71,17 @@ def model_kwargs_from_cfg(cfg: dict, num_classes: int, in_chans: int) -> dict[st
 
 def validate_classification_config(cfg: dict) -> dict:
     """The engine's checks plus classification's keys; raises a one-line ``ConfigError``."""
+    from botnet.validation import Bool, List, Num, Str
+
+    check_sections(cfg, CLASSIFICATION_DEFAULTS)
     validate_engine_config(cfg)
+    _choice(cfg, "data.interpolation", INTERPOLATIONS)
+    check_stats(cfg)
+    check_typed(cfg, "data.scale", List(Num(low=0, high=1), min_len=2, max_len=2))
+    check_typed(cfg, "data.auto_augment", Str(min_len=1, nullable=True))
+    check_typed(cfg, "data.root", Str(min_len=1, nullable=True))
+    for key in ("data.download", "data.skip_bad"):
+        check_typed(cfg, key, Bool())
     _num(cfg, "train.label_smoothing", low=0, high=1, high_open=True)
     _num(cfg, "train.mixup", low=0)
     _num(cfg, "train.cutmix", low=0)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from botnet.engine.config import _choice, _num, check_model_kwargs, task_schema, validate_engine_config
+from botnet.engine.config import (_choice, _num, check_model_kwargs, check_sections, check_typed, task_schema,
+                                  validate_engine_config)
 
 __all__ = ["DETECTION_DEFAULTS", "validate_detection_config", "detector_kwargs"]
 
@@ -82,8 +83,16 @@ def detector_kwargs(cfg: dict, num_classes: int) -> dict:
 def validate_detection_config(cfg: dict) -> dict:
     """The engine's checks plus detection's keys; raises a one-line ``ConfigError``."""
     from botnet.errors import ConfigError
+    from botnet.validation import Bool, Int, List, Num, Str
 
+    check_sections(cfg, DETECTION_DEFAULTS)
     validate_engine_config(cfg)
+    check_typed(cfg, "data.root", Str(min_len=1, nullable=True))
+    for key in ("data.strict", "data.remove_empty"):
+        check_typed(cfg, key, Bool())
+    check_typed(cfg, "data.scale_range", List(Num(low=0, low_open=True), min_len=2, max_len=2, nullable=True))
+    check_typed(cfg, "model.anchor_sizes", List(Int(low=1), min_len=1))
+    check_typed(cfg, "model.mask_head_layers", List(Int(low=1), min_len=1))
     _num(cfg, "data.hflip", low=0, high=1)
     _num(cfg, "eval.batch_size", kind=int, low=1)
     _choice(cfg, "eval.backend", ("pycocotools", "faster_coco_eval"))

@@ -271,6 +271,54 @@ def _choice(cfg: dict, key: str, choices: tuple, optional: bool = False) -> None
         raise ConfigError(f"{key} = {v!r} is invalid: use one of {', '.join(map(str, choices))}")
 
 
+def check_sections(cfg: Any, schema: dict, prefix: str = "") -> None:
+    """Every section of ``schema`` (a key whose default is a non-empty mapping) is a mapping in
+    ``cfg``: ``--set train=5`` or ``--set data=null`` is one line naming the section, not a crash."""
+    from botnet.errors import ConfigError
+
+    for k, ref in schema.items():
+        if not (isinstance(ref, dict) and ref) or k == "kwargs":
+            continue
+        v = cfg.get(k) if isinstance(cfg, dict) else None
+        if not isinstance(v, dict):
+            raise ConfigError(f"{prefix}{k} = {v!r} is invalid: it must be a mapping of {prefix}{k}.* keys (known: "
+                              f"{', '.join(ref)}); set one of them with --set {prefix}{k}.KEY=VALUE")
+        check_sections(v, ref, f"{prefix}{k}.")
+
+
+def check_typed(cfg: dict, key: str, spec) -> None:
+    """Check one config value against a :mod:`botnet.validation` spec; one line naming the key."""
+    from botnet.errors import ConfigError
+    from botnet.validation import problem
+
+    v = get_by_path(cfg, key)
+    why = problem(v, spec, key)
+    if why:
+        raise ConfigError(f"{key} = {v!r} is invalid: {why.split('; ', 1)[-1]}" if why.startswith(key + " is")
+                          else f"{key} = {v!r} is invalid: {why}")
+
+
+def check_stats(cfg: dict) -> None:
+    """``data.mean`` / ``data.std``: both unset (the data set's statistics) or both lists of 1 or 3
+    finite numbers of the same length, std > 0 (a zero std turns every image into NaN)."""
+    from botnet.errors import ConfigError
+    from botnet.validation import List, Num
+
+    d = cfg["data"]
+    if d.get("mean") is None and d.get("std") is None:
+        return
+    for key in ("data.mean", "data.std"):
+        if get_by_path(cfg, key) is None:
+            other = "data.std" if key == "data.mean" else "data.mean"
+            raise ConfigError(f"{other} is set but {key} is not: give both (one number per channel), or neither "
+                              f"for the data set's own statistics")
+    check_typed(cfg, "data.mean", List(Num(), min_len=1, max_len=3))
+    check_typed(cfg, "data.std", List(Num(low=0, low_open=True), min_len=1, max_len=3))
+    if len(d["mean"]) != len(d["std"]) or len(d["mean"]) == 2:
+        raise ConfigError(f"data.mean {d['mean']} and data.std {d['std']} must both have 1 or 3 values (one per "
+                          f"channel)")
+
+
 def check_threads(value: Any, key: str = "train.threads") -> None:
     from botnet.errors import ConfigError
 
@@ -307,7 +355,14 @@ def validate_engine_config(cfg: dict) -> dict:
     :class:`botnet.errors.ConfigError` with a one-line message naming the key.
     """
     from botnet.errors import resolve_device
+    from botnet.validation import Bool, Str
 
+    check_sections(cfg, ENGINE_DEFAULTS)
+    for key in ("train.ema", "train.ema_warmup", "train.compile", "train.sync_bn", "train.freeze_bn",
+                "train.deterministic", "train.progress", "train.plots", "optim.nesterov", "sched.fit_time_budget"):
+        check_typed(cfg, key, Bool())
+    check_typed(cfg, "optim.name", Str(min_len=1))
+    check_typed(cfg, "output.dir", Str(min_len=1, nullable=True))
     _num(cfg, "train.epochs", low=0, low_open=True)
     _num(cfg, "train.max_steps", kind=int, low=1, optional=True)
     _num(cfg, "train.time_budget", low=0, low_open=True, optional=True)
