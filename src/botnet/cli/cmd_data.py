@@ -62,7 +62,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         data = read_json_file(args.ann)
         _, rep = validate_coco(data, args.images, require_masks=args.masks, check_files=args.images is not None,
-                               check_image_sizes=args.images is not None)
+                               check_image_sizes=args.images is not None, source=args.ann)
     except CocoFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,15 @@ counts per problem) or, with ``strict=True``, raises :class:`CocoFormatError` li
   A degenerate polygon inside a multi-polygon annotation is removed; the annotation stays if
   another polygon of it is valid.
 
+Bounds (so no file can crash pycocotools' mask code or exhaust memory): a field of the wrong type
+(an id that is not an integer, a ``file_name`` that is not a string, an RLE size of strings) drops
+its record, naming the field (``annotations[17].image_id``); a polygon coordinate further than
+:data:`POLYGON_MARGIN` of the image's size outside it, more than :data:`MAX_POLYGON_POINTS` points
+in one annotation, an RLE whose counts do not add up to the image drop the annotation; an image
+wider or higher than :data:`MAX_IMAGE_SIDE`, with more than :data:`MAX_ANNOTATIONS_PER_IMAGE`
+annotations, or whose masks would take more than :data:`MAX_MASK_BYTES` is dropped with its
+annotations. The JSON itself may nest at most ``botnet.validation.MAX_JSON_DEPTH`` levels.
+
 Crowd annotations (``iscrowd=1``) are kept in the ground truth used for evaluation (COCO ignores
 detections matched to them) but are excluded from training targets, as in COCO practice.
 Images without any (non-crowd) annotation are kept by default: torchvision's R-CNN models train
@@ -27,7 +36,6 @@ sorted category ids; :attr:`CocoDetection.label_to_cat_id` maps back.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import warnings
@@ -38,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from botnet.errors import UserInputError
+from botnet.validation import AnyOf, Bool, Dict, Int, List, Num, Str, loads_json, problem
 
 __all__ = [
     "read_json_file",
@@ -55,13 +64,35 @@ class CocoFormatError(UserInputError, ValueError):
     """Raised when an annotation file cannot be used (or has bad records and ``strict=True``)."""
 
 
+# Caps (documented in docs/detection.md). COCO 2017 images are at most 640 px, with at most
+# about 100 annotations and polygons of a few hundred points.
+MAX_IMAGE_SIDE = 16384            # px, width or height of an image record
+MAX_ANNOTATIONS_PER_IMAGE = 1000
+MAX_MASK_BYTES = 512 * 2**20      # annotations x height x width of one image's masks (uint8)
+MAX_POLYGON_POINTS = 10000        # (x, y) points over all polygons of one annotation
+POLYGON_MARGIN = 0.5              # a polygon may reach this fraction of the image's size outside it
+
+_CATEGORY = Dict({"id": Int(), "name": Str()})
+_IMAGE = Dict({"id": Int(), "file_name": Str(min_len=1), "width": Num(), "height": Num()})
+_ANNOTATION = Dict({"id": Int(), "image_id": Int(), "category_id": Int(),
+                    "iscrowd": AnyOf(Int(low=0, high=1), Bool(), nullable=True, what="0 or 1")})
+_RLE_SIZE = List(Int(low=0), min_len=2, max_len=2)
+
+
 PROBLEMS = {
     "image_missing_fields": "image records without id/file_name/width/height",
+    "image_bad_field": "image records with a field of the wrong type",
+    "image_too_large": f"images wider or higher than {MAX_IMAGE_SIDE} px",
+    "image_too_many_annotations": f"images with more than {MAX_ANNOTATIONS_PER_IMAGE} annotations (or masks "
+                                  f"over {MAX_MASK_BYTES >> 20} MiB), dropped with their annotations",
     "image_duplicate_id": "duplicate image ids",
     "image_file_missing": "image files not found",
     "image_unreadable": "image files that are not readable images",
     "image_size_mismatch": "image files whose size differs from the record",
     "ann_missing_fields": "annotations without id/image_id/category_id/bbox",
+    "ann_bad_field": "annotations with a field of the wrong type",
+    "ann_polygon_outside": "annotations with polygon points far outside the image",
+    "ann_too_many_points": f"annotations with more than {MAX_POLYGON_POINTS} polygon points",
     "ann_missing_segmentation": "annotations without segmentation (masks requested)",
     "ann_unknown_category": "annotations with an unknown category_id",
     "ann_unknown_image": "annotations with an unknown image_id (or of a dropped image)",
@@ -115,12 +146,76 @@ class ValidationReport:
             lines.append(f"  {v} x {PROBLEMS.get(k, k)} (e.g. {'; '.join(self.examples.get(k, []))})")
         return "\n".join(lines)
 
+    def brief(self) -> str:
+        """The summary on one line (for an error message), one example per problem."""
+        parts = [f"{v} x {PROBLEMS.get(k, k)} (e.g. {self.examples.get(k, ['?'])[0]})"
+                 for k, v in sorted(self.counts.items())]
+        return (f"kept {self.num_images}/{self.num_images_in} images, {self.num_annotations}/"
+                f"{self.num_annotations_in} annotations" + ("; problems: " + "; ".join(parts) if parts else ""))
+
 
 def _finite(*xs: Any) -> bool:
     try:
         return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
     except TypeError:
         return False
+
+
+def _polygon_inside(poly: list, W: float, H: float) -> bool:
+    """Every point within the image enlarged by POLYGON_MARGIN on each side: pycocotools rasterises
+    the whole outline, and a coordinate of 1e9 makes it crash (SIGSEGV) or allocate without end."""
+    xs = np.asarray(poly[0::2], dtype=np.float64)
+    ys = np.asarray(poly[1::2], dtype=np.float64)
+    mx, my = POLYGON_MARGIN * W, POLYGON_MARGIN * H
+    return bool((xs >= -mx).all() and (xs <= W + mx).all() and (ys >= -my).all() and (ys <= H + my).all())
+
+
+def _rle_string_counts(s: str) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString), or None when malformed."""
+    counts: list[int] = []
+    p, n = 0, len(s)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None  # the last value is cut off
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            return None
+        counts.append(x)
+    return counts
+
+
+def _rle_problem(seg: dict, H: int, W: int) -> str | None:
+    """Why an RLE cannot be decoded into an H x W mask safely (pycocotools' decoder writes every run
+    without a bounds check, so the runs must add up to the image exactly)."""
+    size = seg.get("size")
+    if problem(size, _RLE_SIZE) is not None:
+        return f"size {size!r} is not [height, width]"
+    if list(size) != [H, W]:
+        return f"size {size}, image {H}x{W}"
+    counts = seg.get("counts")
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+    elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        runs = counts
+    else:
+        return "counts is neither a list of run lengths nor an RLE string"
+    if runs is None:
+        return "counts is not a valid compressed RLE string"
+    if sum(runs) != H * W:
+        return f"its runs cover {sum(runs)} pixels, the {H}x{W} image {H * W}"
+    return None
 
 
 def _polygon_ok(poly: Any) -> bool:
@@ -141,6 +236,7 @@ def validate_coco(
     require_masks: bool = False,
     check_files: bool = True,
     check_image_sizes: bool = False,
+    source: str | None = None,
 ) -> tuple[dict, ValidationReport]:
     """Check a COCO instances dict; return ``(cleaned_copy, report)``.
 
@@ -149,16 +245,20 @@ def validate_coco(
     only for problems that make the whole file unusable (not a dict, missing top-level lists,
     bad or duplicate categories); everything else is counted in the report.
     """
-    cats = _checked_categories(data)
+    try:
+        cats = _checked_categories(data)
+    except CocoFormatError as e:
+        raise CocoFormatError(f"{source}: {e}" if source else str(e)) from None
     seen_cat = {c["id"] for c in cats}
     rep = ValidationReport(num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
     images: dict[Any, dict] = {}
-    for im in data["images"]:
-        if _image_ok(im, images, rep, image_dir if check_files else None, check_image_sizes):
+    for i, im in enumerate(data["images"]):
+        if _image_ok(im, i, images, rep, image_dir if check_files else None, check_image_sizes):
             images[im["id"]] = dict(im)
+    _drop_crowded_images(data["annotations"], images, rep, require_masks)
     anns, seen_ann = [], set()
-    for a in data["annotations"]:
-        out = _checked_annotation(a, images, seen_cat, seen_ann, rep, require_masks)
+    for i, a in enumerate(data["annotations"]):
+        out = _checked_annotation(a, i, images, seen_cat, seen_ann, rep, require_masks)
         if out is not None:
             seen_ann.add(a["id"])
             anns.append(out)
@@ -182,9 +282,12 @@ def _checked_categories(data: Any) -> list[dict]:
         if not isinstance(data[k], list):
             raise CocoFormatError(f"'{k}' must be a list, got {type(data[k]).__name__}")
     cats, seen = [], set()
-    for c in data["categories"]:
+    for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise CocoFormatError(f"category record without id/name: {c!r}")
+            raise CocoFormatError(f"category record without id/name: {repr(c)[:80]}")
+        why = problem(c, _CATEGORY, f"categories[{i}]")
+        if why:
+            raise CocoFormatError(why)
         if c["id"] in seen:
             raise CocoFormatError(f"duplicate category id {c['id']}")
         seen.add(c["id"])
@@ -194,13 +297,36 @@ def _checked_categories(data: Any) -> list[dict]:
     return cats
 
 
-def _image_ok(im: Any, images: dict, rep: ValidationReport, image_dir, check_image_sizes: bool) -> bool:
+def _drop_crowded_images(anns: list, images: dict, rep: ValidationReport, require_masks: bool) -> None:
+    """Drop images with more annotations (or mask bytes) than the caps: each annotation becomes a
+    training target and, with masks, an H x W array, so one image could take any amount of memory."""
+    per_image = Counter(a["image_id"] for a in anns if isinstance(a, dict) and type(a.get("image_id")) is int)
+    for image_id, n in per_image.items():
+        im = images.get(image_id)
+        if im is None:
+            continue
+        mask_bytes = n * int(im["width"]) * int(im["height"]) if require_masks else 0
+        if n > MAX_ANNOTATIONS_PER_IMAGE or mask_bytes > MAX_MASK_BYTES:
+            del images[image_id]
+            rep.add("image_too_many_annotations", f"image {image_id}: {n} annotations, masks of "
+                    f"{mask_bytes / 2**20:.0f} MiB")
+
+
+def _image_ok(im: Any, i: int, images: dict, rep: ValidationReport, image_dir, check_image_sizes: bool) -> bool:
     """One image record: fields, size, unique id and (with ``image_dir``) its file."""
     if not isinstance(im, dict) or any(k not in im for k in ("id", "file_name", "width", "height")):
         rep.add("image_missing_fields", repr(im)[:80])
         return False
     if not _finite(im["width"], im["height"]) or im["width"] <= 0 or im["height"] <= 0:
-        rep.add("image_missing_fields", f"image {im['id']}: width/height {im['width']}x{im['height']}")
+        rep.add("image_missing_fields", f"image {im['id']!r:.40}: width/height {im['width']!r:.20}x"
+                f"{im['height']!r:.20}")
+        return False
+    why = problem(im, _IMAGE, f"images[{i}]")
+    if why:
+        rep.add("image_bad_field", why)
+        return False
+    if im["width"] > MAX_IMAGE_SIDE or im["height"] > MAX_IMAGE_SIDE:
+        rep.add("image_too_large", f"image {im['id']}: {im['width']}x{im['height']}")
         return False
     if im["id"] in images:
         rep.add("image_duplicate_id", f"image id {im['id']}")
@@ -226,11 +352,15 @@ def _image_ok(im: Any, images: dict, rep: ValidationReport, image_dir, check_ima
     return True
 
 
-def _checked_annotation(a: Any, images: dict, seen_cat: set, seen_ann: set, rep: ValidationReport,
+def _checked_annotation(a: Any, i: int, images: dict, seen_cat: set, seen_ann: set, rep: ValidationReport,
                         require_masks: bool) -> dict | None:
     """One annotation record cleaned (box clipped, iscrowd/area filled), or ``None`` (counted in ``rep``)."""
     if not isinstance(a, dict) or any(k not in a for k in ("id", "image_id", "category_id", "bbox")):
         rep.add("ann_missing_fields", repr(a)[:80])
+        return None
+    why = problem(a, _ANNOTATION, f"annotations[{i}]")
+    if why:
+        rep.add("ann_bad_field", why)
         return None
     if a["id"] in seen_ann:
         rep.add("ann_duplicate_id", f"annotation id {a['id']}")
@@ -286,17 +416,25 @@ def _segmentation_ok(a: dict, out: dict, H: int, W: int, rep: ValidationReport, 
             return False
         out.pop("segmentation", None)
     elif isinstance(seg, list):
+        points = sum(len(p) // 2 for p in seg if isinstance(p, (list, tuple)))
+        if points > MAX_POLYGON_POINTS:
+            rep.add("ann_too_many_points", f"annotation {a['id']}: {points} points")
+            return False
         polys = [p for p in seg if _polygon_ok(p)]
         if not polys:
             rep.add("ann_degenerate_polygon", f"annotation {a['id']}")
+            return False
+        if not all(_polygon_inside(p, W, H) for p in polys):
+            rep.add("ann_polygon_outside", f"annotation {a['id']}: a point beyond {POLYGON_MARGIN:g} x the "
+                    f"{W}x{H} image's size outside it")
             return False
         if len(polys) != len(seg):
             rep.add("polygon_dropped", f"annotation {a['id']}: {len(seg) - len(polys)} of {len(seg)}")
         out["segmentation"] = polys
     elif isinstance(seg, dict):
-        size = seg.get("size")
-        if "counts" not in seg or not isinstance(size, (list, tuple)) or [int(v) for v in size] != [H, W]:
-            rep.add("ann_bad_rle", f"annotation {a['id']}: size {size}, image {H}x{W}")
+        why = _rle_problem(seg, H, W)
+        if why:
+            rep.add("ann_bad_rle", f"annotation {a['id']}: {why}")
             return False
     else:
         rep.add("ann_bad_rle", f"annotation {a['id']}: segmentation of type {type(seg).__name__}")
@@ -310,14 +448,13 @@ def read_json_file(path: str | os.PathLike) -> Any:
     if not os.path.isfile(src):
         raise CocoFormatError(f"annotation file not found: {src}")
     try:
-        with open(src, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{src} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
+        with open(src, "rb") as f:
+            text = f.read().decode("utf-8")
     except UnicodeDecodeError as e:
         raise CocoFormatError(f"{src} is not UTF-8 JSON text (byte {e.start}: {e.reason})") from e
     except OSError as e:
         raise CocoFormatError(f"cannot read {src}: {e.strerror or e}") from e
+    data = loads_json(text, source=src, error=CocoFormatError)  # nesting depth capped before parsing
     if not isinstance(data, dict):
         raise CocoFormatError(f"{src} holds a JSON {type(data).__name__}, not a COCO object with 'images' and "
                               f"'annotations'")
@@ -348,14 +485,15 @@ def load_coco(
         src = os.fspath(ann_file)
         data = read_json_file(src)
     cleaned, rep = validate_coco(
-        data, image_dir, require_masks=require_masks, check_files=check_files, check_image_sizes=check_image_sizes
+        data, image_dir, require_masks=require_masks, check_files=check_files, check_image_sizes=check_image_sizes,
+        source=src,
     )
     if strict and rep.num_errors:
-        raise CocoFormatError(f"{src}: {rep.summary()}")
+        raise CocoFormatError(f"{src}: {rep.brief()}")
     if rep.counts and not quiet:
         warnings.warn(f"{src}: {rep.summary()}", stacklevel=2)
     if rep.num_images == 0:
-        raise CocoFormatError(f"{src}: no usable images ({rep.summary()})")
+        raise CocoFormatError(f"{src}: no usable images ({rep.brief()})")
     coco = COCO()
     coco.dataset = cleaned
     _quiet_index(coco)
