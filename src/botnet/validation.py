@@ -125,11 +125,11 @@ def AnyOf(*options: Spec, what: str | None = None, **kw) -> Spec:
 
 def _show(v: Any) -> str:
     """A value as a short phrase: ``'abc' (a string)``, ``a list of 3 items``."""
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple, dict)):
         s = repr(v)
-        return s if len(s) <= 40 else f"a {type(v).__name__} of {len(v)} items"
-    if isinstance(v, dict):
-        return f"a mapping of {len(v)} keys"
+        if len(s) <= 40:
+            return s
+        return f"a mapping of {len(v)} keys" if isinstance(v, dict) else f"a {type(v).__name__} of {len(v)} items"
     if type(v).__module__ in ("torch", "numpy"):
         return f"a {type(v).__name__} of dtype {getattr(v, 'dtype', '?')}"
     s = repr(v)
