@@ -103,7 +103,7 @@ class CheckpointMismatchError(CheckpointError):
             parts.append(f"{len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
         if self.dtype_mismatch:  # e.g. int8 weights would load (cast) and predict the same for every class
             shown = [f"{k} (checkpoint {a} vs model {b})" for k, a, b in self.dtype_mismatch]
-            parts.append(f"{len(shown)} keys of another dtype (floating point vs integer): {_fmt(shown)}")
+            parts.append(f"{len(shown)} keys not floating point where the model's are: {_fmt(shown)}")
         # one line: the user sees which file, which architectures and the first offending keys
         super().__init__(head + ": " + "; ".join(parts) + ". Use a checkpoint of the same architecture and "
                          "number of classes")
@@ -532,7 +532,7 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
     shape = sorted((k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
                    if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     dtype = sorted((k, str(state[k].dtype).replace("torch.", ""), str(own[k].dtype).replace("torch.", ""))
-                   for k in own if k in state and state[k].is_floating_point() != own[k].is_floating_point())
+                   for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point())
     if missing or unexpected or shape or dtype:
         model_arch = getattr(unwrap_model(model), "botnet_arch", None)
         raise CheckpointMismatchError(path, missing, unexpected, shape, arch=arch, model_arch=model_arch,
