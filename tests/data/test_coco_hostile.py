@@ -166,7 +166,7 @@ def test_many_annotations_are_refused_quickly(tmp_path, img, capsys):
     with pytest.raises(CocoFormatError, match=f"no usable images .* more than {coco.MAX_ANNOTATIONS_PER_IMAGE} "):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            CocoDetection(img, p)
+            CocoDetection(img, d)
 
 
 def test_masks_over_the_memory_cap_drop_the_image(img, monkeypatch):
