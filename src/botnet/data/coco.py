@@ -68,7 +68,8 @@ class CocoFormatError(UserInputError, ValueError):
 # about 100 annotations and polygons of a few hundred points.
 MAX_IMAGE_SIDE = 16384            # px, width or height of an image record
 MAX_ANNOTATIONS_PER_IMAGE = 1000
-MAX_MASK_BYTES = 512 * 2**20      # annotations x height x width of one image's masks (uint8)
+MAX_MASK_BYTES = 256 * 2**20      # one image's masks (uint8), at its size or the 1024 x 1024 canvas if larger
+MASK_MIN_AREA = 1024 * 1024       # training resizes masks to the canvas (1024 px by default), so count at least that
 MAX_POLYGON_POINTS = 10000        # (x, y) points over all polygons of one annotation
 POLYGON_MARGIN = 0.5              # a polygon may reach this fraction of the image's size outside it
 
@@ -305,7 +306,7 @@ def _drop_crowded_images(anns: list, images: dict, rep: ValidationReport, requir
         im = images.get(image_id)
         if im is None:
             continue
-        mask_bytes = n * int(im["width"]) * int(im["height"]) if require_masks else 0
+        mask_bytes = n * max(int(im["width"]) * int(im["height"]), MASK_MIN_AREA) if require_masks else 0
         if n > MAX_ANNOTATIONS_PER_IMAGE or mask_bytes > MAX_MASK_BYTES:
             del images[image_id]
             rep.add("image_too_many_annotations", f"image {image_id}: {n} annotations, masks of "
