@@ -8,8 +8,8 @@ from botnet.engine.config import (_choice, _num, check_model_kwargs, check_secti
 
 __all__ = ["CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config", "model_kwargs_from_cfg"]
 
-TTA_MODES = ("none", "hflip")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's resize modes  # test-time augmentation of the evaluation (see classification.task.log_probs)
+TTA_MODES = ("none", "hflip")  # test-time augmentation of the evaluation (see classification.task.log_probs)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's resize modes
 
 # Classification's schema (``botnet train``): Fashion-MNIST or ImageNet-layout folders.
 _OWN: dict[str, Any] = {

@@ -103,6 +103,8 @@ def unpack(tensors: dict[str, torch.Tensor], skeleton_json: str) -> Any:
 
     try:
         return dec(skeleton)
+    except StateFormatError:
+        raise
     except (TypeError, ValueError, KeyError, AttributeError) as e:  # e.g. {"$tuple": 5}, an unhashable name
         raise StateFormatError(f"malformed entry in its skeleton ({type(e).__name__}: {e})") from None
 

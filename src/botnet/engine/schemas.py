@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from botnet.validation import Any_, AnyOf, Array, Dict, Int, List, Num, Spec, Str, Tensor, Tuple
+from botnet.validation import Array, Dict, Int, List, Num, Spec, Str, Tensor, Tuple
 
 __all__ = ["METADATA", "TRAINING_STATE", "CONFIG", "EXTRA", "optimizer_fit_problem", "consistency_problem"]
 
@@ -39,7 +39,7 @@ _PY_RNG = Tuple(Int(), Spec("tuple", "a tuple of 625 integers", item=Int(low=0),
 _NP_RNG = Tuple(Str(("MT19937",)), Array(), Int(), Int(), Num(), what="numpy's MT19937 state")
 _BYTES = Tensor(dtypes=(torch.uint8,), ndim=1, what="a 1-D uint8 tensor")
 _OPT_STATE = Dict({
-    "state": Dict(item=Dict(item=AnyOf(Tensor(), Num(finite=False), Any_())), required=True),
+    "state": Dict(item=Dict(what="a mapping of per-parameter tensors"), required=True),
     "param_groups": List(Dict({"params": List(Int(low=0), required=True)}), min_len=1, required=True,
                          what="a non-empty list of parameter groups"),
 }, what="an optimizer state")
