@@ -242,13 +242,16 @@ def json_depth(text: str | bytes) -> int:
 
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    bare = _STRING.sub("", text).encode("utf-8", errors="replace")
-    a = np.frombuffer(bare, dtype=np.uint8)
-    steps = np.zeros(a.shape, dtype=np.int8)
-    steps[(a == 0x5B) | (a == 0x7B)] = 1
-    steps[(a == 0x5D) | (a == 0x7D)] = -1
-    nz = steps[steps != 0]
-    return int(np.cumsum(nz, dtype=np.int32).max()) if nz.size else 0
+    bare = np.frombuffer(_STRING.sub("", text).encode("utf-8", errors="replace"), dtype=np.uint8)
+    depth = deepest = 0
+    for i in range(0, bare.size, 1 << 23):  # in 8 MB pieces: a large file needs little extra memory
+        a = bare[i:i + (1 << 23)]
+        steps = (a == 0x5B).astype(np.int32) + (a == 0x7B) - (a == 0x5D) - (a == 0x7D)
+        nz = steps[steps != 0]
+        if nz.size:
+            run = np.cumsum(nz) + depth
+            deepest, depth = max(deepest, int(run.max())), int(run[-1])
+    return deepest
 
 
 def loads_json(text: str | bytes, *, source: str, error: type[UserInputError] = UserInputError,
