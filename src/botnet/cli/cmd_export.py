@@ -87,6 +87,10 @@ def handler(args: argparse.Namespace) -> int:
 
     model = _build(args)
     model.eval()
+    if args.img_size:
+        from botnet.models.limits import check_input_size
+
+        check_input_size(model, args.img_size, "--img-size")  # before tracing allocates anything
     from botnet.export import smallest_dynamic_size
 
     args.min_size = args.min_size or smallest_dynamic_size(model)
