@@ -42,7 +42,7 @@ def handler(args) -> int:
     from botnet.cli.paths import check_input_images, check_output_dir
 
     check_output_dir(args.out, "--output")
-    check_input_images(args.images, offer_skip=False)  # before the model loads
+    check_input_images(args.images, offer_skip=False, missing_ok=True)  # before the model loads
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema)
         in_chans = model.conv1.in_channels

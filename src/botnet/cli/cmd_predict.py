@@ -44,7 +44,7 @@ def handler(args) -> int:
     from botnet.cli.paths import check_input_images, check_output_file
 
     check_output_file(args.json, "--json")
-    check_input_images(args.images, args.skip_bad)  # before the model loads; bad ones are skipped below
+    check_input_images(args.images, args.skip_bad, missing_ok=True)  # before the model loads; bad ones are skipped below
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
         tta = args.tta or ((meta.get("config") or {}).get("data") or {}).get("eval_tta", "none")

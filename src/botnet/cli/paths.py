@@ -38,15 +38,19 @@ def check_output_dir(path: str | os.PathLike | None, option: str) -> None:
                           else f"{option} {shown} is a file, not a folder")
 
 
-def check_input_images(paths: list[str], skip_bad: bool = False, offer_skip: bool = True) -> list[tuple[str, str]]:
+def check_input_images(paths: list[str], skip_bad: bool = False, offer_skip: bool = True,
+                       missing_ok: bool = False) -> list[tuple[str, str]]:
     """Every image file's header, before the model is loaded: ``[(path, reason)]`` of the bad ones
     with ``skip_bad``, else the first bad one is a DataError (FIFOs, folders, 0-byte and non-image
-    files are named here, never opened for decoding)."""
+    files are named here, never opened for decoding). ``missing_ok``: files that do not exist are
+    left to the command."""
     from botnet.data.errors import DataError
     from botnet.data.folder import check_image_header
 
     bad = []
     for p in paths:
+        if missing_ok and not os.path.lexists(p):
+            continue  # the command names it where it reads it
         reason = check_image_header(p) if os.path.exists(p) else "no such file"
         if reason is not None:
             if not skip_bad:

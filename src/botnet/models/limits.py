@@ -16,8 +16,10 @@ the cgroup limit when lower; the largest GPU's when that is more), or ``BOTNET_M
 when set. The paper's models pass on an ordinary machine (footprints: BoTNet-S1-128 at 384 px
 2.1 GB, BoT50 at 1024 px 4.0 GB, BoT200 at 1024 px 12.7 GB). Every model
 built through the registry (``botnet.create_model``, ``timm.create_model`` including
-``local-dir:`` folders, ``load_model``) passes through :func:`check_model`; commands that run a
-model at another size than it was built for (``export --img-size``) call :func:`check_input_size`.
+``local-dir:`` folders, ``load_model``) passes through :func:`check_model` (a build on the meta
+device, which costs nothing, gets the caps only); commands that run a model at another size than
+it was built for call it with ``input_size`` (the training data's size) or :func:`check_input_size`
+(``export --img-size``).
 """
 from __future__ import annotations
 
@@ -183,7 +185,8 @@ def _check_cached(name: str, key: str, input_side: int | None, option: str | Non
     side = input_side or kwargs.get("img_size") or cfg.img_size
     if option is None:  # name what dominates
         option = "--img-size" if acts > 4 * params else "model.kwargs (layers, widths, stem_width) or num_classes"
-    _verdict(name, params, acts, f"{side} px", option, limit)
+    shown = ", ".join(f"{k}={kwargs[k]}" for k in ("layers", "widths", "stem_width", "num_classes") if k in kwargs)
+    _verdict(f"{name} ({shown})" if shown else name, params, acts, f"{side} px", option, limit)
 
 
 def check_model(name: str, kwargs: dict[str, Any], *, input_size: int | None = None,
@@ -194,6 +197,8 @@ def check_model(name: str, kwargs: dict[str, Any], *, input_size: int | None = N
     if _COUNTING.get():
         return
     check_arch_kwargs(name, kwargs)
+    if _on_meta(kwargs) and input_size is None:
+        return  # a meta build costs nothing (botnet models, config checks): the caps keep it cheap
     if input_size is not None and input_size > MAX_IMG_SIDE:
         raise ModelTooLargeError(f"{option or '--img-size'} {input_size} is too large (at most {MAX_IMG_SIDE} px)")
     import json
@@ -203,6 +208,13 @@ def check_model(name: str, kwargs: dict[str, Any], *, input_size: int | None = N
     except (TypeError, ValueError):
         return
     _check_cached(name, key, None if input_size is None else int(input_size), option, memory_limit())
+
+
+def _on_meta(kwargs: dict[str, Any]) -> bool:
+    import torch
+
+    dev = kwargs.get("device")
+    return str(dev if dev is not None else torch.get_default_device()).startswith("meta")
 
 
 def check_input_size(model, hw, option: str = "--img-size") -> None:
