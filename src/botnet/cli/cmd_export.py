@@ -85,6 +85,9 @@ def handler(args: argparse.Namespace) -> int:
 
     from botnet.export import export_model, verify
 
+    from botnet.cli.paths import check_output_file
+
+    check_output_file(args.out, "--output")  # a folder named like the file: refused before any work
     model = _build(args)
     model.eval()
     if args.img_size:

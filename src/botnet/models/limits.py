@@ -225,9 +225,12 @@ def check_input_size(model, hw, option: str = "--img-size") -> None:
     side = max(hw) if isinstance(hw, (tuple, list)) else hw
     if side > MAX_IMG_SIDE:
         raise ModelTooLargeError(f"{option} {side} is too large (at most {MAX_IMG_SIDE} px); lower {option}")
-    params, acts = footprint(cfg, num_classes=max(int(getattr(model, "num_classes", 0)), 0),
-                             in_chans=model.conv1.in_channels, img_size=tuple(model.pretrained_cfg["img_size"]),
-                             input_hw=hw)
+    try:
+        params, acts = footprint(cfg, num_classes=max(int(getattr(model, "num_classes", 0)), 0),
+                                 in_chans=model.conv1.in_channels, img_size=tuple(model.pretrained_cfg["img_size"]),
+                                 input_hw=hw)
+    except (TypeError, ValueError, RuntimeError):
+        return  # a size the model refuses: the command's own run says why
     _verdict(getattr(model, "botnet_arch", None) or "the model", params, acts, f"{side} px", option)
 
 
