@@ -29,6 +29,8 @@ import os
 from dataclasses import asdict, replace
 from typing import Any
 
+from botnet.errors import ConfigError
+
 __all__ = ["ModelTooLargeError", "MAX_BLOCKS", "MAX_WIDTH", "MAX_IMG_SIDE", "MAX_HEADS", "MAX_CLASSES",
            "memory_limit", "check_arch_kwargs", "footprint", "check_model", "check_input_size"]
 
@@ -41,16 +43,8 @@ MAX_CLASSES = 10_000_000
 _COUNTING = contextvars.ContextVar("botnet_counting_model_size", default=False)
 
 
-def _error_cls():
-    from botnet.errors import ConfigError
-
-    class ModelTooLargeError(ConfigError):
-        """The requested model (or input size) does not fit this machine's memory."""
-
-    return ModelTooLargeError
-
-
-ModelTooLargeError = _error_cls()
+class ModelTooLargeError(ConfigError):
+    """The requested model (or input size) does not fit this machine's memory."""
 
 
 def memory_limit() -> int:
