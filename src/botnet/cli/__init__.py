@@ -57,7 +57,36 @@ def main(argv: list[str] | None = None) -> int:
         # bad input: one line naming the culprit, no traceback (anything else is a botnet bug)
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        line = out_of_memory_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+_OOM_MARKERS = ("can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def out_of_memory_line(e: BaseException) -> str | None:
+    """One line for an allocation that failed (torch.OutOfMemoryError, MemoryError, the CPU
+    allocator's RuntimeError), naming the size and what to lower; None for any other error."""
+    import re
+
+    text = " ".join(str(e).split())
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or any(m in text for m in _OOM_MARKERS)):
+        return None
+    size = ""
+    m = re.search(r"allocate (\d+) bytes", text)
+    if m:
+        size = f" of {int(m.group(1)) / 2**30:.2f} GB"
+    else:
+        m = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", text)
+        size = f" of {m.group(1)}" if m else ""
+    return (f"out of memory: an allocation{size} failed ({type(e).__name__}); lower --batch-size, --img-size "
+            f"(or --scale for detect predict), or use a machine with more memory")
 
 
 def one_line(e: BaseException) -> str:

@@ -39,6 +39,10 @@ def handler(args) -> int:
     from botnet.engine.checkpoint import CheckpointError
     from botnet.classification.predict import load_for_inference, load_image
 
+    from botnet.cli.paths import check_input_images, check_output_dir
+
+    check_output_dir(args.out, "--output")
+    check_input_images(args.images, offer_skip=False, missing_ok=True)  # before the model loads
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema)
         in_chans = model.conv1.in_channels

@@ -91,6 +91,9 @@ def _eval(args: argparse.Namespace) -> int:
     from botnet.engine.checkpoint import resolve_checkpoint
     from botnet.engine.rebuild import load_model
 
+    from botnet.cli.paths import check_output_dir
+
+    check_output_dir(args.output, "--output")
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path, device=args.device, task="detection")
     if args.threads:
@@ -132,10 +135,12 @@ def _predict(args: argparse.Namespace) -> int:
     from botnet.detection.predict import predict_images
     from botnet.engine.rebuild import load_model
 
-    missing = [p for p in args.images if not os.path.isfile(p)]
-    if missing:
-        print(f"error: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+    from botnet.cli.paths import check_input_images, check_output_dir
+    from botnet.detection.predict import check_drawing_size
+
+    check_output_dir(args.output, "--output")
+    check_input_images(args.images, offer_skip=False)  # FIFOs, folders, 0-byte and non-image files
+    check_drawing_size(args.images, args.scale)
     model, meta = load_model(args.checkpoint, device=args.device, task="detection")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -57,8 +57,11 @@ def handler(args) -> int:
     if not path:
         print("error: give a checkpoint (botnet eval RUN/best.safetensors)", file=sys.stderr)
         return 2
+    from botnet.cli.paths import check_output_file
     from botnet.errors import resolve_device
 
+    check_output_file(args.json, "--json")
+    check_output_file(args.confusion, "--confusion")
     device = resolve_device(args.device)
     try:
         model, meta = load_model(path, device=device, task="classification")

@@ -85,8 +85,15 @@ def handler(args: argparse.Namespace) -> int:
 
     from botnet.export import export_model, verify
 
+    from botnet.cli.paths import check_output_file
+
+    check_output_file(args.out, "--output")  # a folder named like the file: refused before any work
     model = _build(args)
     model.eval()
+    if args.img_size:
+        from botnet.models.limits import check_input_size
+
+        check_input_size(model, args.img_size, "--img-size")  # before tracing allocates anything
     from botnet.export import smallest_dynamic_size
 
     args.min_size = args.min_size or smallest_dynamic_size(model)

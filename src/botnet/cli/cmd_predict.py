@@ -41,6 +41,10 @@ def handler(args) -> int:
     from botnet.engine.checkpoint import CheckpointError, atomic_write_bytes
     from botnet.classification.predict import load_for_inference, predict_files
 
+    from botnet.cli.paths import check_input_images, check_output_file
+
+    check_output_file(args.json, "--json")
+    check_input_images(args.images, args.skip_bad, missing_ok=True)  # before the model loads; bad ones are skipped below
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
         tta = args.tta or ((meta.get("config") or {}).get("data") or {}).get("eval_tta", "none")

@@ -13,7 +13,7 @@ from botnet.data.fashion_mnist import MEAN as FMNIST_MEAN
 from botnet.data.fashion_mnist import STD as FMNIST_STD
 
 __all__ = ["DataInfo", "ResumableSampler", "ShardSampler", "dataset_stats", "build_eval_transform",
-           "build_datasets", "build_train_loader", "build_eval_loader"]
+           "build_datasets", "build_train_loader", "build_eval_loader", "check_input_size", "num_workers"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -111,6 +111,7 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     in_chans = _in_chans(cfg)
     mean, std = dataset_stats(cfg, in_chans)
     size = int(d["img_size"])
+    check_input_size(cfg, in_chans, train, val)  # before any data is read
     if d["dataset"] == "fashion-mnist":
         from botnet.data.fashion_mnist import FashionMNISTDataset
 
@@ -159,6 +160,39 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     return tr, va, DataInfo(classes, in_chans, mean, std, counts)
 
 
+def check_input_size(cfg: dict, in_chans: int, train: bool = True, val: bool = True) -> None:
+    """The run's model on images of the run's sizes must fit this machine (botnet.models.limits)."""
+    from botnet.models.limits import check_model
+
+    d, m = cfg["data"], cfg["model"]
+    sizes = ([int(d["img_size"])] if train else []) + ([int(d["eval_img_size"] or d["img_size"])] if val else [])
+    kwargs = {**(m.get("kwargs") or {}), "in_chans": in_chans, "img_size": int(m.get("img_size") or d["img_size"])}
+    if m.get("num_classes"):
+        kwargs["num_classes"] = int(m["num_classes"])
+    if sizes and m.get("name"):
+        check_model(str(m["name"]), kwargs, input_size=max(sizes), option="--img-size (data.img_size)")
+
+
+def num_workers(cfg: dict, world_size: int = 1) -> int:
+    """``data.num_workers`` resolved, and never more than the cores this process may use (a stored
+    ``num_workers: 48`` from another machine would start 48 processes here)."""
+    import os
+
+    from botnet.engine.devices import resolve_num_workers
+    from botnet.engine.log import get_logger
+
+    nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    cap = max(cores // max(world_size, 1), 1)
+    if nw > cap:
+        get_logger("data").info(f"data.num_workers {nw} -> {cap}: this process may use {cores} CPU core(s)")
+        nw = cap
+    return nw
+
+
 def _collate(cfg: dict):
     if cfg["data"]["dataset"] == "fashion-mnist":
         return None
@@ -170,11 +204,10 @@ def _collate(cfg: dict):
 def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader over this rank's shard (``ResumableSampler``, seeded by ``train.seed``)."""
     from botnet.engine.distributed import seed_worker
-    from botnet.engine.devices import resolve_num_workers
 
     sampler = ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg["train"]["seed"]),
                                drop_last=True)
-    nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
+    nw = num_workers(cfg, world_size)
     return DataLoader(ds, batch_size=int(cfg["data"]["batch_size"]), sampler=sampler, drop_last=True,
                       num_workers=nw, collate_fn=_collate(cfg), worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(int(cfg["train"]["seed"])),
@@ -182,10 +215,8 @@ def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 
 
 
 def build_eval_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
-    from botnet.engine.devices import resolve_num_workers
-
     bs = int(cfg["data"]["eval_batch_size"] or 2 * int(cfg["data"]["batch_size"]))
-    nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
+    nw = num_workers(cfg, world_size)
     return DataLoader(ds, batch_size=bs, sampler=ShardSampler(len(ds), rank, world_size), num_workers=nw,
                       collate_fn=_collate(cfg), generator=torch.Generator().manual_seed(0),
                       pin_memory=torch.cuda.is_available())

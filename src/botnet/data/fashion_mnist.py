@@ -35,25 +35,48 @@ FILES = {
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array of its declared shape and type."""
+MAX_IDX_BYTES = 2**30  # 1 GiB: the largest Fashion-MNIST/MNIST file holds 47 MB
+_MAX_DEFLATE_RATIO = 1032  # deflate never expands more than ~1032:1, so a .gz of n bytes holds at most this x n
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array of its declared shape and type.
+
+    The header's declared size is checked against ``max_bytes`` and against what the file can hold
+    (its size, or for gzip the most deflate can expand it) before anything is unpacked; the data are
+    then read into an array of exactly that size, so a file that unpacks to more is refused, not
+    read (a gzip bomb costs nothing).
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    if not path.is_file():
+        raise DataError(f"IDX file {path} is not a regular file")
+    on_disk = path.stat().st_size
+    gz = path.suffix == ".gz"
     try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+                raise DataError(f"{path} is not an IDX file (bad magic number)")
+            ndim, dtype = head[3], np.dtype(_DTYPES[head[2]])
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise DataError(f"{path}: size does not match its header (truncated file?)")
+            dims = struct.unpack(">" + "I" * ndim, raw)
+            need = (int(np.prod(dims, dtype=object)) if dims else 1) * dtype.itemsize
+            can_hold = on_disk * _MAX_DEFLATE_RATIO if gz else on_disk - 4 - 4 * ndim
+            if need > max_bytes or need > can_hold:
+                why = f"more than the limit of {max_bytes:,} bytes" if need > max_bytes else \
+                    f"more than its {on_disk:,} bytes can hold"
+                raise DataError(f"{path}: its header declares {dims} ({need:,} bytes of data), {why}; "
+                                f"the file is damaged or not an IDX data file")
+            buf = bytearray(need)
+            got = f.readinto(buf) if need else 0
+            extra = f.read(1)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    dtype = np.dtype(_DTYPES[data[2]])
-    count = int(np.prod(dims)) if dims else 1
-    offset = 4 + 4 * ndim
-    if len(data) - offset != count * dtype.itemsize:
+    if got != need or extra:
         raise DataError(f"{path}: size does not match its header {dims} (truncated file?)")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+    return np.frombuffer(buf, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _complete(d: Path) -> Path | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botnet.data.errors import BadImageError, DataError, DatasetNotFoundError
 
-__all__ = ["IMG_EXTENSIONS", "check_image_folder", "pil_loader", "SafeImageFolder", "collate_skip_bad",
+__all__ = ["IMG_EXTENSIONS", "image_files", "open_regular", "check_image_folder", "pil_loader", "SafeImageFolder", "collate_skip_bad",
            "SkippedBatch", "check_image_header", "scan_image_files", "drop_bad_files"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".jfif")
@@ -21,6 +21,41 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def image_files(top: str | os.PathLike) -> list[str]:
+    """Image files under ``top`` (sorted; symlinks followed), each file once even when two links
+    reach it. A symlink that leads back to a folder above it (a loop) is a :class:`DataError`
+    naming the link: os.walk(followlinks=True) would go round it forever."""
+    import stat
+
+    st = os.stat(top)
+    start = (st.st_dev, st.st_ino)
+    seen_dirs, seen_files, out = {start}, set(), []
+    stack = [(os.fspath(top), {start: os.fspath(top)})]
+    while stack:
+        d, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot list the folder {d}: {e.strerror or e}") from None
+        for e in entries:
+            try:
+                st = os.stat(e.path)  # follows links
+            except OSError:
+                continue  # a dangling link: not an image
+            key = (st.st_dev, st.st_ino)
+            if stat.S_ISDIR(st.st_mode):
+                if key in above:
+                    raise DataError(f"symlink loop: {e.path} leads back to {above[key]}; remove the link "
+                                    f"or point it outside the data folder")
+                if key not in seen_dirs:
+                    seen_dirs.add(key)
+                    stack.append((e.path, {**above, key: e.path}))
+            elif _is_image_name(e.name) and key not in seen_files:
+                seen_files.add(key)  # non-regular files are kept: the header scan names them
+                out.append(e.path)
+    return sorted(out)
 
 
 def check_image_folder(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")) -> dict[str, dict[str, int]]:
@@ -48,9 +83,7 @@ def check_image_folder(root: str | os.PathLike, splits: tuple[str, ...] = ("trai
             continue
         counts[split] = {}
         for c in classes:
-            n = 0
-            for dirpath, _, files in os.walk(d / c, followlinks=True):
-                n += sum(1 for f in files if _is_image_name(f))
+            n = len(image_files(d / c))
             counts[split][c] = n
             if n == 0:
                 problems.append(f"empty class folder {d / c} (no image files with extensions {', '.join(IMG_EXTENSIONS)})")
@@ -68,6 +101,29 @@ def check_image_folder(root: str | os.PathLike, splits: tuple[str, ...] = ("trai
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
+class NotRegularFileError(OSError):
+    """A FIFO, device or folder where an image file was expected."""
+
+
+def open_regular(path: str | os.PathLike):
+    """Open ``path`` for reading only when it is a regular file: a FIFO named x.png would block
+    forever in open(), a device would never end. Raises :class:`NotRegularFileError` (an OSError)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, unread
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise NotRegularFileError(f"{kind}, not an image file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def pil_loader(path: str, mode: str = "RGB"):
     """Open an image and convert it to ``mode`` (``RGB`` or ``L``); RGBA is composited on white.
 
@@ -79,11 +135,13 @@ def pil_loader(path: str, mode: str = "RGB"):
     from PIL import Image
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             img = Image.open(f)
             img.load()
     except Image.DecompressionBombError as e:
         raise BadImageError(path, f"decompression bomb ({' '.join(str(e).split())})") from e
+    except NotRegularFileError as e:
+        raise BadImageError(path, str(e)) from None
     except _DECODE_ERRORS as e:
         raise BadImageError(path, f"{type(e).__name__}: {' '.join(str(e).split())}") from e
     img = _to_8bit(img, path)
@@ -119,10 +177,10 @@ def check_image_header(path: str) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file (0 bytes)"
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return "empty file (0 bytes)"
             with Image.open(f) as img:
                 fmt, (w, h) = img.format, img.size
             if w <= 0 or h <= 0:
@@ -133,6 +191,8 @@ def check_image_header(path: str) -> str | None:
         return f"decompression bomb ({' '.join(str(e).split())})"
     except UnidentifiedImageError:
         return "not an image PIL can identify"
+    except NotRegularFileError as e:
+        return str(e)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"{type(e).__name__}: {' '.join(str(e).split())}"
     if fmt == "PNG" and b"IEND" not in tail[-16:]:
@@ -207,6 +267,16 @@ class SafeImageFolder:
         outer = self
 
         class _IF(ImageFolder):
+            @staticmethod
+            def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+                # image_files, not os.walk(followlinks=True): each file once, loops refused
+                found = [(p, class_to_idx[c]) for c in sorted(class_to_idx)
+                         if os.path.isdir(os.path.join(directory, c))
+                         for p in image_files(os.path.join(directory, c))]
+                if not found and not allow_empty:
+                    raise DataError(f"no image files in {directory}")
+                return found
+
             def find_classes(self, directory):
                 if class_to_idx is not None:
                     return sorted(class_to_idx, key=class_to_idx.get), dict(class_to_idx)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["draw_predictions", "predict_images"]
+__all__ = ["draw_predictions", "predict_images", "check_drawing_size", "MAX_DRAWING_PIXELS"]
+
+MAX_DRAWING_PIXELS = 1 << 26  # 64 megapixels (8192 x 8192) per drawing: ~0.2 GB as uint8, ~1 GB in float
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)]
@@ -37,6 +39,25 @@ def draw_predictions(image_u8: torch.Tensor, output: dict, class_names: list[str
                  for lab, s in zip(labels, scores)]
         img = draw_bounding_boxes(img, boxes, labels=names, colors=colors, width=max(1, scale // 2))
     return img
+
+
+def check_drawing_size(paths: list[str], scale: int, option: str = "--scale") -> None:
+    """Refuse a ``scale`` whose drawings would not fit (read from the image headers, before the model
+    loads): each drawing is (H x scale) x (W x scale) pixels, and its masks as many floats each."""
+    from PIL import Image
+
+    from botnet.data.folder import open_regular
+    from botnet.errors import ConfigError
+
+    for p in paths:
+        with open_regular(p) as f, Image.open(f) as img:
+            w, h = img.size
+        px = w * h * scale * scale
+        if px > MAX_DRAWING_PIXELS:
+            best = max(int((MAX_DRAWING_PIXELS / (w * h)) ** 0.5), 1)
+            raise ConfigError(f"{option} {scale}: the drawing of {p} ({w}x{h}) would be {w * scale}x{h * scale} "
+                              f"pixels, more than the limit of {MAX_DRAWING_PIXELS:,}; lower {option} (at most "
+                              f"{best} for this image)")
 
 
 @torch.no_grad()

@@ -81,6 +81,12 @@ def build_detector_from_kwargs(arch: str, kwargs: dict[str, Any]) -> torch.nn.Mo
     return build_detector(kw.pop("kind"), kw.pop("backbone"), **kw)
 
 
+def _clamped_workers(cfg: dict, world_size: int) -> int:
+    from botnet.data.builder import num_workers  # never more workers than this process has cores
+
+    return num_workers(cfg, world_size)
+
+
 class DetectionTask(Task):
     name = "detection"
     find_unused_parameters = True  # the mask head gets no gradient from images without instances
@@ -122,7 +128,7 @@ class DetectionTask(Task):
         sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
                                    drop_last=True)
         loader = DataLoader(train_set, batch_size=bs, sampler=sampler, drop_last=True, collate_fn=detection_collate,
-                            num_workers=int(cfg["data"]["num_workers"]), worker_init_fn=seed_worker,
+                            num_workers=_clamped_workers(cfg, dist.world_size), worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(seed), pin_memory=dist.device.type == "cuda")
         arch = f"detector:{cfg['model']['kind']}_{cfg['model']['backbone']}_fpn"
         meta = {"class_names": train_set.class_names,

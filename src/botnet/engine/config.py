@@ -156,8 +156,53 @@ def set_by_path(cfg: dict, dotted: str, value: Any, strict: bool = True) -> None
     node[parts[-1]] = value
 
 
+# Caps on what a recipe, --config file or --set value may ask of the parser: a few hundred bytes of
+# nested aliases ("billion laughs") otherwise expand to gigabytes once copied or written out.
+MAX_YAML_BYTES = 1 << 20     # a document (the shipped recipes are < 2 KB)
+MAX_YAML_DEPTH = 64          # nesting of mappings/sequences
+MAX_YAML_NODES = 100_000     # nodes once every alias is expanded
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A YAML document over one of the caps above."""
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, with YAML 1.2 floats: ``5e-4`` and ``1e3`` are numbers, not strings."""
+    """PyYAML's safe loader, with YAML 1.2 floats: ``5e-4`` and ``1e3`` are numbers, not strings, and
+    caps on nesting depth and on the size of the document with its aliases expanded."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {})
+        return node
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes in ``node`` with aliases expanded (memoised per node, so it costs one pass)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node reached again while being counted (a recursive alias) counts once
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(c, memo) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    if n > MAX_YAML_NODES:
+        raise YamlLimitError(f"more than {MAX_YAML_NODES:,} values once its aliases are expanded (nested aliases?)")
+    memo[id(node)] = n
+    return n
 
 
 _Loader.add_implicit_resolver(
@@ -168,6 +213,8 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml_load(text: str) -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlLimitError(f"longer than {MAX_YAML_BYTES:,} characters")
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -191,7 +238,11 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     from botnet.errors import ConfigError
 
     try:
-        data = _yaml_load(path.read_text()) or {}
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise ConfigError(f"recipe {path} is not a regular file")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_YAML_BYTES + 1)
+        data = _yaml_load(text) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())[:160]}") from None
     except OSError as e:

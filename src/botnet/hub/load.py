@@ -36,7 +36,12 @@ def check_weights(folder: Path, meta: dict[str, Any]) -> None:
 
     from botnet.engine import checkpoint as ckpt
     from botnet.engine.rebuild import build_from_metadata
+    from botnet.models.limits import ModelTooLargeError, check_model
 
+    try:  # the meta build below only caps the numbers: the memory the real one would take, first
+        check_model(str(meta["arch"]), dict(meta["model_kwargs"]))
+    except ModelTooLargeError as e:
+        raise PublishedModelError(f"{folder / CONFIG_NAME}: {e}") from None
     with torch.device("meta"):
         model = build_from_metadata(meta, str(folder / CONFIG_NAME))
     wpath = folder / WEIGHTS_NAME

@@ -33,11 +33,26 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     name = fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} registered twice")
+    fn = _size_checked(fn)
     _MODELS[name] = fn
     TIMM_NAMES[name] = _register_with_timm(name, fn)
     if TIMM_NAMES[name] != name:
         _FROM_TIMM[TIMM_NAMES[name]] = name
     return fn
+
+
+def _size_checked(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``fn`` that first refuses sizes this machine cannot hold (botnet.models.limits), on every
+    path: botnet.create_model, timm.create_model (``local-dir:`` folders too) and load_model."""
+
+    @functools.wraps(fn)
+    def checked(pretrained: bool = False, **kwargs) -> nn.Module:
+        from botnet.models.limits import check_model
+
+        check_model(fn.__name__, kwargs)
+        return fn(pretrained=pretrained, **kwargs)
+
+    return checked
 
 
 def _register_with_timm(name: str, fn: Callable[..., nn.Module]) -> str:
