@@ -252,9 +252,9 @@ def refusal(d: str, state: str, what: str) -> str:
     if state == "file":
         return f"{what} {d} is a file or a link, not a folder; choose a new folder for the generated set"
     if state == "legacy":
-        return (f"{what} {d} holds a fashion-mosaic set of an earlier botnet version with other settings; it has no "
-                f"{MARKER} marker, so botnet treats it as your data and leaves it: delete it yourself (rm -r {d}) to "
-                f"regenerate it there, or choose another folder")
+        return (f"{what} {d} holds a fashion-mosaic set of an earlier botnet version (no {MARKER} marker), so "
+                f"botnet treats it as your data and does not replace it: delete it yourself (rm -r {d}) to regenerate "
+                f"it there, or choose another folder")
     if state == "coco":
         return (f"{what} {d} holds a COCO data set botnet did not generate; botnet never writes over it: choose a new "
                 f"or empty folder for the generated set")
@@ -348,7 +348,7 @@ def _swap(tmp: str, out_dir: str, state: str) -> None:
     now, _ = folder_state(out_dir)
     if now != state or now not in ("missing", "empty", "generated"):  # changed while generating
         raise DataError(refusal(out_dir, now, "the folder"))
-    old = swap_into_place(tmp, out_dir)
+    old = swap_into_place(tmp, os.path.abspath(out_dir))
     if old is not None:
         _remove_set(os.fspath(old))
 
