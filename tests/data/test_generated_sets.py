@@ -150,6 +150,7 @@ def test_detect_train_uses_a_coco_set_in_the_data_dir_as_it_is(generated, tmp_pa
     assert tree(d) == before
     data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert data["dataset"] == "coco" and data["train_ann"] == "instances_train.json" and data["val_images"] == "val"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1  # it trained on the user's set
 
 
 def test_coco_2017_layout_is_found_too(generated, tmp_path):
