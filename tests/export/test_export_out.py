@@ -64,7 +64,7 @@ def no_build(monkeypatch):
 
 
 @pytest.mark.parametrize("name, says", [
-    ("best.safetensors", "named like a checkpoint"), ("best.state.safetensors", "named like a checkpoint"),
+    ("best.safetensors", "is a checkpoint"), ("best.state.safetensors", "is a checkpoint"),
     ("weights.pt", "is a checkpoint"), ("config.json", "not written by botnet export"),
     ("notes.txt", "not written by botnet export")])
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])

@@ -138,8 +138,10 @@ def check_out_path(path: str | os.PathLike, fmt: str | None = None, *, overwrite
     if p.is_dir():
         raise ConfigError(f"{what} {p} is a folder; give a file name, e.g. {example}")
     if p.name.endswith(".safetensors"):
-        raise ConfigError(f"{what} {p} is named like a checkpoint; export writes ONNX, TorchScript or .pt2 files and "
-                          f"never a .safetensors file: name it e.g. {p.with_suffix(SUFFIX.get(fmt or '', '.onnx'))}")
+        why = ("is a checkpoint; export never replaces one" if os.path.lexists(p) else
+               "is named like a checkpoint; export writes ONNX, TorchScript or .pt2 files, never .safetensors")
+        raise ConfigError(f"{what} {p} {why}: choose a new file name, e.g. "
+                          f"{p.with_suffix(SUFFIX.get(fmt or '', '.onnx'))}")
     if os.path.lexists(p):
         _check_existing(p, fmt, overwrite, what)
         return p
@@ -156,7 +158,8 @@ def _check_existing(p: Path, fmt: str | None, overwrite: bool, what: str) -> Non
         raise ConfigError(f"{what} {p} exists and is not a regular file; choose a new file name")
     marker = read_export_marker(p)
     if marker is None and _is_checkpoint(p):
-        raise ConfigError(f"{what} {p} is a checkpoint; export never replaces one: choose a new file name")
+        raise ConfigError(f"{what} {p} is a checkpoint; export never replaces one: choose a new file name, e.g. "
+                          f"{p.with_suffix(SUFFIX.get(fmt or '', '.onnx'))}")
     if marker is None:
         raise ConfigError(f"{what} {p} exists and was not written by botnet export; choose a new file name (export "
                           f"replaces only its own earlier exports, with --overwrite)")
