@@ -165,3 +165,22 @@ def test_coco_2017_layout_is_found_too(generated, tmp_path):
     assert cfg["data"]["val_ann"] is None  # no val split there
     with pytest.raises(DataError, match="COCO data set botnet did not generate"):
         generate_fashion_mosaic(d, **SET)
+
+
+def test_an_interrupted_regeneration_leaves_the_old_set_and_no_temporary_folder(generated, tmp_path, monkeypatch):
+    import botnet.data.mosaic as mosaic
+
+    d = _make("generated", generated, tmp_path / "out")
+    before = tree(tmp_path)
+    real, calls = mosaic._write_split, []
+
+    def split_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after the train split is written, before val
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mosaic, "_write_split", split_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        generate_fashion_mosaic(d, overwrite=True, **{**SET, "seed": 3})
+    assert tree(tmp_path) == before
