@@ -213,9 +213,10 @@ def test_publish_refuses_before_writing_and_never_half_writes(demo_run, publishe
 
     monkeypatch.setattr(card, "classification_card", boom)
     with pytest.raises(RuntimeError):
-        main(["publish", str(demo_run), str(out), "--no-eval", "--force"])
+        main(["publish", str(demo_run), str(tmp_path / "new"), "--no-eval"])
+    assert main(["publish", str(demo_run), str(out), "--no-eval", "--force"]) == 2  # not an earlier publish
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old folder is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
     monkeypatch.undo()
-    assert main(["publish", str(demo_run), str(out), "--no-eval", "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert main(["publish", str(demo_run), str(tmp_path / "new"), "--no-eval"]) == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["README.md", "config.json", "model.safetensors"]

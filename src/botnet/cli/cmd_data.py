@@ -14,7 +14,10 @@ def register(subparsers) -> None:
         "fashion-mosaic",
         help="write the deterministic fashion-mosaic COCO-format instance-segmentation set",
         description="Place Fashion-MNIST items on canvases; write OUT/{train,val}/*.png and "
-                    "OUT/instances_{train,val}.json (10 categories, boxes and RLE masks).",
+                    "OUT/instances_{train,val}.json (10 categories, boxes and RLE masks), and the marker "
+                    "OUT/.botnet-generated.json. OUT must be new or empty; a set botnet generated there with the "
+                    "same settings is reused, one with other settings is replaced only with --overwrite, and any "
+                    "other folder is never written into.",
     )
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--num-train", type=int, default=512)
@@ -27,7 +30,9 @@ def register(subparsers) -> None:
     m.add_argument("--max-overlap", type=float, default=0.2, help="max box IoU between items (0: no overlap)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--source", default=None, help="folder with the Fashion-MNIST IDX files")
-    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace a set botnet generated in OUT (marked by OUT/.botnet-generated.json); nothing else is "
+                        "ever replaced")
     m.set_defaults(func=_mosaic)
 
     c = sub.add_parser("check-coco", help="run the validation pass over a COCO instances file and print the counts")

@@ -24,7 +24,10 @@ def register(subparsers) -> None:
                    help="model name, e.g. botnet50, botnet_mini (optional with a botnet checkpoint, which names its "
                         "architecture and every option it was trained with)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "export"))
-    p.add_argument("--output", "--out", dest="out", required=True, help="output file (.onnx, .ts/.pt, .pt2)")
+    p.add_argument("--output", "--out", dest="out", required=True,
+                   help="output file (.onnx, .ts/.pt, .pt2); a new file, or an earlier botnet export with --overwrite "
+                        "(a folder, a checkpoint or any other existing file is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier botnet export")
     p.add_argument("--checkpoint", default=None,
                    help="weights: a botnet checkpoint, run directory, published folder or hf-hub:ORG/NAME (the trained "
                         "model is rebuilt exactly from "
@@ -83,11 +86,9 @@ def _build(args: argparse.Namespace):
 def handler(args: argparse.Namespace) -> int:
     import torch
 
-    from botnet.export import export_model, verify
+    from botnet.export import check_out_path, export_model, verify
 
-    from botnet.cli.paths import check_output_file
-
-    check_output_file(args.out, "--output")  # a folder named like the file: refused before any work
+    check_out_path(args.out, args.format, overwrite=args.overwrite)  # before the model is built
     model = _build(args)
     model.eval()
     if args.img_size:
@@ -98,7 +99,7 @@ def handler(args: argparse.Namespace) -> int:
 
     args.min_size = args.min_size or smallest_dynamic_size(model)
     path = export_model(model, args.format, args.out, img_size=args.img_size, batch=args.batch,
-                        min_size=args.min_size)
+                        min_size=args.min_size, overwrite=args.overwrite)
     print(f"wrote {path} ({args.format}, dynamic batch/height/width)")
     if not args.no_verify:
         h = args.img_size or model.pretrained_cfg["img_size"][0]

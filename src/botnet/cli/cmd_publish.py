@@ -11,7 +11,9 @@ A classifier's folder loads with timm.create_model("local-dir:OUT_DIR", pretrain
 botnet.create_model(NAME, pretrained="OUT_DIR"); a detector's with botnet.hub.load_detector("OUT_DIR").
 Every botnet command that takes a run directory (predict, eval, attention, export, detect predict|eval)
 takes the folder too, and --init-weights / model.backbone_weights start new training from it.
-The folder is written beside OUT_DIR and renamed into place when complete. See docs/sharing.md."""
+The folder is written beside OUT_DIR and swapped into place when complete. --force replaces only an
+earlier publish (a folder holding just these three files, written by botnet publish); any other
+non-empty folder, the run itself or a folder holding it is refused. See docs/sharing.md."""
 
 
 def register(subparsers) -> None:
@@ -21,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be new or empty, unless --force)")
     p.add_argument("--weights", default="best", choices=["best", "last", "ema"],
                    help="best.safetensors (default; last if there is none), last.safetensors, or the EMA weights")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier botnet publish (nothing else is ever replaced)")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="classification: skip re-measuring accuracy (and per-class accuracy) on the run's data")
     p.add_argument("--hardware", default=None, metavar="TEXT",

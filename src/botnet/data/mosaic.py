@@ -11,7 +11,14 @@ Layout written by :func:`generate_fashion_mosaic`::
 
     OUT/train/000000.png ...          OUT/instances_train.json
     OUT/val/000000.png ...            OUT/instances_val.json
-    OUT/mosaic.json                   (the generator settings, to detect stale folders)
+    OUT/mosaic.json                   (the generator settings and counts)
+    OUT/.botnet-generated.json        (the marker: generator and settings; written last)
+
+The set is written only into a new or empty folder, or over a set botnet generated (the marker
+says so): it is built in a temporary sibling folder and swapped into place, and the old set's
+files are then removed by name. Any other folder (a user's COCO set, a set an earlier botnet
+version generated without the marker) is never written into: :func:`generate_fashion_mosaic`
+reuses it only when it is the same set, else refuses in one line.
 
 Every image is generated from its own seed ``(seed, split, index)``, so image ``i`` is the same
 whatever ``num_train`` / ``num_val`` is, and the whole set is bit-identical run to run.
@@ -20,11 +27,22 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["FASHION_CLASSES", "MosaicConfig", "generate_fashion_mosaic", "read_fashion_mnist", "mosaic_paths"]
+from botnet.data.errors import DataError
+
+__all__ = ["FASHION_CLASSES", "MosaicConfig", "generate_fashion_mosaic", "read_fashion_mnist", "mosaic_paths",
+           "MARKER", "folder_state", "coco_layout", "refusal", "check_target"]
+
+MARKER = ".botnet-generated.json"
+GENERATOR = "botnet fashion-mosaic"
+_STAMP = "mosaic.json"
+# COCO layouts found in a data folder: (train images, train instances, val images, val instances)
+_COCO_LAYOUTS = (("train", "instances_train.json", "val", "instances_val.json"),
+                 ("train2017", "annotations/instances_train2017.json", "val2017", "annotations/instances_val2017.json"))
 
 FASHION_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -185,40 +203,186 @@ def _write_split(out_dir: str, split: str, num: int, cfg: MosaicConfig, images, 
     return {"images": len(coco_images), "annotations": len(coco_anns), "instances_json": ann_path}
 
 
+def _read_json(path: str) -> dict | None:
+    """A small JSON object file, else None (missing, a link, too big, not JSON)."""
+    try:
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > (1 << 20):
+            return None
+        with open(path) as f:
+            out = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def coco_layout(root: str | os.PathLike) -> dict[str, str | None] | None:
+    """The COCO set in ``root`` (``train/`` + ``instances_train.json``, or COCO 2017's ``train2017/``
+    + ``annotations/instances_train2017.json``; val when present), as paths relative to ``root``."""
+    for ti, ta, vi, va in _COCO_LAYOUTS:
+        if os.path.isdir(os.path.join(root, ti)) and os.path.isfile(os.path.join(root, ta)):
+            has_val = os.path.isdir(os.path.join(root, vi)) and os.path.isfile(os.path.join(root, va))
+            return {"train_images": ti, "train_ann": ta, "val_images": vi if has_val else None,
+                    "val_ann": va if has_val else None}
+    return None
+
+
+def folder_state(out_dir: str | os.PathLike) -> tuple[str, dict | None]:
+    """``(state, settings)`` of a data folder. State: ``missing``, ``empty``, ``generated`` (botnet's
+    marker), ``legacy`` (a set of an earlier botnet version: mosaic.json, no marker), ``coco`` (a
+    COCO set botnet did not generate), ``other`` (anything else), ``file`` (not a folder)."""
+    d = os.fspath(out_dir)
+    if not os.path.lexists(d):
+        return "missing", None
+    if os.path.islink(d) or not os.path.isdir(d):
+        return "file", None
+    if not os.listdir(d):
+        return "empty", None
+    complete = all(os.path.isfile(mosaic_paths(d, s)[1]) for s in ("train", "val"))
+    marker = _read_json(os.path.join(d, MARKER))
+    if marker is not None and marker.get("generator") == GENERATOR:
+        return "generated", marker.get("settings") if complete else None
+    stamp = _read_json(os.path.join(d, _STAMP))
+    if stamp is not None and "settings" in stamp and complete:
+        return "legacy", stamp.get("settings")
+    return ("coco", None) if coco_layout(d) is not None else ("other", None)
+
+
+def refusal(d: str, state: str, what: str) -> str:
+    """Why an existing folder is not written into, and what to do: one line."""
+    if state == "file":
+        return f"{what} {d} is a file or a link, not a folder; choose a new folder for the generated set"
+    if state == "legacy":
+        return (f"{what} {d} holds a fashion-mosaic set of an earlier botnet version (no {MARKER} marker), so "
+                f"botnet treats it as your data and does not replace it: delete it yourself (rm -r {d}) to regenerate "
+                f"it there, or choose another folder")
+    if state == "coco":
+        return (f"{what} {d} holds a COCO data set botnet did not generate; botnet never writes over it: choose a new "
+                f"or empty folder for the generated set")
+    return (f"{what} {d} is not empty and was not generated by botnet (no {MARKER}); botnet never writes over it: "
+            f"choose a new or empty folder")
+
+
+def check_target(out_dir: str, settings: dict, *, overwrite: bool = False, replace_stale: bool = False,
+                 what: str = "--out") -> str:
+    """``reuse`` (the same set is there), else the folder's state when the set may be written there
+    (``missing``, ``empty``, ``generated``); raises :class:`DataError` (one line) for any other."""
+    state, old = folder_state(out_dir)
+    if state in ("generated", "legacy") and old == settings and not overwrite:
+        return "reuse"
+    if state == "generated" and not (overwrite or replace_stale):
+        raise DataError(f"{what} {out_dir} holds a fashion-mosaic set generated with other settings; pass --overwrite "
+                        f"to replace it, or choose another folder")
+    if state not in ("missing", "empty", "generated"):
+        raise DataError(refusal(out_dir, state, what))
+    extra = _foreign_file(out_dir) if state == "generated" else None
+    if extra is not None:
+        raise DataError(f"{what} {out_dir} is a generated set, but {extra} in it is not a file botnet wrote; move it "
+                        f"out (or choose another folder) before the set is replaced")
+    return state
+
+
 def generate_fashion_mosaic(
     out_dir: str | os.PathLike,
     *,
     source: str | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    replace_stale: bool = False,
+    what: str = "--out",
     **settings,
 ) -> dict:
     """Write the fashion-mosaic data set to ``out_dir``; return a summary dict.
 
     ``settings`` are :class:`MosaicConfig` fields (``num_train``, ``num_val``, ``canvas``,
     ``min_items``, ``max_items``, ``min_item_size``, ``max_item_size``, ``max_overlap``,
-    ``min_visible``, ``threshold``, ``seed``). If ``out_dir`` already holds a set generated with
-    the same settings it is reused unless ``overwrite``.
+    ``min_visible``, ``threshold``, ``seed``). A set already there with the same settings is reused
+    (unless ``overwrite``). A set botnet generated with other settings is replaced only with
+    ``overwrite`` or ``replace_stale``; any other non-empty folder raises :class:`DataError` (one
+    line naming ``what`` and the folder) and is left as it is.
     """
     cfg = MosaicConfig(**settings)
     cfg.check()
     out_dir = os.fspath(out_dir)
-    stamp = os.path.join(out_dir, "mosaic.json")
-    if not overwrite and os.path.isfile(stamp):
-        with open(stamp) as f:
-            old = json.load(f)
-        if old.get("settings") == asdict(cfg) and all(
-            os.path.isfile(mosaic_paths(out_dir, s)[1]) for s in ("train", "val")
-        ):
-            return {**old, "reused": True}
+    state = check_target(out_dir, asdict(cfg), overwrite=overwrite, replace_stale=replace_stale, what=what)
+    if state == "reuse":
+        stamp = _read_json(os.path.join(out_dir, _STAMP)) or {"settings": asdict(cfg)}
+        return {**stamp, "reused": True}
     from botnet.engine.checkpoint import check_output_dir
 
-    check_output_dir(out_dir, "--out")
-    os.makedirs(out_dir, exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    check_output_dir(parent, f"the folder of {what}")
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", suffix=".tmp", dir=parent)
+    try:
+        summary = _write_set(tmp, out_dir, cfg, source, progress)
+        _swap(tmp, out_dir, state)
+    except BaseException:
+        _remove_set(tmp)
+        raise
+    return {**summary, "reused": False}
+
+
+def _write_set(tmp: str, out_dir: str, cfg: MosaicConfig, source: str | None, progress: bool) -> dict:
+    """Both splits, the stamp and, last, the marker (a set without it is never taken as botnet's)."""
     summary = {"settings": asdict(cfg)}
     for split, num in (("train", cfg.num_train), ("val", cfg.num_val)):
         images, labels = read_fashion_mnist("train" if split == "train" else "test", source)
-        summary[split] = _write_split(out_dir, split, num, cfg, images, labels, progress)
-    with open(stamp, "w") as f:
+        summary[split] = _write_split(tmp, split, num, cfg, images, labels, progress)
+        summary[split]["instances_json"] = mosaic_paths(out_dir, split)[1]  # its final place, not the temporary one
+    with open(os.path.join(tmp, _STAMP), "w") as f:
         json.dump(summary, f, indent=1)
-    return {**summary, "reused": False}
+    import botnet
+
+    marker = {"generator": GENERATOR, "botnet_version": botnet.__version__, "settings": asdict(cfg)}
+    with open(os.path.join(tmp, MARKER), "w") as f:
+        json.dump(marker, f, indent=1)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a data set is shared like any folder
+    return summary
+
+
+def _swap(tmp: str, out_dir: str, state: str) -> None:
+    from botnet.engine.dirswap import swap_into_place
+
+    now, _ = folder_state(out_dir)
+    if now != state or now not in ("missing", "empty", "generated"):  # changed while generating
+        raise DataError(refusal(out_dir, now, "the folder"))
+    old = swap_into_place(tmp, os.path.abspath(out_dir))
+    if old is not None:
+        _remove_set(os.fspath(old))
+
+
+def _is_generated_name(rel: str) -> bool:
+    """A path (relative to the set's folder) of a file the generator writes."""
+    if rel in (MARKER, _STAMP, "instances_train.json", "instances_val.json"):
+        return True
+    split, _, name = rel.partition("/")
+    return split in ("train", "val") and len(name) == 10 and name.endswith(".png") and name[:6].isdigit()
+
+
+def _foreign_file(d: str) -> str | None:
+    """The first file or folder in a generated set that the generator does not write, else None."""
+    for top, dirs, files in os.walk(d):
+        rel_top = os.path.relpath(top, d)
+        for n in sorted(dirs):
+            if rel_top != "." or n not in ("train", "val") or os.path.islink(os.path.join(top, n)):
+                return os.path.join(top, n)
+        for n in sorted(files):
+            rel = n if rel_top == "." else f"{rel_top}/{n}"
+            if not _is_generated_name(rel) or os.path.islink(os.path.join(top, n)):
+                return os.path.join(top, n)
+    return None
+
+
+def _remove_set(d: str) -> None:
+    """Remove the files the generator writes (and nothing else) from a folder it wrote."""
+    from botnet.engine.dirswap import remove_written
+
+    if not os.path.isdir(d):
+        return
+    names = [MARKER, _STAMP, "instances_train.json", "instances_val.json"]
+    for split in ("train", "val"):
+        if os.path.isdir(os.path.join(d, split)):
+            names += [f"{split}/{n}" for n in os.listdir(os.path.join(d, split)) if _is_generated_name(f"{split}/{n}")]
+    remove_written(d, names)

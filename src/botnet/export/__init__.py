@@ -10,20 +10,181 @@
 
 Every function puts the model in eval mode and returns the path written. :func:`verify` runs the
 exported artifact next to the eager model at given input sizes and returns the max abs errors.
+
+Every file written carries a marker naming botnet export (ONNX: ``metadata_props["botnet.export"]``;
+TorchScript and ``.pt2``: the extra file ``extra/botnet-export.json`` in the zip archive). The path
+is checked first (:func:`check_out_path`): a folder, a checkpoint or any file without that marker is
+refused, and an earlier export is replaced only with ``overwrite=True``. Files are written to a
+temporary name beside the target and renamed into place, so a failed export leaves the old file.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from botnet.errors import ConfigError
+
 __all__ = ["FORMATS", "export_model", "export_onnx", "export_torchscript", "export_program",
-           "load_exported", "run_exported", "verify", "dynamic_shapes"]
+           "load_exported", "run_exported", "verify", "dynamic_shapes", "check_out_path", "read_export_marker"]
 
 FORMATS = ("onnx", "torchscript", "export")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2"}
+MARKER_FILE = "botnet-export.json"  # TorchScript / torch.export extra file (stored as ARCHIVE/extra/NAME)
+ONNX_KEY = "botnet.export"           # ONNX model metadata_props key
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_MAX_MARKER = 1 << 16
+
+
+def _marker_text(fmt: str) -> str:
+    import botnet
+
+    return json.dumps({"producer": "botnet export", "format": fmt, "botnet_version": botnet.__version__})
+
+
+def _parse_marker(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        m = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return m if isinstance(m, dict) and m.get("producer") == "botnet export" else None
+
+
+def _varint(f) -> int | None:
+    shift, out = 0, 0
+    for _ in range(10):
+        b = f.read(1)
+        if not b:
+            return None
+        out |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return out
+        shift += 7
+    return None
+
+
+def _onnx_marker(path: Path) -> dict[str, Any] | None:
+    """The marker in an ONNX file's metadata_props (ModelProto field 14), found by stepping over the
+    top-level protobuf fields without reading the graph: bounded memory for any file."""
+    import onnx
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        for _ in range(100_000):
+            tag = _varint(f)
+            if tag is None:
+                return None
+            field, wire = tag >> 3, tag & 7
+            if wire == 0 and _varint(f) is not None:
+                continue
+            if wire in (1, 5):
+                f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+                continue
+            n = _varint(f) if wire == 2 else None
+            if n is None or f.tell() + n > size:
+                return None
+            if field != 14 or n > _MAX_MARKER:
+                f.seek(n, os.SEEK_CUR)
+                continue
+            try:
+                entry = onnx.StringStringEntryProto.FromString(f.read(n))
+            except Exception:  # not protobuf: not ours
+                return None
+            if entry.key == ONNX_KEY:
+                return _parse_marker(entry.value)
+    return None
+
+
+def read_export_marker(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The marker of a file botnet export wrote (producer, format, version), else None. Only zip
+    directories and protobuf field headers are read: nothing in the file is run or unpickled."""
+    p = Path(path)
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                for info in z.infolist():
+                    if info.filename.endswith("/extra/" + MARKER_FILE) and info.file_size <= _MAX_MARKER:
+                        return _parse_marker(z.read(info))
+            return None
+        return _onnx_marker(p)
+    except (OSError, zipfile.BadZipFile, ImportError, ValueError):
+        return None
+
+
+def _is_checkpoint(p: Path) -> bool:
+    """A weights file botnet's checkpoint reader takes: by name, or a safetensors header."""
+    if p.name.endswith(_CHECKPOINT_SUFFIXES):
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < (100 << 20) and head[8:9] == b"{"
+
+
+def check_out_path(path: str | os.PathLike, fmt: str | None = None, *, overwrite: bool = False,
+                   what: str = "--out") -> Path:
+    """Refuse, in one line, an output path export must not write: a folder, a checkpoint, a file it
+    did not write, or its own earlier export without ``overwrite``; also a path under a file."""
+    p = Path(path)
+    example = p / f"model{SUFFIX.get(fmt or '', '.onnx')}"
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a folder; give a file name, e.g. {example}")
+    if p.name.endswith(".safetensors"):
+        why = ("is a checkpoint; export never replaces one" if os.path.lexists(p) else
+               "is named like a checkpoint; export writes ONNX, TorchScript or .pt2 files, never .safetensors")
+        raise ConfigError(f"{what} {p} {why}: choose a new file name, e.g. "
+                          f"{p.with_suffix(SUFFIX.get(fmt or '', '.onnx'))}")
+    if os.path.lexists(p):
+        _check_existing(p, fmt, overwrite, what)
+        return p
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{what} {p} cannot be created: {anc} is not a folder")
+    return p
+
+
+def _check_existing(p: Path, fmt: str | None, overwrite: bool, what: str) -> None:
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} exists and is not a regular file; choose a new file name")
+    marker = read_export_marker(p)
+    if marker is None and _is_checkpoint(p):
+        raise ConfigError(f"{what} {p} is a checkpoint; export never replaces one: choose a new file name, e.g. "
+                          f"{p.with_suffix(SUFFIX.get(fmt or '', '.onnx'))}")
+    if marker is None:
+        raise ConfigError(f"{what} {p} exists and was not written by botnet export; choose a new file name (export "
+                          f"replaces only its own earlier exports, with --overwrite)")
+    if not overwrite:
+        raise ConfigError(f"{what} {p} holds an earlier botnet export ({marker.get('format')}); pass --overwrite to "
+                          f"replace it, or choose a new file name")
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` beside ``path`` (same suffix: the savers look at it), fsync, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
 
 
 def dynamic_shapes(min_size: int = 8, max_size: int = 4096, max_batch: int = 1024) -> dict:
@@ -52,9 +213,8 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, mi
         model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes(min_size),
         input_names=["images"], output_names=["logits"], verbose=False, **kw,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prog.save(str(path))
-    return path
+    prog.model.metadata_props[ONNX_KEY] = _marker_text("onnx")
+    return _write_atomic(path, lambda tmp: prog.save(tmp))
 
 
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
@@ -62,18 +222,16 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     model = model.eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, (example,), check_trace=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
-    return path
+    extra = {MARKER_FILE: _marker_text("torchscript")}
+    return _write_atomic(path, lambda tmp: traced.save(tmp, _extra_files=extra))
 
 
 def export_program(model: nn.Module, path: str | Path, example: torch.Tensor, *, min_size: int = 8) -> Path:
     path = Path(path)
     model = model.eval()
     ep = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(min_size))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(ep, str(path))
-    return path
+    extra = {MARKER_FILE: _marker_text("export")}
+    return _write_atomic(path, lambda tmp: torch.export.save(ep, tmp, extra_files=extra))
 
 
 def smallest_dynamic_size(model: nn.Module) -> int:
@@ -88,12 +246,14 @@ def smallest_dynamic_size(model: nn.Module) -> int:
 
 
 def export_model(model: nn.Module, fmt: str, path: str | Path, *, img_size=None, batch: int = 2,
-                 min_size: int | None = None) -> Path:
+                 min_size: int | None = None, overwrite: bool = False) -> Path:
     """Export ``model`` in ``fmt`` (onnx, torchscript, export), tracing at ``img_size``; dynamic sizes
-    from ``min_size`` (default: :func:`smallest_dynamic_size`) up."""
+    from ``min_size`` (default: :func:`smallest_dynamic_size`) up. An existing ``path`` is replaced
+    only when it is an earlier botnet export and ``overwrite`` is set (:func:`check_out_path`)."""
     min_size = min_size or smallest_dynamic_size(model)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    check_out_path(path, fmt, overwrite=overwrite, what="export path")
     example = _example(model, img_size, batch)
     if fmt == "onnx":
         return export_onnx(model, path, example, min_size=min_size)

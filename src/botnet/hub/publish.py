@@ -1,7 +1,9 @@
 """``botnet publish RUN_DIR OUT_DIR``: a training run as a folder timm and the Hugging Face Hub read.
 
-The folder is written in a temporary sibling folder and renamed into place at the end, so a
-failure (bad run, missing data, Ctrl-C) leaves nothing half-written under OUT_DIR.
+The folder is written in a temporary sibling folder and swapped into place at the end, so a
+failure (bad run, missing data, Ctrl-C, a kill) leaves nothing half-written under OUT_DIR: it holds
+the earlier publish or the new one. ``--force`` replaces only a folder that holds exactly an earlier
+publish (its three files, config.json with botnet's publish format); anything else is refused.
 """
 from __future__ import annotations
 
@@ -17,14 +19,17 @@ from typing import Any
 import torch
 
 from botnet.engine import checkpoint as ckpt
+from botnet.engine.dirswap import remove_written, swap_into_place
 from botnet.engine.log import get_logger
 from botnet.errors import ConfigError
 from botnet.hub.source import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
 
-__all__ = ["publish_run", "WEIGHT_CHOICES", "run_preprocessing"]
+__all__ = ["publish_run", "WEIGHT_CHOICES", "run_preprocessing", "is_previous_publish"]
 
 log = get_logger("hub")
 WEIGHT_CHOICES = ("best", "last", "ema")
+PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # all that publish writes
+_MAX_CONFIG_BYTES = 16 << 20
 
 
 def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weights: str = "best",
@@ -64,11 +69,48 @@ def _check_paths(run: Path, out: Path, force: bool) -> None:
         raise ckpt.CheckpointError(f"{run} is already a published model folder; give the run directory it came from")
     if out.resolve() == run.resolve():
         raise ConfigError(f"OUT_DIR {out} is the run directory itself; choose a new folder")
+    if out.resolve() in run.resolve().parents:
+        raise ConfigError(f"OUT_DIR {out} holds the run directory {run}; choose a new folder (publish never replaces "
+                          f"a folder that holds a run)")
+    if out.is_symlink():
+        raise ConfigError(f"OUT_DIR {out} is a symbolic link; give a new folder, or the linked folder itself")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"OUT_DIR {out} is a file; choose a new folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"OUT_DIR {out} exists and is not empty; choose a new folder or pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        earlier = is_previous_publish(out)
+        if not force:
+            raise ConfigError(f"OUT_DIR {out} exists and is not empty; choose a new folder" +
+                              (" or pass --force to replace this earlier publish" if earlier else ""))
+        if not earlier:
+            raise ConfigError(f"OUT_DIR {out} is not a folder written by botnet publish (it holds "
+                              f"{_first_other(out)}); --force replaces only an earlier publish: choose a new or "
+                              f"empty folder")
     ckpt.check_output_dir(out.parent, "OUT_DIR's parent folder")
+
+
+def is_previous_publish(folder: Path) -> bool:
+    """True for a folder holding exactly what publish writes: its three files and nothing else, with
+    config.json carrying botnet's publish format (so --force can never delete anything else)."""
+    try:
+        entries = list(folder.iterdir())
+        if {p.name for p in entries} - set(PUBLISHED_FILES) or CONFIG_NAME not in {p.name for p in entries}:
+            return False
+        if any(p.is_symlink() or not p.is_file() for p in entries):
+            return False
+        cfg = folder / CONFIG_NAME
+        if cfg.stat().st_size > _MAX_CONFIG_BYTES:
+            return False
+        block = json.loads(cfg.read_text()).get("botnet")
+        return isinstance(block, dict) and block.get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _first_other(folder: Path) -> str:
+    """A file that shows the folder is not an earlier publish, for the message."""
+    names = sorted(p.name for p in folder.iterdir())
+    others = [n for n in names if n not in PUBLISHED_FILES]
+    return others[0] if others else f"a {CONFIG_NAME} botnet publish did not write"
 
 
 def _weights_file(run: Path, weights: str) -> tuple[Path, bool]:
@@ -79,19 +121,19 @@ def _weights_file(run: Path, weights: str) -> tuple[Path, bool]:
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place (an old one, with --force, goes only after that)."""
+    """Swap the finished folder into place in one step (a kill leaves the old or the new publish);
+    an earlier publish is then emptied of the three files publish wrote, and nothing else."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a published folder is for sharing
     for f in tmp.iterdir():
         os.chmod(f, 0o666 & ~umask)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
+    if out.is_dir() and any(out.iterdir()) and not is_previous_publish(out):  # changed since the check
+        raise ConfigError(f"OUT_DIR {out} changed while publishing and is no longer an earlier publish; nothing "
+                          f"was replaced")
+    old = swap_into_place(tmp, out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_written(old, PUBLISHED_FILES)
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
