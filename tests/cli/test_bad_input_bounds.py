@@ -102,8 +102,8 @@ def _table(f):
         (["detect", "predict", ck, f["fifo"], "--output", d / "pred"], [str(f["fifo"]), "FIFO"]),
         # paths of the wrong kind
         (["eval", ck, "--json", d], ["--json", str(d), "is a folder"]),
-        (["export", "botnet_mini", "--format", "torchscript", "--out", d], ["--output", "is a folder"]),
-        (["export", "botnet_mini", "--format", "torchscript", "--out", f["img"] / "m.ts"], ["--output", "is a file"]),
+        (["export", "botnet_mini", "--format", "torchscript", "--out", d], ["--out", "is a folder"]),
+        (["export", "botnet_mini", "--format", "torchscript", "--out", f["img"] / "m.ts"], ["--out", "is not a folder"]),
         (["eval", ck, "--confusion", d], ["--confusion", "is a folder"]),
         (["predict", f["img"], "--checkpoint", ck, "--json", d], ["--json", "is a folder"]),
         (["attention", f["img"], "--checkpoint", ck, "--output", f["img"]], ["--output", "is a file"]),
