@@ -651,7 +651,9 @@ def read_image_rgb(path: str | os.PathLike):
     from PIL import Image
     from torchvision import tv_tensors
 
-    with Image.open(path) as im:
+    from botnet.data.folder import open_regular
+
+    with open_regular(path) as fh, Image.open(fh) as im:  # a FIFO among the images would block forever
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
 

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from botnet.errors import UserInputError
+from botnet.validation import loads_json
+
 __all__ = ["MetricsLogger", "read_jsonl"]
 
 
@@ -138,7 +141,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line:
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = loads_json(line, source=str(path))  # depth-capped: a resumed folder may come from anyone
+        except UserInputError:
             continue
+        if isinstance(rec, dict):
+            out.append(rec)
     return out

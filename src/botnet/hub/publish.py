@@ -21,7 +21,7 @@ import torch
 from botnet.engine import checkpoint as ckpt
 from botnet.engine.dirswap import remove_written, swap_into_place
 from botnet.engine.log import get_logger
-from botnet.errors import ConfigError
+from botnet.errors import ConfigError, UserInputError
 from botnet.hub.source import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
 
 __all__ = ["publish_run", "WEIGHT_CHOICES", "run_preprocessing", "is_previous_publish"]
@@ -144,10 +144,13 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def _json(path: Path) -> dict[str, Any]:
+    from botnet.validation import loads_json
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        out = loads_json(path.read_text(), source=str(path))  # depth-capped: a run folder may be shared
+    except (OSError, ValueError, UserInputError):
         return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _trained_date(run: Path) -> str:
@@ -156,7 +159,7 @@ def _trained_date(run: Path) -> str:
     try:
         lines = (run / "metrics.jsonl").read_text().splitlines()
         stamp = float(json.loads(lines[-1])["time"]) if lines else None
-    except (OSError, ValueError, KeyError, IndexError):
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError):
         pass
     if stamp is None:
         f = run / "summary.json"
