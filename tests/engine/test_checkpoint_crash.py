@@ -1,5 +1,6 @@
 """A save killed at any of its steps (SIGKILL, or a second Ctrl-C) leaves a folder that resumes
 from the new save or from the previous one, never from neither; the next save works and tidies up."""
+import errno
 import json
 import os
 import random
@@ -153,6 +154,26 @@ def test_best_weights_survive_a_kill_at_every_step(tmp_path):
         assert os.listdir(run) == ["best.safetensors"]
 
 
+def test_previous_pair_is_a_copy_where_hard_links_are_unsupported(tmp_path, monkeypatch):
+    run = _good_folder(tmp_path, "run")
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def ctrl_c(p):
+        if p == "weights.rename":  # the state is renamed, the weights not yet: only the copy is complete
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(ckpt, "fault_hook", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _save(run, NEW)
+    monkeypatch.undo()
+    assert os.stat(run / "last.prev.safetensors").st_nlink == 1  # a copy, not a link
+    assert _assert_resumes(run, OLD).name == "last.prev.safetensors"
+    _assert_next_save_tidies(run)
+
+
 def test_resume_auto_finds_a_folder_with_only_the_previous_pair(tmp_path):
     run = _good_folder(tmp_path, "run", mixed=True)
     (run / "last.safetensors").unlink()  # only last.state (NEW) and the previous pair (OLD) are left
@@ -177,7 +198,7 @@ def _saved_step(run):
 @needs_data
 def test_cli_train_killed_at_a_random_moment_then_resume_finishes(tmp_path, capsys):
     """`botnet train` saving every step, SIGKILLed at a random moment (a random step, then a random
-    fraction of a step and its save); `--resume` then finishes the planned 40 steps."""
+    fraction of a step and its save); the same command with `--resume auto` finishes the planned 40 steps."""
     run, rng = tmp_path / "run", random.Random()
     kill_step, delay = rng.randrange(1, 25), rng.uniform(0.0, 0.06)
     env = {**os.environ, "PYTHONPATH": str(Path(ckpt.__file__).parents[2])}
@@ -198,7 +219,8 @@ def test_cli_train_killed_at_a_random_moment_then_resume_finishes(tmp_path, caps
     _, meta = ckpt.check_resumable(run)
     assert kill_step <= meta["step"] < 40, why
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--no-progress", "--threads", "1"]) == 0, why
+    assert main([*args, "--resume", "auto"]) == 0, why  # the same command again, continuing where it was killed
+    assert f"resumed from {run}" in capsys.readouterr().out, why
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 40, (why, summary)
     assert sorted(f for f in os.listdir(run) if "safetensors" in f) == ["best.safetensors", *PAIR]
