@@ -434,7 +434,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
         raise CheckpointError(f"no space left on the disk of {path.parent} while saving {path.name}: it needs about "
                               f"{sum(sizes) / 2**20:.1f} MB free (the new checkpoint files); free space there (or move "
                               f"the run folder to a larger disk) and continue with --resume {path.parent}; the previous "
-                              f"checkpoint is kept") from None
+                              f"checkpoint, if any, is kept") from None
     return path
 
 
