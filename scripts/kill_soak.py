@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="run folder (default: a new temporary folder)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--src", default=None, help="the botnet source tree to soak (default: this checkout's src)")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="after a folder that does not resume, start a new run (to measure a failure rate)")
     ap.add_argument("--max-delay", type=float, default=0.3, help="seconds after this process's first save")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(10**6)
@@ -76,13 +78,15 @@ def main() -> int:
     run = Path(a.out or tempfile.mkdtemp(prefix="kill-soak-")) / "run"
     counts = {"killed": 0, "resumable": 0, "mixed": 0, "prev": 0, "temp": 0}
     failures, t0, steps = [], time.monotonic(), []
+    fresh = True
     with open(run.parent / "soak.log", "ab") as log:
         for i in range(a.kills):
-            killed, how = one_round(run, i == 0, rng.uniform(0.0, a.max_delay), log)
+            killed, how = one_round(run, fresh, rng.uniform(0.0, a.max_delay), log)
             if not killed:
                 failures.append(f"round {i}: the run was not killed ({how})")
                 break
             counts["killed"] += 1
+            fresh = False
             try:
                 for k, v in leftovers(run).items():
                     counts[k] += v
@@ -91,10 +95,13 @@ def main() -> int:
                 steps.append(int(meta["step"]))
             except ckpt.CheckpointError as e:
                 failures.append(f"round {i}: {e}")
+                if not a.keep_going:
+                    break
+                run, fresh = run.with_name(f"run{i}"), True  # the lost run cannot go on: start another
             print(f"round {i + 1}/{a.kills}: step {steps[-1] if steps else '?'} {counts}", flush=True)
     for f in failures:
         print("FAIL", f)
-    print(f"kill-soak: {counts['resumable']}/{a.kills} SIGKILLs left a resumable folder ({SRC}, seed {seed}, max delay "
+    print(f"kill-soak: {counts['resumable']}/{counts['killed']} SIGKILLs left a resumable folder ({SRC}, seed {seed}, max delay "
           f"{a.max_delay} s); {counts['mixed']} left a mixed pair (resumed from last.prev.*), {counts['prev']} a "
           f"previous pair, {counts['temp']} temporary files; step {steps[0] if steps else '?'} -> "
           f"{steps[-1] if steps else '?'}; {time.monotonic() - t0:.0f} s; folder {run}")
