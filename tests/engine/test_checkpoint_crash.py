@@ -195,27 +195,43 @@ def _saved_step(run):
         return 0
 
 
-@needs_data
-def test_cli_train_killed_at_a_random_moment_then_resume_finishes(tmp_path, capsys):
-    """`botnet train` saving every step, SIGKILLed at a random moment (a random step, then a random
-    fraction of a step and its save); the same command with `--resume auto` finishes the planned 40 steps."""
-    run, rng = tmp_path / "run", random.Random()
-    kill_step, delay = rng.randrange(1, 25), rng.uniform(0.0, 0.06)
+def _train_until_killed(args, kill_step=None, delay=0.0, fault=None):
+    """Run `botnet ARGS` in a child; SIGKILL it ``delay`` s after it saved step ``kill_step``, or let the
+    fault hook (``fault``: BOTNET_FAULT_KILL_AT) kill it. Returns the child's stderr."""
+    run = Path(args[args.index("--output") + 1])
     env = {**os.environ, "PYTHONPATH": str(Path(ckpt.__file__).parents[2])}
-    args = ["train", *TINY, "--epochs", "20", "--save-every-steps", "1", "--output", str(run)]
+    if fault:
+        env[ckpt.FAULT_ENV] = fault
     proc = subprocess.Popen([sys.executable, "-m", "botnet.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while _saved_step(run) < kill_step and proc.poll() is None and time.monotonic() < deadline:
+        while kill_step and _saved_step(run) < kill_step and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
+        if kill_step:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
     finally:
-        proc.wait()
-    why = f"kill after step {kill_step} + {delay:.3f} s"
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill ({why}): {proc.stderr.read()!r}"
-    proc.stderr.close()
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed: {err.decode()!r}"
+    return err.decode()
+
+
+@needs_data
+def test_cli_train_killed_at_a_random_moment_then_resume_finishes(tmp_path, capsys):
+    """`botnet train` saving every step, killed between the two renames of a random save (fault hook),
+    resumed with `--resume auto` and SIGKILLed again at a random moment (a random step, then a random
+    fraction of a step and its save); the same command with `--resume auto` finishes the planned 40 steps."""
+    run, rng = tmp_path / "run", random.Random()
+    first, kill_step, delay = rng.randrange(2, 12), rng.randrange(14, 25), rng.uniform(0.0, 0.06)
+    why = f"save {first} killed between its renames, then a kill after step {kill_step} + {delay:.3f} s"
+    args = ["train", *TINY, "--epochs", "20", "--save-every-steps", "1", "--output", str(run)]
+    _train_until_killed(args, fault=f"weights.rename:{first}")
+    used, note = ckpt.select_resume_pair(run)
+    assert used.name == "last.prev.safetensors" and note, why  # last.* is mixed: the previous pair is taken
+    assert 1 <= ckpt.check_resumable(run)[1]["step"] < first, why  # saves: every step, and at each epoch's end
+    _train_until_killed([*args, "--resume", "auto"], kill_step, delay)
     _, meta = ckpt.check_resumable(run)
     assert kill_step <= meta["step"] < 40, why
     capsys.readouterr()
