@@ -146,12 +146,11 @@ def config_from_args(args: argparse.Namespace) -> dict:
             set_by_path(cfg, key, v)
     cfg = apply_overrides(cfg, args.set)
     if args.resume == "auto":
-        from pathlib import Path
-
+        from botnet.engine.checkpoint import has_checkpoint
         from botnet.engine.trainer import run_dir_of
 
-        last = run_dir_of(cfg) / "last.safetensors"
-        args.resume = str(run_dir_of(cfg)) if last.is_file() else None
+        # last.safetensors, or the last.prev.* pair an interrupted save kept
+        args.resume = str(run_dir_of(cfg)) if has_checkpoint(run_dir_of(cfg)) else None
     return cfg
 
 

@@ -13,9 +13,18 @@ A checkpoint ``DIR/last.safetensors`` is a pair of files:
   and the pickle-based ``.state.pt`` of earlier versions is refused.
 
 Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
-moved into place with ``os.replace`` (atomic on POSIX), so a crash or Ctrl-C during a write
-leaves the previous checkpoint intact. The weights file is replaced last; a resume checks that
-both files carry the same ``save_id``.
+moved into place with ``os.replace`` (atomic on POSIX). A pair is saved crash-consistently: both
+new files are written and fsync-ed under temporary names first; the current pair, when complete,
+is kept reachable as ``last.prev.safetensors`` + ``last.prev.state.safetensors`` (hard links, a
+copy where links are unsupported); then the state and the weights are renamed into place, and
+the previous pair is removed once the new one is complete and durable. At every instant one of
+the two pairs carries matching ``save_id`` s, and a resume (:func:`select_resume_pair`) takes the
+newest such pair. A full disk is one :class:`CheckpointError` naming the folder and the space
+needed; nothing is renamed and no temporary file is left.
+
+Test-only fault injection: each step of a save calls ``_fault_point(NAME)`` (names in
+``SAVE_POINTS``); ``fault_hook`` (a callable, set by tests) may raise there, and the environment
+variable ``BOTNET_FAULT_KILL_AT=NAME[:N]`` SIGKILLs the process the N-th time it reaches NAME.
 
 API::
 
@@ -27,11 +36,15 @@ API::
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import random
 import re
+import secrets
+import shutil
+import signal
 import tempfile
 import uuid
 from pathlib import Path
@@ -39,6 +52,7 @@ from typing import Any, Callable
 
 import torch
 
+from botnet.engine.log import get_logger
 from botnet.errors import UserInputError
 
 __all__ = [
@@ -58,11 +72,16 @@ __all__ = [
     "remove_stale_temp_files",
     "check_output_dir",
     "check_resumable",
+    "select_resume_pair",
+    "previous_path",
+    "has_checkpoint",
+    "SAVE_POINTS",
     "read_weights_file",
     "get_rng_state",
     "set_rng_state",
 ]
 
+log = get_logger("checkpoint")
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.safetensors"
 LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
@@ -109,38 +128,92 @@ class CheckpointMismatchError(CheckpointError):
                          "number of classes")
 
 
-# ----------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
-    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temp file in the same
-    directory, which is fsync-ed and then ``os.replace``-d onto ``path``.
+# ----------------------------------------------------------------------------- fault injection (test-only)
+FAULT_ENV = "BOTNET_FAULT_KILL_AT"
+# the steps of a pair save, in order; a weights-only save (best.safetensors) runs the weights.* ones
+SAVE_POINTS = ("state.write", "state.fsync", "weights.write", "weights.fsync",
+               "prev.state.link", "prev.state.rename", "prev.weights.link", "prev.weights.rename", "prev.dir.fsync",
+               "state.rename", "weights.rename", "dir.fsync", "prev.weights.unlink", "prev.state.unlink", "done")
+fault_hook: Callable[[str], None] | None = None  # test-only: called with each point's name; may raise
+_fault_seen: dict[str, int] = {}
 
-    If ``write_fn`` raises (or the process dies) the old ``path`` is untouched and the temp file
-    is removed (or left as ``.*.tmp``, never under the final name).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+
+def _fault_point(point: str) -> None:
+    """Test-only hook at each step of a save: lets the crash tests stop a save exactly here."""
+    if fault_hook is not None:
+        fault_hook(point)
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec.partition(":")[0] == point:
+        _fault_seen[point] = _fault_seen.get(point, 0) + 1
+        if _fault_seen[point] >= int(spec.partition(":")[2] or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _unlink_quiet(path: str | os.PathLike | None) -> None:
+    if path is not None:
         try:
-            os.unlink(tmp)
+            os.unlink(path)
         except FileNotFoundError:
             pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(str(path.parent), os.O_RDONLY)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames, links and unlinks in ``directory`` durable."""
+    try:
+        dfd = os.open(str(directory), os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError:  # pragma: no cover - e.g. filesystems without directory fsync
         pass
+
+
+def _write_temp(path: Path, write_fn: Callable[[str], None], point: str | None = None) -> str:
+    """``write_fn(tmp)`` into a fsync-ed temporary file beside ``path``; returns its name.
+    On any error (or Ctrl-C) the temporary file is removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        if point:
+            _fault_point(f"{point}.write")
+        write_fn(tmp)
+        if point:
+            _fault_point(f"{point}.fsync")
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None], *, point: str | None = None) -> Path:
+    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temp file in the same
+    directory, which is fsync-ed and then ``os.replace``-d onto ``path``.
+
+    If ``write_fn`` raises (or the process dies) the old ``path`` is untouched and the temp file
+    is removed (or left as ``.*.tmp``, never under the final name). ``point`` names the steps for
+    the fault-injection tests (``weights``: ``weights.write``, ...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp: str | None = _write_temp(path, write_fn, point)
+    try:
+        if point:
+            _fault_point(f"{point}.rename")
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if point:
+        _fault_point("dir.fsync")
+    _fsync_dir(path.parent)
+    if point:
+        _fault_point("done")
     return path
 
 
@@ -350,33 +423,189 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
         "config": json.dumps(config or {}, default=str),
     }
     weights = _model_state(model)
-    if save_state:
-        state: dict[str, Any] = {"save_id": save_id, "epoch": int(epoch), "step": int(step),
-                                 "extra": extra or {}, "arch": meta["arch"]}
-        if optimizer is not None:
-            state["optimizer"] = optimizer.state_dict()
-        if scheduler is not None:
-            state["scheduler"] = scheduler.state_dict()
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        if rng:
-            state["rng"] = get_rng_state()
-        write_training_state(state_path_for(path), state, save_id)
-    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=meta))
+    sizes = [_payload_bytes(weights, meta)]
+    try:
+        if not save_state:  # best.safetensors: one file, replaced atomically
+            return atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=meta), point="weights")
+        state = _training_state(save_id, epoch, step, extra, meta["arch"], optimizer, scheduler, ema, scaler, rng)
+        tensors, smeta = _state_payload(state, save_id)
+        sizes.append(_payload_bytes(tensors, smeta))
+        _save_pair(path, lambda tmp: save_file(weights, tmp, metadata=meta),
+                   lambda tmp: save_file(tensors, tmp, metadata=smeta))
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        raise CheckpointError(f"no space left on the disk of {path.parent} while saving {path.name}: it needs about "
+                              f"{sum(sizes) / 2**20:.1f} MB free (the new checkpoint files); free space there (or move "
+                              f"the run folder to a larger disk) and continue with --resume {path.parent}; the previous "
+                              f"checkpoint, if any, is kept") from None
     return path
+
+
+def _training_state(save_id, epoch, step, extra, arch, optimizer, scheduler, ema, scaler, rng) -> dict[str, Any]:
+    state: dict[str, Any] = {"save_id": save_id, "epoch": int(epoch), "step": int(step), "extra": extra or {},
+                             "arch": arch}
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema), ("scaler", scaler)):
+        if obj is not None:
+            state[name] = obj.state_dict()
+    if rng:
+        state["rng"] = get_rng_state()
+    return state
+
+
+def _state_payload(state: dict[str, Any], save_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from botnet.engine.safe_state import pack
+
+    tensors, skeleton = pack(state)
+    return tensors, {"format": STATE_FORMAT, "save_id": save_id, "skeleton": skeleton}
+
+
+def _payload_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + sum(len(k) + len(v) for k, v in meta.items())
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also as safetensors' own error (which carries only the text of the OS error)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(m in text for m in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122"))
 
 
 def write_training_state(path: str | os.PathLike, state: dict[str, Any], save_id: str) -> Path:
     """Atomically write a training-state tree (see :mod:`botnet.engine.safe_state`)."""
     from safetensors.torch import save_file
 
-    from botnet.engine.safe_state import pack
-
-    tensors, skeleton = pack(state)
-    meta = {"format": STATE_FORMAT, "save_id": save_id, "skeleton": skeleton}
+    tensors, meta = _state_payload(state, save_id)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+# ----------------------------------------------------------------------------- crash-consistent pairs
+PREV_TAG = ".prev"  # RUN/last.safetensors -> RUN/last.prev.safetensors, kept while a save replaces the pair
+
+
+def previous_path(weights_path: str | os.PathLike) -> Path:
+    """``RUN/last.safetensors`` -> ``RUN/last.prev.safetensors`` (its state: ``last.prev.state.safetensors``)."""
+    p = Path(weights_path)
+    stem = p.name[: -len(WEIGHTS_SUFFIX)] if p.name.endswith(WEIGHTS_SUFFIX) else p.name
+    return p.with_name(stem + PREV_TAG + WEIGHTS_SUFFIX)
+
+
+def _header(path: Path) -> dict[str, str] | None:
+    """A safetensors file's metadata (header only), or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return None
+
+
+def _pair_id(weights_path: Path) -> str | None:
+    """The ``save_id`` a weights file shares with its training state; None when either file is
+    missing or unreadable, or the two come from different saves."""
+    w, s = _header(weights_path), _header(state_path_for(weights_path))
+    if w is None or s is None or s.get("format") != STATE_FORMAT or not s.get("save_id"):
+        return None
+    return s["save_id"] if w.get("save_id", s["save_id"]) == s["save_id"] else None
+
+
+def _link_over(src: Path, dst: Path, point: str) -> None:
+    """Make ``dst`` name the same file as ``src`` (a hard link; a copy where links are unsupported),
+    replacing ``dst`` atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # rename() of two names of one file is a no-op that would leave the temporary name
+    tmp: Path | None = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _fault_point(f"{point}.link")
+        try:
+            os.link(src, tmp)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _fault_point(f"{point}.rename")
+        os.replace(tmp, dst)
+        tmp = None
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _save_pair(wpath: Path, write_weights: Callable[[str], None], write_state: Callable[[str], None]) -> None:
+    """Replace the pair ``wpath`` + its state so that a complete pair exists at every instant.
+
+    1. both new files are written and fsync-ed under temporary names (nothing visible changes);
+    2. the current pair, if complete, gets second names ``*.prev.*`` (hard links);
+    3. the state, then the weights are renamed into place (the current pair is mixed in between:
+       the previous pair is the complete one);
+    4. once the new pair is durable, the previous pair is removed.
+    A mixed current pair left by a killed save is not linked: its ``*.prev.*`` pair is the good one.
+    """
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    spath, prev = state_path_for(wpath), previous_path(wpath)
+    tmp_s: str | None = None
+    tmp_w: str | None = None
+    try:
+        tmp_s = _write_temp(spath, write_state, "state")
+        tmp_w = _write_temp(wpath, write_weights, "weights")
+        if _pair_id(wpath) is not None:
+            _link_over(spath, state_path_for(prev), "prev.state")
+            _link_over(wpath, prev, "prev.weights")
+            _fault_point("prev.dir.fsync")
+            _fsync_dir(wpath.parent)
+        _fault_point("state.rename")
+        os.replace(tmp_s, spath)
+        tmp_s = None
+        _fault_point("weights.rename")
+        os.replace(tmp_w, wpath)
+        tmp_w = None
+    except BaseException:
+        _unlink_quiet(tmp_s)
+        _unlink_quiet(tmp_w)
+        raise
+    _fault_point("dir.fsync")
+    _fsync_dir(wpath.parent)
+    for point, f in (("prev.weights.unlink", prev), ("prev.state.unlink", state_path_for(prev))):
+        _fault_point(point)
+        _unlink_quiet(f)
+    _fsync_dir(wpath.parent)
+    _fault_point("done")
+
+
+def select_resume_pair(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """The weights file of the newest complete pair to resume ``path`` (a run directory or a weights
+    file): ``last.*`` when both files come from one save, else the ``last.prev.*`` pair that an
+    interrupted save kept. Returns ``(weights, note)``, ``note`` saying why the previous pair was
+    taken. When neither pair is complete the current one is returned: the caller's checks name
+    what is wrong with it."""
+    p = Path(path)
+    try:
+        wpath = resolve_checkpoint(p, prefer=("last",))
+    except CheckpointError:
+        prev = previous_path(p / f"last{WEIGHTS_SUFFIX}")
+        if not (p.is_dir() and _pair_id(prev)):
+            raise
+        return prev, f"{p} holds no last{WEIGHTS_SUFFIX}; using the previous checkpoint {prev.name}"
+    if _pair_id(wpath) is not None or wpath.name.endswith(PREV_TAG + WEIGHTS_SUFFIX):
+        return wpath, None
+    prev = previous_path(wpath)
+    if _pair_id(prev) is None:
+        return wpath, None
+    step = (_header(prev) or {}).get("step", "?")
+    return prev, (f"{wpath.name} and {state_path_for(wpath).name} in {wpath.parent} come from different saves (a save "
+                  f"was interrupted); using the previous complete checkpoint {prev.name} (step {step})")
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a ``last`` checkpoint to resume (its current or its previous pair)."""
+    last = Path(run_dir) / f"last{WEIGHTS_SUFFIX}"
+    return last.is_file() or previous_path(last).is_file()
 
 
 def read_training_state(path: str | os.PathLike, expected_save_id: str | None = None) -> dict[str, Any]:
@@ -433,7 +662,7 @@ def _short(e: BaseException) -> str:
 def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """Find the ``last`` checkpoint of ``path`` and check both of its files can be read, cheaply
     (headers only), so a bad ``--resume`` fails before any work. Returns ``(weights, metadata)``."""
-    wpath = resolve_checkpoint(path, prefer=("last",))
+    wpath, _ = select_resume_pair(path)
     meta = read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
@@ -610,7 +839,9 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     Raises:
         CheckpointError: a file is missing/corrupt, or the two files come from different saves.
     """
-    wpath = resolve_checkpoint(path, prefer=("last",))
+    wpath, note = select_resume_pair(path)
+    if note:
+        log.warning(note)
     meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():

@@ -185,7 +185,9 @@ class Trainer:
             return True
         if self.di.is_main:
             log.info(f"resumed from {self.resume_path}: epoch {self.start_epoch}, step {self.step}"
-                     + (f", {self.skip_batches} batches into the epoch" if self.skip_batches else ""))
+                     + (f", {self.skip_batches} batches into the epoch" if self.skip_batches else "")
+                     + ("; the last save was interrupted, so this is the complete checkpoint before it"
+                        if self.resume_path.name.endswith(ckpt.PREV_TAG + ckpt.WEIGHTS_SUFFIX) else ""))
         return False
 
     def _wrap(self) -> None:
