@@ -240,3 +240,31 @@ def test_cli_train_killed_at_a_random_moment_then_resume_finishes(tmp_path, caps
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 40, (why, summary)
     assert sorted(f for f in os.listdir(run) if "safetensors" in f) == ["best.safetensors", *PAIR]
+
+
+def test_ema_weights_are_read_from_one_save_after_an_interrupted_one(tmp_path):
+    """``eval --ema`` reads the EMA from the state file: after a kill between the two renames it
+    takes the previous complete pair, not a state file of another save."""
+    from timm.utils import ModelEmaV3
+
+    for step in (OLD, NEW):
+        m, opt = _trained(step)
+        ema = ModelEmaV3(m, decay=0.0)
+        ckpt.save_checkpoint(tmp_path / "last", m, optimizer=opt, ema=ema, step=step, arch="mlp")
+    m, opt = _trained(NEXT)
+    os.environ[ckpt.FAULT_ENV] = "weights.rename:1"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ckpt.save_checkpoint(tmp_path / "last", m, optimizer=opt, ema=ModelEmaV3(m, decay=0.0), step=NEXT,
+                                 arch="mlp")
+        finally:
+            os._exit(1)
+    del os.environ[ckpt.FAULT_ENV]
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    meta = ckpt.load_weights(target, tmp_path / "last.safetensors", use_ema=True)
+    assert meta["step"] == NEW
+    ref, _ = _trained(NEW)
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), ref.state_dict().values()))

@@ -793,6 +793,8 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
         state, meta = _read_weights(p), {}
     else:
         p = resolve_checkpoint(p)
+        if use_ema and p.name == f"last{WEIGHTS_SUFFIX}":
+            p, _ = select_resume_pair(p)  # the EMA lives in the state file: take a pair from one save
         meta = read_metadata(p)
         if use_ema:
             sp = state_path_for(p)
