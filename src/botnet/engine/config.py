@@ -392,9 +392,13 @@ def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> No
 
     if arch not in botnet.list_models():
         raise ConfigError(f"model.name = {arch!r} is not a botnet model; known: {', '.join(botnet.list_models())}")
+    from botnet.models.limits import ModelTooLargeError
+
     try:
         with torch.device("meta"):
             botnet.create_model(arch, **kwargs)
+    except ModelTooLargeError as e:  # already names the model, the value and the option to lower
+        raise ConfigError(f"{key}: {' '.join(str(e).split())}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key} {kwargs} do not fit {arch}: {' '.join(str(e).split())}") from None
 
