@@ -14,6 +14,10 @@ Writes RUN/config.json, RUN/last.safetensors (+ last.state.safetensors for --res
 RUN/best.safetensors, metrics (TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/
 confusion-matrix PNGs and summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
 
+A run folder belongs to one run (docs/run-folder.md): a run locks it (a second process is refused),
+a new run refuses a folder that holds a run unless --overwrite (replace it) or --resume (continue
+it) is given, and --resume RUN writes into RUN.
+
 Exit codes: 0 done (also when stopped by --time-budget/--max-steps, or the run was already
 finished), 2 bad input (data, config, checkpoint), 3 NaN/inf loss, 130 interrupted (checkpoint
 saved; continue with --resume)."""
@@ -49,7 +53,8 @@ def run_training(args, cfg: dict) -> tuple[int, dict | None]:
     from botnet.engine.guards import NonFiniteLossError
 
     try:
-        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights)
+        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights,
+                                       overwrite=bool(getattr(args, "overwrite", False)))
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3, None
