@@ -20,8 +20,8 @@ from botnet.data.builder import ResumableSampler
 from botnet.engine import StepOutput, Task, TaskSetup, Trainer
 from botnet.engine.checkpoint import read_metadata
 from botnet.engine.config import ENGINE_DEFAULTS, merge
-from botnet.engine.run_folder import (LOCK_NAME, RunFolderBusy, RunFolderError, RunFolderLock, claim_run_folder,
-                                      existing_run_files)
+from botnet.engine.run_folder import (LOCK_NAME, RUN_DIRS, RUN_FILES, RunFolderBusy, RunFolderError, RunFolderLock,
+                                      claim_run_folder, existing_run_files)
 from botnet.errors import UserInputError
 
 
@@ -153,6 +153,15 @@ def test_resume_writes_into_the_checkpoint_folder_not_the_recorded_output_dir(tm
     assert _files(old) == {"other.txt": b"not yours"}
     assert _steps(moved) == list(range(1, 17))  # steps 1-3 from the first part, 4-16 after the resume
     assert json.loads((moved / "config.json").read_text())["output"]["dir"] == str(moved)
+
+
+def test_the_list_of_botnet_files_covers_a_run_and_the_docs_name_them(tmp_path):
+    run = tmp_path / "run"
+    Trainer(Line(), _cfg(run, plots=True)).run()
+    written = {p.name + ("/" if p.is_dir() else "") for p in run.iterdir()}
+    assert written <= {*RUN_FILES, *(d + "/" for d in RUN_DIRS)} and {"loss.png", "tb/"} <= written
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "run-folder.md").read_text()
+    assert all(f"`{n}" in doc for n in (*RUN_FILES, *RUN_DIRS, LOCK_NAME))
 
 
 def test_claim_checks_the_kind_of_path_first(tmp_path):
