@@ -117,14 +117,16 @@ def test_resume_conflicts_are_one_line(old_run, tmp_path, cwd, capsys):
 
 
 @needs_data
-@pytest.mark.parametrize("target", ["dir", "file"])
-def test_resume_writes_into_the_folder_of_the_checkpoint(target, old_run, tmp_path, cwd, capsys):
-    """The checkpoint's config names old_run; the moved copy is resumed where it is, old_run stays as it was."""
+@pytest.mark.parametrize("cmd,target", [(["train"], "dir"), (["train"], "file"),
+                                        (["demo", "--attention-images", "0"], "dir")])
+def test_resume_writes_into_the_folder_of_the_checkpoint(cmd, target, old_run, tmp_path, cwd, capsys):
+    """The checkpoint's config names old_run; the moved copy is resumed where it is, old_run stays as it was
+    (and the demo does not fall back to its default folder runs/demo)."""
     moved = tmp_path / "moved"
     shutil.copytree(old_run, moved)
     before = _tree(old_run)
     resume = moved if target == "dir" else moved / "last.safetensors"
-    rc, out, err = run(capsys, ["train", "--resume", resume, "--no-progress", "--max-steps", "3"])
+    rc, out, err = run(capsys, [*cmd, "--resume", resume, "--no-progress", "--max-steps", "3"])
     assert rc == 0, err
     assert f"run directory: {moved}" in out
     assert _tree(old_run) == before and list(cwd.iterdir()) == []

@@ -105,16 +105,15 @@ def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe
                        help=f"{help_} [{key}]")
     g = p.add_argument_group("checkpoints")
     g.add_argument("--resume", metavar="RUN|CKPT", default=None,
-                   help="continue a run exactly from RUN/last.safetensors (+ last.state.safetensors), writing into "
-                        "RUN (the checkpoint's folder, whatever output.dir its config names); 'auto' resumes "
+                   help="continue a run exactly from RUN/last.safetensors (+ last.state.safetensors); 'auto' resumes "
                         "the output folder when it holds a checkpoint. The run's saved config is used unless --config "
                         "is given")
+    g.add_argument("--init-weights", metavar="CKPT", default=None,
+                   help="start from these weights (same architecture; mismatching keys are listed and refused)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in the output folder: removes only the files botnet writes there "
                         "(checkpoints, metrics, summary, plots; docs/run-folder.md), once the new run's inputs are "
                         "checked. Without it a new run refuses a folder that holds a run")
-    g.add_argument("--init-weights", metavar="CKPT", default=None,
-                   help="start from these weights (same architecture; mismatching keys are listed and refused)")
 
 
 def _schema(task: str) -> dict:
@@ -150,8 +149,6 @@ def config_from_args(args: argparse.Namespace) -> dict:
         if v is not None:
             set_by_path(cfg, key, v)
     cfg = apply_overrides(cfg, args.set)
-    if meta is not None:
-        _resume_output(args, cfg)
     if args.resume == "auto":
         from pathlib import Path
 
@@ -160,26 +157,6 @@ def config_from_args(args: argparse.Namespace) -> dict:
         last = run_dir_of(cfg) / "last.safetensors"
         args.resume = str(run_dir_of(cfg)) if last.is_file() else None
     return cfg
-
-
-def _resume_output(args: argparse.Namespace, cfg: dict) -> None:
-    """``--resume RUN`` writes into RUN (the checkpoint's folder), never into the ``output.dir`` recorded in the
-    checkpoint (a moved run would write into its old place); an ``--output`` naming another folder is refused."""
-    from botnet.engine.run_folder import RunFolderError, resume_folder, same_folder
-
-    if not isinstance(cfg.get("output"), dict):
-        return  # a malformed output section is reported by the config check
-    folder = resume_folder(args.resume)
-    asked = cfg["output"].get("dir")
-    named = args.output is not None or any(o.split("=", 1)[0].strip() in ("output", "output.dir") for o in args.set)
-    if named and asked and not same_folder(asked, folder):
-        raise RunFolderError(f"--resume {args.resume} continues the run in {folder}, but --output names {asked}: "
-                             f"drop --output, or start a new run there from its weights with --init-weights "
-                             f"{folder / 'last.safetensors'} --output {asked}")
-    if getattr(args, "overwrite", False):
-        raise RunFolderError(f"--overwrite and --resume contradict each other: --resume continues the run in "
-                             f"{folder}, --overwrite replaces it; give one of them")
-    cfg["output"]["dir"] = str(folder)
 
 
 def print_config(cfg: dict) -> None:
