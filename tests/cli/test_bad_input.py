@@ -260,6 +260,6 @@ def test_finished_run_is_left_untouched_and_stale_temp_files_are_removed(tmp_pat
     os.close(fd)
     mine = r / ".my-notes.tmp"  # not ours: must survive
     mine.write_text("keep")
-    rc, out, _ = run(capsys, ["train", "--epochs", "2", "--max-steps", "1", "--output", r, *TINY])
+    rc, out, _ = run(capsys, ["train", "--epochs", "2", "--max-steps", "1", "--output", r, "--overwrite", *TINY])
     assert rc == 0 and not Path(stale).exists() and mine.exists()
     assert "left by a save that was killed" in out

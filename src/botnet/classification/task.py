@@ -189,8 +189,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
             "images_per_s": n / dt if dt > 0 else 0.0, "seconds": dt}
 
 
-def train(cfg: dict, resume=None, init_weights=None, dist_info=None) -> dict[str, Any]:
+def train(cfg: dict, resume=None, init_weights=None, dist_info=None, overwrite: bool = False) -> dict[str, Any]:
     """Run one classification job; returns the summary (also in ``RUN/summary.json``)."""
     from botnet.engine.trainer import Trainer
 
-    return Trainer(ClassificationTask(), cfg, resume=resume, init_weights=init_weights, dist_info=dist_info).run()
+    return Trainer(ClassificationTask(), cfg, resume=resume, init_weights=init_weights, dist_info=dist_info,
+                   overwrite=overwrite).run()

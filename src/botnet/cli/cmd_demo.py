@@ -12,6 +12,9 @@ fitted to it, so the run never overruns by more than one evaluation). Writes RUN
 `botnet predict`, metrics (TensorBoard, metrics.jsonl, metrics.csv), loss/accuracy curves,
 confusion matrix, attention maps of a few test images and summary.json.
 
+A folder that already holds a run is refused: --overwrite replaces it, --resume RUN continues it
+(docs/run-folder.md).
+
 Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (apt-get install
 dataset-fashion-mnist) or --data-dir; --download lets torchvision fetch it where there is internet.
 Every `botnet train` option works here too."""
@@ -36,7 +39,8 @@ def handler(args) -> int:
     if args.time_budget is None and not any(s.startswith("train.time_budget=") for s in args.set):
         budget = args.gpu_time_budget_default if _uses_gpu(args) else args.time_budget_default
         args.set = [f"train.time_budget={budget}", *args.set]
-    if args.output is None and not any(s.startswith("output.dir=") for s in args.set):
+    resuming = args.resume not in (None, "auto")  # --resume RUN writes into RUN: no default folder then
+    if args.output is None and not resuming and not any(s.startswith("output.dir=") for s in args.set):
         args.set = [f"output.dir={args.output_default}", *args.set]
     cfg = prepare(args)
     if cfg is None:
@@ -48,17 +52,20 @@ def handler(args) -> int:
     from pathlib import Path
 
     run = Path(cfg["output"]["dir"])
-    if args.attention_images > 0:
-        try:
-            _attention_samples(run, cfg, args.attention_images)
-        except Exception as e:  # the trained model is safe on disk; a plotting problem must not hide that
-            print(f"warning: attention maps failed: {e}", file=sys.stderr)
-    summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    summary["demo_wall_seconds"] = round(time.monotonic() - t0, 2)
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.engine.run_folder import RunFolderLock
 
-    atomic_write_bytes(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
+    with RunFolderLock(run):  # the run's folder stays ours while the demo adds its files
+        if args.attention_images > 0:
+            try:
+                _attention_samples(run, cfg, args.attention_images)
+            except Exception as e:  # the trained model is safe on disk; a plotting problem must not hide that
+                print(f"warning: attention maps failed: {e}", file=sys.stderr)
+        summary_path = run / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary["demo_wall_seconds"] = round(time.monotonic() - t0, 2)
+        from botnet.engine.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
     fin = summary.get("final", {})
     best = max(fin.values(), key=lambda r: r["top1"]) if fin else None
     if best:

@@ -14,6 +14,10 @@ Writes RUN/config.json, RUN/last.safetensors (+ last.state.safetensors for --res
 RUN/best.safetensors, metrics (TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/
 confusion-matrix PNGs and summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
 
+A run folder belongs to one run (docs/run-folder.md): a run locks it (a second process is refused),
+a new run refuses a folder that holds a run unless --overwrite (replace it) or --resume (continue
+it) is given, and --resume RUN writes into RUN.
+
 Exit codes: 0 done (also when stopped by --time-budget/--max-steps, or the run was already
 finished), 2 bad input (data, config, checkpoint), 3 NaN/inf loss, 130 interrupted (checkpoint
 saved; continue with --resume)."""
@@ -49,7 +53,8 @@ def run_training(args, cfg: dict) -> tuple[int, dict | None]:
     from botnet.engine.guards import NonFiniteLossError
 
     try:
-        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights)
+        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights,
+                                       overwrite=bool(getattr(args, "overwrite", False)))
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3, None
@@ -76,10 +81,32 @@ def prepare(args) -> dict | None:
         print("\n".join(list_recipes()))
         return None
     cfg = config_from_args(args)
+    if args.resume:
+        _resume_output(args, cfg)
     if args.print_config:
         print_config(cfg)
         return None
     return cfg
+
+
+def _resume_output(args, cfg: dict) -> None:
+    """``--resume RUN`` writes into RUN (the checkpoint's folder), never into the ``output.dir`` recorded in the
+    checkpoint (a moved run would write into its old place); an ``--output`` naming another folder is refused."""
+    from botnet.engine.run_folder import RunFolderError, resume_folder, same_folder
+
+    if not isinstance(cfg.get("output"), dict):
+        return  # a malformed output section is reported by the config check
+    folder = resume_folder(args.resume)
+    asked = cfg["output"].get("dir")
+    named = args.output is not None or any(o.split("=", 1)[0].strip() in ("output", "output.dir") for o in args.set)
+    if named and asked and not same_folder(asked, folder):
+        raise RunFolderError(f"--resume {args.resume} continues the run in {folder}, but --output names {asked}: "
+                             f"drop --output, or start a new run there from its weights with --init-weights "
+                             f"{folder / 'last.safetensors'} --output {asked}")
+    if getattr(args, "overwrite", False):
+        raise RunFolderError(f"--overwrite and --resume contradict each other: --resume continues the run in "
+                             f"{folder}, --overwrite replaces it; give one of them")
+    cfg["output"]["dir"] = str(folder)
 
 
 def handler(args) -> int:

@@ -110,6 +110,10 @@ def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe
                         "is given")
     g.add_argument("--init-weights", metavar="CKPT", default=None,
                    help="start from these weights (same architecture; mismatching keys are listed and refused)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the output folder: removes only the files botnet writes there "
+                        "(checkpoints, metrics, summary, plots; docs/run-folder.md), once the new run's inputs are "
+                        "checked. Without it a new run refuses a folder that holds a run")
 
 
 def _schema(task: str) -> dict:

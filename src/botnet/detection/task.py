@@ -219,9 +219,10 @@ def _report(train_set, val_set) -> None:
             log.warning("the validation set has no annotations: COCO AP is undefined (reported as 0)")
 
 
-def train(cfg: dict, resume=None, init_weights=None, dist_info=None) -> dict[str, Any]:
+def train(cfg: dict, resume=None, init_weights=None, dist_info=None, overwrite: bool = False) -> dict[str, Any]:
     """Run one detection job; returns the summary (also in ``RUN/summary.json``)."""
     from botnet.engine.trainer import Trainer
 
     task = DetectionTask(cfg)
-    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info).run()
+    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info,
+                   overwrite=overwrite).run()

@@ -64,16 +64,20 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")}
 
 
-def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: DistInfo | None = None) -> dict[str, Any]:
+def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: DistInfo | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run one job; returns the summary (also written to ``RUN/summary.json``)."""
-    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info).run()
+    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info, overwrite=overwrite).run()
 
 
 class Trainer:
-    def __init__(self, task: Task, cfg: dict, *, resume=None, init_weights=None, dist_info: DistInfo | None = None):
+    def __init__(self, task: Task, cfg: dict, *, resume=None, init_weights=None, dist_info: DistInfo | None = None,
+                 overwrite: bool = False):
+        """``overwrite``: a new run may replace the run already in the output folder (docs/run-folder.md)."""
         self.task, self.cfg, self.resume, self.init_weights = task, cfg, resume, init_weights
         self.tc = cfg["train"]
         self.run_dir = run_dir_of(cfg)
+        self.overwrite, self.folder_lock = overwrite, None
         self._dist_given = dist_info
         self.di: DistInfo | None = None
 
@@ -86,6 +90,8 @@ class Trainer:
         try:
             return self._run()
         finally:
+            if self.folder_lock is not None:
+                self.folder_lock.release()
             torch.set_num_threads(threads_before)  # a run leaves the process as it found it
             torch.backends.cudnn.benchmark = benchmark_before
             if self._dist_given is None:
@@ -95,14 +101,29 @@ class Trainer:
         """A bad --resume / --init-weights / output folder is found before the data is read."""
         if self.resume:
             self.resume_path, self.resume_meta = ckpt.check_resumable(self.resume)
+            self._resume_into_its_folder()
         if self.init_weights:
             ckpt.read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
+
+    def _resume_into_its_folder(self) -> None:
+        """A resumed run writes into the folder of its checkpoint, never into the ``output.dir`` recorded in it
+        (a moved run would write into its old place; a shared one could name any folder)."""
+        from botnet.engine.run_folder import resume_folder, same_folder
+
+        folder = resume_folder(self.resume)
+        if self.cfg["output"].get("dir") and not same_folder(self.cfg["output"]["dir"], folder):
+            log.info(f"resuming in {folder} (the config names {self.cfg['output']['dir']})")
+        self.cfg["output"]["dir"] = str(folder)  # config.json and the checkpoints record where the run is
+        self.run_dir = folder
 
     def _run(self) -> dict[str, Any]:
         di, tc = self.di, self.tc
         self.t_start = time.monotonic()
         if di.is_main:
-            ckpt.check_output_dir(self.run_dir)
+            from botnet.engine.run_folder import claim_run_folder
+
+            # checked, locked for the whole run, and refused if it holds another run (before any work)
+            self.folder_lock = claim_run_folder(self.run_dir, resume=bool(self.resume), overwrite=self.overwrite)
             for f in ckpt.remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
         seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
@@ -118,6 +139,12 @@ class Trainer:
             return {"status": "already_finished", "steps": self.step, "epochs": float(tc["epochs"]),
                     "run_dir": str(self.run_dir)}
         self._wrap()
+        if di.is_main and self.overwrite:  # only now: a bad input found above leaves the old run whole
+            from botnet.engine.run_folder import clear_run_files
+
+            removed = clear_run_files(self.run_dir)
+            if removed:
+                log.info(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, enabled=di.is_main, resume=bool(self.resume))
         self._announce()
         try:
