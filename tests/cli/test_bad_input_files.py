@@ -147,3 +147,15 @@ def test_config_shape_errors_name_the_key(capsys, tmp_path, args, needle):
     rc, _, err = run(capsys, [*args, "--output", tmp_path / "r", *small])
     assert_one_line_error(rc, err, needle)
     assert not (tmp_path / "r").exists()
+
+
+@needs_data
+def test_resume_past_the_end_of_an_epoch_of_this_run_is_one_line(copy, capsys):
+    """The run stopped one batch into an epoch of 2 steps; with a batch twice as large an epoch has 1
+    step, so that position is past its end: a line, not an epoch silently skipped."""
+    r = copy("run")
+    before = (r / "metrics.jsonl").read_bytes()
+    rc, _, err = run(capsys, ["train", "--resume", r, "--output", r, *TINY, "--batch-size", "64"])
+    assert_one_line_error(rc, err, str(r / "last.state.safetensors"), "extra.batch_in_epoch is 1",
+                          "an epoch of this run has 1 steps")
+    assert (r / "metrics.jsonl").read_bytes() == before

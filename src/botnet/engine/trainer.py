@@ -204,6 +204,12 @@ class Trainer:
         self.skip_batches = int(ex.get("batch_in_epoch", 0))
         self.best = ex.get("best", self.best)
         self.history_seconds = float(ex.get("train_seconds", 0.0))
+        if self.skip_batches >= max(self.spe, 1):  # the schema cannot know the epoch's length; the run does
+            raise ckpt.CheckpointError(
+                f"training state {ckpt.state_path_for(self.resume_path)}: extra.batch_in_epoch is "
+                f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
+                f"data changed since the save: resume with the same data, or start from its weights with "
+                f"--init-weights {self.resume_path}")
         if self.step >= self.planned_steps:
             if self.di.is_main:
                 log.info(f"run {self.run_dir} is already finished ({self.step} steps = {self.epochs:g} epochs of "
