@@ -230,3 +230,20 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path, capsys):
     # (--overwrite, not --resume: whether the kill left a resumable checkpoint is another matter, docs/engine.md)
     assert main(["train", "--output", str(run), "--overwrite", *TINY, "--max-steps", "1"]) == 0
     assert not (run / LOCK_NAME).exists()
+
+
+@needs_data
+def test_a_held_folder_stops_a_torchrun_job_at_once(tmp_path):
+    """Rank 0 refuses before the process group exists, so the other rank is stopped instead of left waiting."""
+    run = tmp_path / "run"
+    src = str(Path(botnet.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "botnet.cli",
+           "train", "--output", str(run), "--device", "cpu", *TINY, "--batch-size", "16", "--epochs", "1"]
+    with RunFolderLock(run):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert list(run.iterdir()) == [run / LOCK_NAME]
+    assert p.returncode != 0
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"run folder {run} is in use" in lines[0] and f"pid {os.getpid()}" in lines[0], \
+        p.stdout[-2000:] + p.stderr[-2000:]

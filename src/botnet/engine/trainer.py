@@ -85,9 +85,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.task.validate(self.cfg)  # every bad value is a one-line ConfigError before any work
         self._check_files()
+        self._claim_folder()
         threads_before, benchmark_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
-        self.di = self._dist_given or init_distributed(self.tc["device"])
         try:
+            self.di = self._dist_given or init_distributed(self.tc["device"])
             return self._run()
         finally:
             if self.folder_lock is not None:
@@ -116,14 +117,21 @@ class Trainer:
         self.cfg["output"]["dir"] = str(folder)  # config.json and the checkpoints record where the run is
         self.run_dir = folder
 
+    def _claim_folder(self) -> None:
+        """The main rank checks the run folder, locks it for the whole run and refuses one that holds another run.
+
+        Before the process group exists: a refused rank 0 then simply exits (torchrun stops the other ranks),
+        where a collective it skipped would leave them waiting."""
+        main = self._dist_given.is_main if self._dist_given is not None else int(os.environ.get("RANK", "0")) == 0
+        if main:
+            from botnet.engine.run_folder import claim_run_folder
+
+            self.folder_lock = claim_run_folder(self.run_dir, resume=bool(self.resume), overwrite=self.overwrite)
+
     def _run(self) -> dict[str, Any]:
         di, tc = self.di, self.tc
         self.t_start = time.monotonic()
         if di.is_main:
-            from botnet.engine.run_folder import claim_run_folder
-
-            # checked, locked for the whole run, and refused if it holds another run (before any work)
-            self.folder_lock = claim_run_folder(self.run_dir, resume=bool(self.resume), overwrite=self.overwrite)
             for f in ckpt.remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
         seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
