@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import botnet
-from botnet.cli import main
 from botnet.data import fashion_mnist as fm
 from botnet.engine import checkpoint as ckpt
+from helpers import assert_one_line_error, image_folder, run  # noqa: F401 (re-exported to test_bad_input_files)
 
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -22,26 +22,6 @@ TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-pr
         "--eval-every", "0", "--threads", "1", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32"]
 MINI_KW = {"widths": [4, 8, 8, 16], "stem_width": 8, "strides": [2, 2, 1, 1], "img_size": 28, "num_classes": 10,
            "in_chans": 1}
-
-
-def run(capsys, args):
-    """``botnet ARGS`` in-process: (exit code, stdout, stderr); argparse's exit is caught too."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +154,7 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 @pytest.fixture
 def folder(tmp_path):
     """ROOT/{train,val}/{a,b}/*.png with 8 good 28x28 images per class."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(8):
-                Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
+    return image_folder(tmp_path / "data")
 
 
 FOLDER = ["--dataset", "folder", "--img-size", "28", "--set", "model.in_chans=1", "--batch-size", "4",

@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from test_bad_input import TINY, assert_one_line_error, needs_data, run
+from helpers import assert_one_line_error, run
+from test_bad_input import TINY, needs_data
 
 DEEP = "[" * 5000 + "]" * 5000
 

@@ -12,30 +12,12 @@ import pytest
 
 from botnet.cli import main
 from botnet.engine.run_folder import LOCK_NAME, RunFolderLock
+from helpers import assert_one_line_error, run
 
 needs_data = pytest.mark.skipif(not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-progress", "--no-plots",
         "--eval-every", "0", "--threads", "1", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32"]
-
-
-def run(capsys, args):
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -2,8 +2,6 @@
 (which made pycocotools' rasteriser crash or run away), RLE runs longer than the image, and far too
 many annotations. Each is refused by the validation pass, before any work, with the field named."""
 import json
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -13,8 +11,7 @@ from PIL import Image
 from botnet.data import coco
 from botnet.data.coco import CocoDetection, CocoFormatError, load_coco, read_json_file, validate_coco
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cli"))
-from test_bad_input import assert_one_line_error, run  # noqa: E402
+from helpers import assert_one_line_error, run
 
 W, H = 60, 40
 

@@ -2,7 +2,6 @@
 user's data: `data fashion-mosaic` needs --overwrite to replace a set and replaces only a marked
 one; `detect train --data-dir D` trains on a COCO set found in D as it is, and refuses any other
 folder in one line (exit 2) before any work. Every refused folder is left byte for byte."""
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from botnet.data.mosaic import MARKER, generate_fashion_mosaic
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "detection"))
 from detection_helpers import tiny_config_overrides  # noqa: E402
+from helpers import run as run_botnet, tree
 
 pytestmark = pytest.mark.skipif(fm._complete(fm.SYSTEM_DIR) is None and not os.environ.get("BOTNET_FASHION_MNIST"),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -27,22 +27,9 @@ FLAGS = ["--num-train", "4", "--num-val", "2", "--canvas", "96", "--min-items", 
          "--min-item-size", "24", "--max-item-size", "48"]
 
 
-def tree(root):
-    """{relative path: sha256 or 'dir'} of everything under root."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for n in dirs:
-            out[os.path.relpath(os.path.join(top, n), root)] = "dir"
-        for n in files:
-            p = os.path.join(top, n)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 def run(capsys, args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr().err
+    rc, _, err = run_botnet(capsys, args)
+    return rc, err
 
 
 def assert_one_line(rc, err, *needles):

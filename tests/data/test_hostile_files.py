@@ -8,23 +8,13 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from botnet.cli import main
 from botnet.data.errors import BadImageError, DataError
 from botnet.data.fashion_mnist import read_idx
 from botnet.data.folder import check_image_folder, check_image_header, pil_loader
-
-
-def _run(capsys, args):
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    return (rc, *capsys.readouterr())
+from helpers import image_folder, run as _run
 
 
 def _error_line(err: str) -> str:
@@ -46,15 +36,7 @@ def _garbage_png(path: Path) -> None:
 
 @pytest.fixture
 def folder(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(8):
-                Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
+    return image_folder(tmp_path / "data")
 
 
 # ----------------------------------------------------------------------------- FIFOs

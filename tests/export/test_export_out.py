@@ -1,7 +1,6 @@
 """export --out writes a new file or replaces an earlier botnet export (with --overwrite); a
 checkpoint, a folder or any file export did not write is refused in one line (exit 2) before the
 model is built, and every file around is left byte for byte."""
-import hashlib
 import os
 
 import pytest
@@ -9,30 +8,18 @@ import torch
 from torch import nn
 
 import botnet
-from botnet.cli import cmd_export, main
+from botnet.cli import cmd_export
 from botnet.engine import checkpoint as ckpt
 from botnet.export import export_model, read_export_marker
+from helpers import run as run_botnet, tree
 
 MINI_KW = {"widths": [4, 8, 8, 16], "stem_width": 8, "strides": [2, 2, 1, 1], "img_size": 28, "num_classes": 10,
            "in_chans": 1}
 
 
-def tree(root):
-    """{relative path: sha256 or 'dir'} of everything under root."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for n in dirs:
-            out[os.path.relpath(os.path.join(top, n), root)] = "dir"
-        for n in files:
-            p = os.path.join(top, n)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 def run(capsys, args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr().err
+    rc, _, err = run_botnet(capsys, args)
+    return rc, err
 
 
 def assert_one_line(rc, err, *needles):

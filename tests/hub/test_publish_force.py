@@ -1,36 +1,18 @@
 """publish --force replaces only an earlier publish: a parent of the run, the run, a folder with
 other files or a folder botnet did not publish is refused in one line (exit 2) and left byte for byte."""
-import hashlib
 import json
-import os
 import shutil
 
 import pytest
 
 from botnet.cli import main
 from botnet.engine import dirswap
-
-
-def tree(root):
-    """{relative path: sha256 (files) or 'dir' / 'link -> target'} of everything under root."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for n in dirs + files:
-            p = os.path.join(top, n)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "link -> " + os.readlink(p)
-            elif os.path.isdir(p):
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
+from helpers import run as run_botnet, tree
 
 
 def run(capsys, args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr().err
+    rc, _, err = run_botnet(capsys, args)
+    return rc, err
 
 
 def assert_one_line(rc, err, *needles):

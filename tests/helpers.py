@@ -1,0 +1,60 @@
+"""What the bad-input tests share: run a command in-process, check its one-line error, fingerprint
+a folder, make a small image folder. Importable from any test (pytest puts tests/ on sys.path)."""
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from botnet.cli import main
+
+
+def run(capsys, args):
+    """``botnet ARGS`` in-process: (exit code, stdout, stderr); argparse's exit is caught too."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles, log_prefixes=()):
+    """Exit code 2, no traceback, one ``error:`` line holding every needle (lines starting with one of
+    ``log_prefixes`` are log lines the command printed before it stopped)."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(tuple(log_prefixes))]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+
+
+def tree(root):
+    """{relative path: sha256 (files), 'dir' or 'link -> target'} of everything under ``root``."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(top, n)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = "link -> " + os.readlink(p)
+            elif os.path.isdir(p):
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+def image_folder(root: Path, classes=("a", "b"), per_class: int = 8) -> Path:
+    """ROOT/{train,val}/CLASS/*.png with ``per_class`` random 28x28 images per class."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
