@@ -151,12 +151,16 @@ def test_config_shape_errors_name_the_key(capsys, tmp_path, args, needle):
 
 
 @needs_data
-def test_resume_past_the_end_of_an_epoch_of_this_run_is_one_line(copy, capsys):
-    """The run stopped one batch into an epoch of 2 steps; with a batch twice as large an epoch has 1
-    step, so that position is past its end: a line, not an epoch silently skipped."""
-    r = copy("run")
+def test_resume_past_the_end_of_an_epoch_of_this_run_is_one_line(capsys, tmp_path):
+    """A run stopped 3 batches into an epoch of 4 steps; with a batch twice as large an epoch has 2
+    steps, so that position is past its end: a line, not an epoch silently skipped."""
+    from botnet.cli import main
+
+    r = tmp_path / "run"
+    args = [*TINY, "--limit-train", "128", "--epochs", "2", "--output", r]
+    assert main([str(a) for a in ["train", *args, "--max-steps", "3"]]) == 0
     before = (r / "metrics.jsonl").read_bytes()
-    rc, _, err = run(capsys, ["train", "--resume", r, "--output", r, *TINY, "--batch-size", "64"])
-    assert_one_line_error(rc, err, str(r / "last.state.safetensors"), "extra.batch_in_epoch is 1",
-                          "an epoch of this run has 1 steps")
+    rc, _, err = run(capsys, ["train", "--resume", r, *args, "--batch-size", "64"])
+    assert_one_line_error(rc, err, str(r / "last.state.safetensors"), "extra.batch_in_epoch is 3",
+                          "an epoch of this run has 2 steps")
     assert (r / "metrics.jsonl").read_bytes() == before

@@ -11,22 +11,10 @@ import botnet
 from botnet.cli import cmd_export
 from botnet.engine import checkpoint as ckpt
 from botnet.export import export_model, read_export_marker
-from helpers import run as run_botnet, tree
+from helpers import assert_one_line_error, run, tree
 
 MINI_KW = {"widths": [4, 8, 8, 16], "stem_width": 8, "strides": [2, 2, 1, 1], "img_size": 28, "num_classes": 10,
            "in_chans": 1}
-
-
-def run(capsys, args):
-    rc, _, err = run_botnet(capsys, args)
-    return rc, err
-
-
-def assert_one_line(rc, err, *needles):
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
 
 
 @pytest.fixture()
@@ -57,9 +45,9 @@ def no_build(monkeypatch):
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_existing_files_export_did_not_write_are_refused(run_dir, no_build, capsys, name, says, overwrite):
     before = tree(run_dir.parent)
-    rc, err = run(capsys, ["export", "--checkpoint", run_dir, "--format", "torchscript", "--out", run_dir / name,
+    rc, _, err = run(capsys, ["export", "--checkpoint", run_dir, "--format", "torchscript", "--out", run_dir / name,
                            "--no-verify", *overwrite])
-    assert_one_line(rc, err, f"--out {run_dir / name} ", says)
+    assert_one_line_error(rc, err, f"--out {run_dir / name} ", says)
     assert tree(run_dir.parent) == before
 
 
@@ -69,8 +57,8 @@ def test_existing_files_export_did_not_write_are_refused(run_dir, no_build, caps
 def test_paths_of_the_wrong_kind_are_one_line(run_dir, no_build, capsys, where, says):
     out = run_dir.parent / where if where == "run" else run_dir / where
     before = tree(run_dir.parent)
-    rc, err = run(capsys, ["export", "--checkpoint", run_dir, "--format", "onnx", "--out", out, "--no-verify"])
-    assert_one_line(rc, err, f"--out {out} ", says)
+    rc, _, err = run(capsys, ["export", "--checkpoint", run_dir, "--format", "onnx", "--out", out, "--no-verify"])
+    assert_one_line_error(rc, err, f"--out {out} ", says)
     assert tree(run_dir.parent) == before
 
 
@@ -80,8 +68,8 @@ def test_an_earlier_export_is_replaced_only_with_overwrite(run_dir, tmp_path, ca
     assert run(capsys, args)[0] == 0
     assert read_export_marker(out)["format"] == "torchscript"
     before = tree(tmp_path)
-    rc, err = run(capsys, args)
-    assert_one_line(rc, err, f"--out {out} ", "earlier botnet export", "--overwrite")
+    rc, _, err = run(capsys, args)
+    assert_one_line_error(rc, err, f"--out {out} ", "earlier botnet export", "--overwrite")
     assert tree(tmp_path) == before
     os.utime(out, (0, 0))
     assert run(capsys, [*args, "--overwrite"])[0] == 0

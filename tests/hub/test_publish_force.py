@@ -7,19 +7,7 @@ import pytest
 
 from botnet.cli import main
 from botnet.engine import dirswap
-from helpers import run as run_botnet, tree
-
-
-def run(capsys, args):
-    rc, _, err = run_botnet(capsys, args)
-    return rc, err
-
-
-def assert_one_line(rc, err, *needles):
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
+from helpers import assert_one_line_error, run, tree
 
 
 @pytest.fixture()
@@ -43,15 +31,15 @@ def earlier(demo_run, tmp_path_factory):
 
 def test_force_on_the_parent_of_the_run_deletes_nothing(runs, capsys):
     before = tree(runs.parent)
-    rc, err = run(capsys, ["publish", runs / "a", runs, "--force", "--no-eval"])
-    assert_one_line(rc, err, f"OUT_DIR {runs} ", "holds the run directory")
+    rc, _, err = run(capsys, ["publish", runs / "a", runs, "--force", "--no-eval"])
+    assert_one_line_error(rc, err, f"OUT_DIR {runs} ", "holds the run directory")
     assert tree(runs.parent) == before
 
 
 def test_force_on_the_run_itself_deletes_nothing(runs, capsys):
     before = tree(runs.parent)
-    rc, err = run(capsys, ["publish", runs / "a", runs / "a", "--force", "--no-eval"])
-    assert_one_line(rc, err, str(runs / "a"), "run directory itself")
+    rc, _, err = run(capsys, ["publish", runs / "a", runs / "a", "--force", "--no-eval"])
+    assert_one_line_error(rc, err, str(runs / "a"), "run directory itself")
     assert tree(runs.parent) == before
 
 
@@ -70,8 +58,8 @@ def test_force_refuses_a_folder_botnet_did_not_publish(runs, earlier, tmp_path, 
     else:
         out = runs / "b"
     before = tree(tmp_path)
-    rc, err = run(capsys, ["publish", runs / "a", out, "--force", "--no-eval"])
-    assert_one_line(rc, err, f"OUT_DIR {out} ", "not a folder written by botnet publish")
+    rc, _, err = run(capsys, ["publish", runs / "a", out, "--force", "--no-eval"])
+    assert_one_line_error(rc, err, f"OUT_DIR {out} ", "not a folder written by botnet publish")
     assert tree(tmp_path) == before
 
 
@@ -79,8 +67,8 @@ def test_a_symbolic_link_is_refused(runs, earlier, tmp_path, capsys):
     link = tmp_path / "link"
     link.symlink_to(earlier, target_is_directory=True)
     before, before_target = tree(tmp_path), tree(earlier)
-    rc, err = run(capsys, ["publish", runs / "a", link, "--force", "--no-eval"])
-    assert_one_line(rc, err, str(link), "symbolic link")
+    rc, _, err = run(capsys, ["publish", runs / "a", link, "--force", "--no-eval"])
+    assert_one_line_error(rc, err, str(link), "symbolic link")
     assert tree(tmp_path) == before and tree(earlier) == before_target
 
 
@@ -88,8 +76,8 @@ def test_earlier_publish_needs_force_and_is_then_swapped_in_whole(runs, earlier,
     out = tmp_path / "pub"
     shutil.copytree(earlier, out)
     before = tree(tmp_path)
-    rc, err = run(capsys, ["publish", runs / "a", out, "--no-eval"])
-    assert_one_line(rc, err, str(out), "--force")
+    rc, _, err = run(capsys, ["publish", runs / "a", out, "--no-eval"])
+    assert_one_line_error(rc, err, str(out), "--force")
     assert tree(tmp_path) == before
 
     # a failure while writing the new folder leaves the earlier publish as it was, and no temporary folder

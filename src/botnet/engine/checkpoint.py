@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 import torch
 
+from botnet.engine.dirswap import fsync_dir
 from botnet.engine.log import get_logger
 from botnet.errors import UserInputError
 
@@ -158,18 +159,6 @@ def _unlink_quiet(path: str | os.PathLike | None) -> None:
             pass
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make renames, links and unlinks in ``directory`` durable."""
-    try:
-        dfd = os.open(str(directory), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - e.g. filesystems without directory fsync
-        pass
-
-
 def _write_temp(path: Path, write_fn: Callable[[str], None], point: str | None = None) -> str:
     """``write_fn(tmp)`` into a fsync-ed temporary file beside ``path``; returns its name.
     On any error (or Ctrl-C) the temporary file is removed."""
@@ -211,7 +200,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None], *, po
         raise
     if point:
         _fault_point("dir.fsync")
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if point:
         _fault_point("done")
     return path
@@ -558,7 +547,7 @@ def _save_pair(wpath: Path, write_weights: Callable[[str], None], write_state: C
             _link_over(spath, state_path_for(prev), "prev.state")
             _link_over(wpath, prev, "prev.weights")
             _fault_point("prev.dir.fsync")
-            _fsync_dir(wpath.parent)
+            fsync_dir(wpath.parent)
         _fault_point("state.rename")
         os.replace(tmp_s, spath)
         tmp_s = None
@@ -570,11 +559,11 @@ def _save_pair(wpath: Path, write_weights: Callable[[str], None], write_state: C
         _unlink_quiet(tmp_w)
         raise
     _fault_point("dir.fsync")
-    _fsync_dir(wpath.parent)
+    fsync_dir(wpath.parent)
     for point, f in (("prev.weights.unlink", prev), ("prev.state.unlink", state_path_for(prev))):
         _fault_point(point)
         _unlink_quiet(f)
-    _fsync_dir(wpath.parent)
+    fsync_dir(wpath.parent)
     _fault_point("done")
 
 
@@ -823,7 +812,7 @@ def _check_optimizer_fits(optimizer, sd: dict[str, Any], spath: Path, meta: dict
     if why:
         name = ((meta.get("config") or {}).get("optim") or {}).get("name")
         was = (f"the run was trained with optim.name={name}: resume with --opt {name}, or" if name else "resume "
-               f"with the run's optimizer (--opt), or")
+               "with the run's optimizer (--opt), or")
         raise CheckpointError(f"training state {spath} does not fit this run's optimizer "
                               f"({type(optimizer).__name__}): {why}; {was} start a new run from its weights with "
                               f"--init-weights {wpath}")

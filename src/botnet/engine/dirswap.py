@@ -16,7 +16,7 @@ from typing import Iterable
 
 from botnet.engine.log import get_logger
 
-__all__ = ["swap_into_place", "remove_written"]
+__all__ = ["swap_into_place", "remove_written", "fsync_dir"]
 
 log = get_logger("engine")
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -37,7 +37,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(e, os.strerror(e), os.fspath(b))
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make renames, links and unlinks in folder ``d`` durable."""
     try:
         fd = os.open(str(d), os.O_RDONLY)
         try:
@@ -55,15 +56,15 @@ def swap_into_place(new: str | os.PathLike, dest: str | os.PathLike) -> Path | N
     new, dest = Path(new), Path(dest)
     if not os.path.lexists(dest):
         os.rename(new, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return None
     if _exchange(new, dest):
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return new
     old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
     os.rename(dest, old)
     os.rename(new, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return old
 
 

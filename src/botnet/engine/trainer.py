@@ -212,7 +212,7 @@ class Trainer:
         self.skip_batches = int(ex.get("batch_in_epoch", 0))
         self.best = ex.get("best", self.best)
         self.history_seconds = float(ex.get("train_seconds", 0.0))
-        if self.skip_batches >= max(self.spe, 1):  # the schema cannot know the epoch's length; the run does
+        if self.skip_batches > self.spe:  # the schema cannot know the epoch's length; the run does (== : epoch done)
             raise ckpt.CheckpointError(
                 f"training state {ckpt.state_path_for(self.resume_path)}: extra.batch_in_epoch is "
                 f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
