@@ -101,10 +101,10 @@ def main() -> int:
             print(f"round {i + 1}/{a.kills}: step {steps[-1] if steps else '?'} {counts}", flush=True)
     for f in failures:
         print("FAIL", f)
-    print(f"kill-soak: {counts['resumable']}/{counts['killed']} SIGKILLs left a resumable folder ({SRC}, seed {seed}, max delay "
+    print(f"kill-soak: {counts['resumable']}/{counts['killed']} SIGKILLs left a resumable folder ({'this checkout' if SRC == ROOT / 'src' else '--src'}, seed {seed}, max delay "
           f"{a.max_delay} s); {counts['mixed']} left a mixed pair (resumed from last.prev.*), {counts['prev']} a "
           f"previous pair, {counts['temp']} temporary files; step {steps[0] if steps else '?'} -> "
-          f"{steps[-1] if steps else '?'}; {time.monotonic() - t0:.0f} s; folder {run}")
+          f"{steps[-1] if steps else '?'}; {time.monotonic() - t0:.0f} s")
     return 0 if counts["resumable"] == a.kills and not failures else 1
 
 
