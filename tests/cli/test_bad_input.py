@@ -14,7 +14,7 @@ from PIL import Image
 import botnet
 from botnet.data import fashion_mnist as fm
 from botnet.engine import checkpoint as ckpt
-from helpers import assert_one_line_error, image_folder, run  # noqa: F401 (re-exported to test_bad_input_files)
+from helpers import assert_one_line_error, image_folder, run
 
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
