@@ -124,6 +124,7 @@ def test_overwrite_replaces_only_botnets_files_after_the_inputs_are_checked(tmp_
     (run / "notes.txt").write_text("mine")
     (run / "predictions").mkdir()  # a name botnet writes (detection drawings): part of the old run
     (run / "predictions" / "old.png").write_bytes(b"x")
+    (run / "tb" / "my-notes.md").write_text("mine too")  # a user's file inside a folder botnet writes
     old = _files(run)
     # a bad input found before training leaves the old run whole, --overwrite or not
     bad = _cfg(run, seed=1)
@@ -133,9 +134,10 @@ def test_overwrite_replaces_only_botnets_files_after_the_inputs_are_checked(tmp_
     assert _files(run) == old
     Trainer(Line(), _cfg(run, seed=1), overwrite=True).run()
     assert (run / "notes.txt").read_text() == "mine" and not (run / "predictions").exists()
+    assert (run / "tb" / "my-notes.md").read_text() == "mine too"
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 1
     assert _steps(run, "train_epoch") == [4, 8]  # only the new run's rows (the old one had 3 epochs)
-    assert len(list((run / "tb").iterdir())) == 1  # one TensorBoard events file, the new run's
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1  # one TensorBoard events file, the new run's
 
 
 def test_resume_writes_into_the_checkpoint_folder_not_the_recorded_output_dir(tmp_path):

@@ -20,14 +20,13 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
 
 from botnet.errors import ConfigError
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RUN_DIRS", "RunFolderError", "RunFolderBusy", "RunFolderLock",
+__all__ = ["LOCK_NAME", "RUN_FILES", "RUN_DIRS", "RUN_DIR_FILES", "RunFolderError", "RunFolderBusy", "RunFolderLock",
            "claim_run_folder", "clear_run_files", "existing_run_files", "resume_folder", "same_folder"]
 
 LOCK_NAME = ".botnet.lock"
@@ -43,6 +42,8 @@ RUN_FILES = (
     "eval.json", "eval.md",  # detection
 )
 RUN_DIRS = ("tb", "predictions", "samples", "attention")  # TensorBoard, detection drawings, botnet demo
+# What botnet writes inside those folders: --overwrite removes these and leaves anything else in them.
+RUN_DIR_FILES = {"tb": "events.out.tfevents.*", "predictions": "*.png", "samples": "*.png", "attention": "*.png"}
 
 
 class RunFolderError(ConfigError):
@@ -64,11 +65,13 @@ def existing_run_files(folder: str | os.PathLike) -> list[str]:
 
 def clear_run_files(folder: str | os.PathLike) -> list[str]:
     """Remove what a previous run wrote in ``folder`` (``--overwrite``); every other file stays."""
+    from botnet.engine.dirswap import remove_written
+
     d, removed = Path(folder), []
     for name in existing_run_files(d):
         p = d / name.rstrip("/")
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
+        if p.is_dir() and not p.is_symlink():  # only botnet's kind of file in it; the folder if then empty
+            remove_written(p, [f.name for f in p.glob(RUN_DIR_FILES[p.name]) if f.is_file()])
         else:
             p.unlink()
         removed.append(name)
