@@ -58,3 +58,35 @@ def image_folder(root: Path, classes=("a", "b"), per_class: int = 8) -> Path:
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
     return root
+
+
+def rewrite_safetensors(path, meta=None, skeleton=None, tensors=None):
+    """Damage a saved file in place: ``meta(dict)`` edits its metadata, ``skeleton(tree)`` a training
+    state's JSON skeleton (may return a replacement, or a raw string), ``tensors(dict)`` its tensors."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        md, ts = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if meta:
+        md = meta(md) or md
+    if skeleton:
+        sk = json.loads(md["skeleton"])
+        sk = skeleton(sk) or sk
+        md["skeleton"] = sk if isinstance(sk, str) else json.dumps(sk)
+    if tensors:
+        ts = tensors(ts)
+    save_file(ts, str(path), metadata=md)
+
+
+def set_extra(key, value):
+    """A ``meta`` edit for :func:`rewrite_safetensors`: ``extra[key] = value`` in a weights file."""
+    import json
+
+    def fn(md):
+        ex = json.loads(md["extra"])
+        ex[key] = value
+        md["extra"] = json.dumps(ex)
+    return fn

@@ -5,35 +5,11 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from helpers import assert_one_line_error, run
+from helpers import assert_one_line_error, rewrite_safetensors, run, set_extra
 from test_bad_input import TINY, needs_data
 
 DEEP = "[" * 5000 + "]" * 5000
-
-
-def _rewrite(path, meta=None, skeleton=None, tensors=None):
-    with safe_open(str(path), "pt") as f:
-        md, ts = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    if meta:
-        md = meta(md) or md
-    if skeleton:
-        sk = json.loads(md["skeleton"])
-        skeleton(sk)
-        md["skeleton"] = json.dumps(sk)
-    if tensors:
-        ts = tensors(ts)
-    save_file(ts, str(path), metadata=md)
-
-
-def _extra(key, value):
-    def fn(md):
-        ex = json.loads(md["extra"])
-        ex[key] = value
-        md["extra"] = json.dumps(ex)
-    return fn
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +42,7 @@ def copy(made, tmp_path):
 ])
 def test_eval_on_damaged_metadata(copy, capsys, key, raw, needle):
     r = copy("run")
-    _rewrite(r / "best.safetensors", meta=lambda md: {**md, key: raw})
+    rewrite_safetensors(r / "best.safetensors", meta=lambda md: {**md, key: raw})
     rc, _, err = run(capsys, ["eval", r, "--no-progress"])
     assert_one_line_error(rc, err, str(r / "best.safetensors"), needle)
 
@@ -74,7 +50,7 @@ def test_eval_on_damaged_metadata(copy, capsys, key, raw, needle):
 @needs_data
 def test_publish_on_damaged_metadata(copy, capsys, tmp_path):
     r = copy("run")
-    _rewrite(r / "best.safetensors", meta=_extra("best", "x"))
+    rewrite_safetensors(r / "best.safetensors", meta=set_extra("best", "x"))
     rc, _, err = run(capsys, ["publish", r, tmp_path / "out", "--no-eval"])
     assert_one_line_error(rc, err, str(r / "best.safetensors"), "extra.best")
     assert not (tmp_path / "out").exists()
@@ -86,7 +62,7 @@ def test_publish_on_damaged_metadata(copy, capsys, tmp_path):
      "config.json is nested 5001 levels deep"),
     (lambda c: (c / "config.json").write_text(json.dumps({**json.loads((c / "config.json").read_text()),
                                                           "label_names": 7})), "config.json: label_names is 7"),
-    (lambda c: _rewrite(c / "model.safetensors", tensors=lambda ts: {
+    (lambda c: rewrite_safetensors(c / "model.safetensors", tensors=lambda ts: {
         k: v.to(torch.int8) if v.is_floating_point() else v for k, v in ts.items()}), "(checkpoint int8 vs model float32)"),
 ])
 def test_predict_with_damaged_published_folder(copy, capsys, tmp_path, damage, needle):
@@ -103,7 +79,7 @@ def test_predict_with_damaged_published_folder(copy, capsys, tmp_path, damage, n
 
 @needs_data
 @pytest.mark.parametrize("where, change, needle", [
-    ("weights", _extra("train_seconds", "abc"), "last.safetensors: extra.train_seconds is 'abc'"),
+    ("weights", set_extra("train_seconds", "abc"), "last.safetensors: extra.train_seconds is 'abc'"),
     ("state", lambda sk: sk.update(step=-5), "last.state.safetensors: step is -5; expected an integer >= 0"),
     ("state", lambda sk: sk["extra"].update(batch_in_epoch=10 ** 9), "extra.batch_in_epoch is 1000000000, more than"),
     ("state", lambda sk: sk.update(rng={"python": 5}), "rng.python is 5"),
@@ -113,9 +89,9 @@ def test_predict_with_damaged_published_folder(copy, capsys, tmp_path, damage, n
 def test_resume_from_damaged_checkpoint(copy, capsys, where, change, needle):
     r = copy("run")
     if where == "weights":
-        _rewrite(r / "last.safetensors", meta=change)
+        rewrite_safetensors(r / "last.safetensors", meta=change)
     else:
-        _rewrite(r / "last.state.safetensors", skeleton=change)
+        rewrite_safetensors(r / "last.state.safetensors", skeleton=change)
     before = (r / "metrics.jsonl").read_bytes()
     rc, out, err = run(capsys, ["train", "--resume", r, "--output", r, *TINY])
     assert_one_line_error(rc, err, needle)

@@ -7,8 +7,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 import botnet
 from botnet.engine import checkpoint as ckpt
@@ -16,6 +14,7 @@ from botnet.errors import UserInputError
 from botnet.hub.source import PublishedModelError, read_config
 from botnet.validation import (MAX_JSON_DEPTH, AnyOf, Dict, Int, List, Num, Str, json_depth, loads_json, problem,
                                validate)
+from helpers import rewrite_safetensors, set_extra
 
 MINI_KW = {"widths": [4, 8, 8, 16], "stem_width": 8, "strides": [2, 2, 1, 1], "img_size": 28, "num_classes": 10,
            "in_chans": 1}
@@ -79,31 +78,8 @@ def test_json_depth_is_measured_on_the_text_before_parsing():
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _rewrite(path, meta=None, skeleton=None, tensors=None):
-    """Change a safetensors file's metadata (``meta(dict)``), a state's JSON skeleton or its tensors."""
-    with safe_open(str(path), "pt") as f:
-        md, ts = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    if meta:
-        md = meta(md) or md
-    if skeleton:
-        sk = json.loads(md["skeleton"])
-        sk = skeleton(sk) or sk
-        md["skeleton"] = sk if isinstance(sk, str) else json.dumps(sk)
-    if tensors:
-        ts = tensors(ts)
-    save_file(ts, str(path), metadata=md)
-
-
 def _set_meta(key, raw):
     return lambda md: {**md, key: raw}
-
-
-def _set_extra(key, value):
-    def fn(md):
-        ex = json.loads(md["extra"])
-        ex[key] = value
-        md["extra"] = json.dumps(ex)
-    return fn
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +135,7 @@ def test_good_checkpoint_reads_and_resumes(pair):
 ])
 def test_damaged_metadata_is_one_error_naming_file_and_field(pair, key, raw, field):
     w, _ = pair
-    _rewrite(w, meta=_set_meta(key, raw))
+    rewrite_safetensors(w, meta=_set_meta(key, raw))
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.read_metadata(w)
     assert str(w) in str(e.value) and field in str(e.value) and "\n" not in str(e.value), str(e.value)
@@ -173,7 +149,7 @@ def test_damaged_metadata_is_one_error_naming_file_and_field(pair, key, raw, fie
 ])
 def test_wrong_types_in_extra_are_named(pair, key, value, field):
     w, _ = pair
-    _rewrite(w, meta=_set_extra(key, value))
+    rewrite_safetensors(w, meta=set_extra(key, value))
     with pytest.raises(ckpt.CheckpointError, match="extra") as e:
         ckpt.read_metadata(w)
     assert field in str(e.value), str(e.value)
@@ -207,7 +183,7 @@ def _state_case(name):
 def test_damaged_training_state_is_refused_before_resuming(pair, name):
     w, s = pair
     change, needle = _state_case(name)
-    _rewrite(s, skeleton=change)
+    rewrite_safetensors(s, skeleton=change)
     model, opt = _model_and_opt()
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.load_checkpoint(w, model, optimizer=opt)
@@ -217,7 +193,7 @@ def test_damaged_training_state_is_refused_before_resuming(pair, name):
 
 def test_rng_of_the_right_shape_but_unusable_is_a_checkpoint_error(pair):
     w, s = pair
-    _rewrite(s, skeleton=lambda sk: sk["rng"]["numpy"]["$tuple"][1].update({"$ndarray": [1, 2, 3]}))  # not 624 words
+    rewrite_safetensors(s, skeleton=lambda sk: sk["rng"]["numpy"]["$tuple"][1].update({"$ndarray": [1, 2, 3]}))  # not 624 words
     model, opt = _model_and_opt()
     with pytest.raises(ckpt.CheckpointError, match=f"{s}: field rng cannot be restored"):
         ckpt.load_checkpoint(w, model, optimizer=opt)
@@ -246,14 +222,14 @@ def test_optimizer_state_with_other_shapes_or_groups_is_refused(pair):
     with pytest.raises(ckpt.CheckpointError, match="it has 1 parameter group"):
         ckpt.load_checkpoint(w, model, optimizer=two_groups)
     # the moments of parameter 0 given another shape: PyTorch would load them and fail at the step
-    _rewrite(s, tensors=lambda ts: {k: (v[:1] if v.shape == params[0].shape else v) for k, v in ts.items()})
+    rewrite_safetensors(s, tensors=lambda ts: {k: (v[:1] if v.shape == params[0].shape else v) for k, v in ts.items()})
     with pytest.raises(ckpt.CheckpointError, match=r"state\[0\]\.exp_avg has shape \(1, 1, 3, 3\)"):
         ckpt.load_checkpoint(w, model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
 
 
 def test_int8_weights_are_refused_not_predicting_ten_percent_everywhere(pair):
     w, _ = pair
-    _rewrite(w, tensors=lambda ts: {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in ts.items()})
+    rewrite_safetensors(w, tensors=lambda ts: {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in ts.items()})
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"keys not floating point where the model.s are: "
                                                            r".* \(checkpoint int8 vs model float32\)") as e:
         ckpt.load_weights(botnet.create_model("botnet_mini", **MINI_KW), w)
