@@ -90,3 +90,16 @@ def set_extra(key, value):
         ex[key] = value
         md["extra"] = json.dumps(ex)
     return fn
+
+
+def table_failures(capsys, rows, check=assert_one_line_error):
+    """Run every ``(args, needles)`` row; the rows whose error ``check`` refuses, one line each (all
+    rows run, so one failing test lists every broken row)."""
+    failures = []
+    for args, needles in rows:
+        rc, _, err = run(capsys, args)
+        try:
+            check(rc, err, *needles)
+        except AssertionError as e:
+            failures.append(f"botnet {' '.join(map(str, args))[:160]}: rc={rc} err={err.strip()[-300:]!r} ({e})")
+    return failures

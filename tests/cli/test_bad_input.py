@@ -14,7 +14,7 @@ from PIL import Image
 import botnet
 from botnet.data import fashion_mnist as fm
 from botnet.engine import checkpoint as ckpt
-from helpers import assert_one_line_error, image_folder, run
+from helpers import assert_one_line_error, image_folder, run, table_failures
 
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -120,14 +120,7 @@ def _table(f):
 
 def test_every_command_refuses_bad_arguments_in_one_line(files, capsys):
     before = sorted(p.name for p in files["dir"].iterdir())
-    failures = []
-    for args, needles in _table(files):
-        rc, out, err = run(capsys, args)
-        try:
-            assert_one_line_error(rc, err, *needles)
-        except AssertionError as e:
-            failures.append(f"botnet {' '.join(map(str, args))}: rc={rc} err={err.strip()!r} ({e})")
-    assert failures == []
+    assert table_failures(capsys, _table(files)) == []
     # nothing was written or half-written next to the bad files
     assert sorted(p.name for p in files["dir"].iterdir()) == before
     assert files["text"].read_text() == "hello\n"

@@ -15,7 +15,7 @@ import botnet
 from botnet.cli import main
 from botnet.engine import checkpoint as ckpt
 import helpers
-from helpers import run
+from helpers import run, table_failures
 
 MINI_KW = {"widths": [4, 8, 8, 16], "stem_width": 8, "strides": [2, 2, 1, 1], "img_size": 28, "num_classes": 10,
            "in_chans": 1}
@@ -102,14 +102,7 @@ def _table(f):
 
 def test_every_unbounded_input_is_one_line(files, capsys):
     before = sorted(p.name for p in files["dir"].iterdir())
-    failures = []
-    for args, needles in _table(files):
-        rc, out, err = run(capsys, args)
-        try:
-            assert_one_line_error(rc, err, *needles)
-        except AssertionError as e:
-            failures.append(f"botnet {' '.join(map(str, args))[:160]}: rc={rc} err={err.strip()[-300:]!r} ({e})")
-    assert failures == []
+    assert table_failures(capsys, _table(files), check=assert_one_line_error) == []
     assert sorted(p.name for p in files["dir"].iterdir()) == before  # nothing written
 
 

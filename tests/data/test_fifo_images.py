@@ -26,3 +26,5 @@ def test_a_deep_summary_is_read_as_empty_by_publish(tmp_path):
     f = tmp_path / "summary.json"
     f.write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
     assert _json(f) == {}
+    f.write_text('{"status": "completed", "best": {"value": 0.9}}')  # an intact one is read as it is
+    assert _json(f) == {"status": "completed", "best": {"value": 0.9}}
