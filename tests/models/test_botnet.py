@@ -81,7 +81,7 @@ def test_bot50_attention_sizes_at_1024():
 
 def test_s1_family_is_stride_one_with_se_and_silu():
     m = botnet.create_model("botnet_s1_59")
-    assert [f["stride"] for f in m.feature_info] == [4, 8, 16, 16]
+    assert [f["reduction"] for f in m.feature_info] == [2, 4, 8, 16, 16]
     assert all(blk.attn for blk in m.layer4) and len(m.layer4) == 6
     assert all(mod.feat_size == (14, 14) for _, mod in m.attention_layers())
     assert isinstance(m.layer1[0].act1, torch.nn.SiLU)
@@ -109,16 +109,16 @@ def test_forward_backward_at_two_sizes(name):
             assert torch.isfinite(mod.rel_h.grad).all()
 
 
-@pytest.mark.parametrize("name,strides", [("botnet50", [4, 8, 16, 32]), ("botnet_s1_59", [4, 8, 16, 16])])
+@pytest.mark.parametrize("name,strides", [("botnet50", [2, 4, 8, 16, 32]), ("botnet_s1_59", [2, 4, 8, 16, 16])])
 def test_feature_maps_have_declared_strides_and_channels(name, strides):
     m = botnet.create_model(name, num_classes=0).eval()
-    assert [f["stride"] for f in m.feature_info] == strides
-    assert [f["channels"] for f in m.feature_info] == [256, 512, 1024, 2048]
+    assert [f["reduction"] for f in m.feature_info] == strides
+    assert [f["num_chs"] for f in m.feature_info] == [64, 256, 512, 1024, 2048]
     with torch.no_grad():
         maps = m.forward_feature_maps(torch.randn(1, 3, 96, 128))
-    assert list(maps) == ["layer1", "layer2", "layer3", "layer4"]
+    assert list(maps) == [f["module"] for f in m.feature_info] == ["act1", "layer1", "layer2", "layer3", "layer4"]
     for info, (key, t) in zip(m.feature_info, maps.items()):
-        assert t.shape == (1, info["channels"], -(-96 // info["stride"]), -(-128 // info["stride"])), key
+        assert t.shape == (1, info["num_chs"], -(-96 // info["reduction"]), -(-128 // info["reduction"])), key
     assert m.num_features == 2048 and isinstance(m.fc, torch.nn.Identity)
 
 
@@ -263,7 +263,7 @@ def test_torchvision_fpn_extractor_accepts_our_backbone():
     with torch.no_grad():
         out = fpn(x)
         maps = m.forward_feature_maps(x)
-    assert [t.shape[-2:] for t in out.values()][:4] == [t.shape[-2:] for t in maps.values()]
+    assert [t.shape[-2:] for t in out.values()][:4] == [t.shape[-2:] for t in maps.values()][1:]
     assert all(t.shape[1] == 256 for t in out.values())
     # The extractor runs the children in order: its body must reproduce our layer4 exactly.
     with torch.no_grad():
@@ -276,10 +276,10 @@ def test_stride_2_stem_skips_the_full_resolution_maps():
     image, the stages keep the same sizes after layer1 (14, 7, 4, 4) and the BoT tables fit 4x4 tokens."""
     m = botnet.create_model("botnet_mini", num_classes=10, in_chans=1, stem_stride=2, strides=[1, 2, 2, 1]).eval()
     assert m.conv1.stride == (2, 2)
-    assert [f["stride"] for f in m.feature_info] == [2, 4, 8, 8]
+    assert [f["reduction"] for f in m.feature_info] == [2, 2, 4, 8, 8]  # no max-pool: the stem map is layer1's size
     with torch.no_grad():
         maps = m.forward_feature_maps(torch.randn(1, 1, 28, 28))
-    assert [tuple(t.shape[-2:]) for t in maps.values()] == [(14, 14), (7, 7), (4, 4), (4, 4)]
+    assert [tuple(t.shape[-2:]) for t in maps.values()] == [(14, 14), (14, 14), (7, 7), (4, 4), (4, 4)]
     for _, mod in m.attention_layers():
         assert mod.rel_h.shape[0] == 2 * 4 - 1
     for bad in ({"stem_stride": 3}, {"stem_stride": 2, "stem_kernel": 7}):

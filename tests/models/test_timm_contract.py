@@ -258,7 +258,7 @@ def test_features_only_returns_the_stage_maps(name):
     assert isinstance(feat, timm.models.FeatureListNet)
     assert feat.feature_info.channels() == [c for c, _ in _sizes(full)]
     assert feat.feature_info.reduction() == [r for _, r in _sizes(full)]
-    assert feat.feature_info.module_name() == ["layer1", "layer2", "layer3", "layer4"]
+    assert feat.feature_info.module_name() == ["act1", "layer1", "layer2", "layer3", "layer4"]  # timm's resnet levels
     # the same modules with the same keys, without the head
     own = set(full.state_dict())
     assert set(feat.state_dict()) == {k for k in own if not k.startswith("fc.")}
@@ -269,21 +269,22 @@ def test_features_only_returns_the_stage_maps(name):
     with torch.no_grad():
         outs = feat(x)
         ref = full.forward_intermediates(x, intermediates_only=True)
-    assert len(outs) == 4
+    assert len(outs) == 5
     for o, r, (chs, red) in zip(outs, ref, _sizes(full)):
         assert o.shape == (1, chs, math.ceil(h / red), math.ceil(w / red))
         torch.testing.assert_close(o, r, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
-    "out_indices,levels", [((1, 3), [1, 3]), ((-1,), [3]), (2, [2, 3]), ([0], [0])]
+    "out_indices,levels", [((1, 3), [1, 3]), ((-1,), [4]), (2, [3, 4]), ([0], [0]), ((0, -2), [0, 3])]
 )
 def test_out_indices_select_stages(out_indices, levels):
     torch.manual_seed(0)
     feat = timm.create_model("botnet_mini", features_only=True, out_indices=out_indices).eval()
     torch.manual_seed(0)
     full = timm.create_model("botnet_mini").eval()
-    assert list(feat.feature_info.out_indices) == levels
+    names = ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert feat.feature_info.module_name() == [names[i] for i in levels]
     x = torch.randn(2, 3, 28, 36)
     with torch.no_grad():
         outs = feat(x)
@@ -296,9 +297,10 @@ def test_out_indices_select_stages(out_indices, levels):
     assert same.feature_info.channels() == feat.feature_info.channels()
 
 
-@pytest.mark.parametrize("bad", [(4,), (0, 5), (-5,), 0, 5])
+@pytest.mark.parametrize("bad", [(5,), (0, 5), (-6,), 0, 6])
 def test_out_of_range_out_indices_are_a_clear_error(bad):
-    with pytest.raises(ValueError, match=r"bad out_indices .*the feature levels are 0: layer1, 1: layer2"):
+    with pytest.raises(ValueError, match=r"bad out_indices .*the feature levels are 0: act1 \(the stem\), 1: layer1, "
+                                         r"2: layer2, 3: layer3, 4: layer4"):
         timm.create_model("botnet50", features_only=True, out_indices=bad)
 
 
@@ -310,13 +312,13 @@ def test_other_feature_wrappers():
         maps = list(full.forward_feature_maps(x).values())
     for cls in ("dict", "hook", "getter"):
         torch.manual_seed(0)
-        feat = timm.create_model("botnet_mini", features_only=True, feature_cls=cls, out_indices=(0, 2)).eval()
+        feat = timm.create_model("botnet_mini", features_only=True, feature_cls=cls, out_indices=(0, 3)).eval()
         with torch.no_grad():
             outs = feat(x)
         outs = list(outs.values()) if isinstance(outs, dict) else outs
         assert len(outs) == 2, cls
         torch.testing.assert_close(outs[0], maps[0], rtol=0, atol=0, msg=cls)
-        torch.testing.assert_close(outs[1], maps[2], rtol=0, atol=0, msg=cls)
+        torch.testing.assert_close(outs[1], maps[3], rtol=0, atol=0, msg=cls)
         if cls == "getter":  # pruned after layer3: no attention block, no head left
             assert not feat.model.attention_layers() and len(feat.model.layer4) == 0
             assert isinstance(feat.model.fc, torch.nn.Identity)
@@ -331,11 +333,11 @@ def test_forward_intermediates(name):
     with torch.no_grad():
         final, inter = m.forward_intermediates(x)
         torch.testing.assert_close(final, m.forward_features(x), rtol=0, atol=0)
-        assert len(inter) == len(info.channels()) == 4
+        assert len(inter) == len(info.channels()) == 5
         for o, chs, red in zip(inter, info.channels(), info.reduction()):
             assert o.shape == (1, chs, math.ceil(h / red), math.ceil(w / red))
         last2 = m.forward_intermediates(x, indices=2, intermediates_only=True)
-        assert [t.shape for t in last2] == [t.shape for t in inter[2:]]
+        assert [t.shape for t in last2] == [t.shape for t in inter[-2:]]
         early, (only,) = m.forward_intermediates(x, indices=[1], stop_early=True)
         torch.testing.assert_close(early, inter[1], rtol=0, atol=0)
         torch.testing.assert_close(only, inter[1], rtol=0, atol=0)
@@ -350,11 +352,25 @@ def test_prune_intermediate_layers():
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         ref = m.forward_intermediates(x, intermediates_only=True)
-        assert m.prune_intermediate_layers([0, -3]) == [0, 1]
-        assert m.num_features == m.head_hidden_size == m.feature_info[1]["num_chs"] and m.num_classes == 0
+        assert m.prune_intermediate_layers([1, -3]) == [1, 2]
+        assert m.num_features == m.head_hidden_size == m.feature_info[2]["num_chs"] and m.num_classes == 0
         assert len(m.layer3) == len(m.layer4) == 0 and not m.attention_layers()
-        torch.testing.assert_close(m.forward_features(x), ref[1], rtol=0, atol=0)
-        torch.testing.assert_close(m(x), ref[1], rtol=0, atol=0)  # no pooling, no classifier left
+        torch.testing.assert_close(m.forward_features(x), ref[2], rtol=0, atol=0)
+        torch.testing.assert_close(m(x), ref[2], rtol=0, atol=0)  # no pooling, no classifier left
+
+
+def test_pruning_to_the_stem_matches_timms_resnet():
+    """Level 0 alone: every stage goes, and the max-pool after the stem too, as in timm's resnet50."""
+    x = torch.randn(1, 3, 64, 48)
+    shapes = []
+    for name in ("botnet_resnet50", "resnet50"):  # ours, then timm's own
+        m = timm.create_model(name).eval()
+        assert m.prune_intermediate_layers([0]) == [0]
+        assert isinstance(m.maxpool, torch.nn.Identity) and all(len(getattr(m, f"layer{i}")) == 0 for i in range(1, 5))
+        assert m.num_features == 64 and m.num_classes == 0
+        with torch.no_grad():
+            shapes.append(tuple(m(x).shape))
+    assert shapes[0] == shapes[1] == (1, 64, 32, 24)
 
 
 # --------------------------------------------------------------------------- torch.fx

@@ -74,7 +74,7 @@ class ResNetFeatures(nn.Module):
 
     def __init__(self, model: nn.Module, return_layers: dict[str, str]):
         super().__init__()
-        names = [i["name"] for i in model.feature_info]
+        names = [i["module"] for i in model.feature_info[1:]]  # level 0 is the stem (timm's act1)
         last = max(names.index(n) for n in return_layers)
         for n in ("conv1", "bn1", "act1", "maxpool"):
             self.add_module(n, getattr(model, n))
@@ -108,6 +108,8 @@ def botnet_fpn_backbone(
 
     ``trainable_layers`` (0-5) follows torchvision: the last k of
     ``layer4, layer3, layer2, layer1, conv1`` train, the rest are frozen (5 also trains bn1).
+    ``returned_layers`` are torchvision's (k = ``layer{k}``), which are also the levels' numbers
+    in the model's timm-style ``feature_info`` (level 0 is the stem, not used by the FPN).
     ``model_kwargs`` go to ``create_model`` (architecture overrides, e.g. ``layers=(1, 1, 1, 3)``).
     """
     import botnet
@@ -132,12 +134,12 @@ def botnet_fpn_backbone(
     for name, p in model.named_parameters():
         if all(not name.startswith(t) for t in to_train):
             p.requires_grad_(False)
-    info = {i["name"]: i for i in model.feature_info}
+    info = {i["module"]: i for i in model.feature_info}
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
-    in_channels = [info[f"layer{k}"]["channels"] for k in returned_layers]
+    in_channels = [info[f"layer{k}"]["num_chs"] for k in returned_layers]
     fpn = BackboneWithFPN(model, return_layers, in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
     fpn.body = ResNetFeatures(model, return_layers)
-    fpn.strides = [info[f"layer{k}"]["stride"] for k in returned_layers]
+    fpn.strides = [info[f"layer{k}"]["reduction"] for k in returned_layers]
     fpn.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     return fpn
 

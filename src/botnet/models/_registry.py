@@ -124,7 +124,9 @@ def create_model(
         **overrides: any architecture option of :class:`botnet.models.ResNet` (e.g. ``pos="none"``,
             ``shortcut_act=True``, ``se_in_attn=True``, ``drop_path_rate=0.1``), ``global_pool``
             (timm's pooling types, ``""`` for none), or timm's ``features_only=True`` with
-            ``out_indices`` (stages 0-3: layer1..layer4) for a feature extractor.
+            ``out_indices`` for a feature extractor. The levels are numbered as in timm's ResNets:
+            0 the stem (``act1``, stride 2), 1-4 ``layer1``..``layer4`` (strides 4-32 for
+            botnet50); the default is all five, as timm's.
     """
     if isinstance(name, str) and name.startswith(("local-dir:", "hf-hub:")):
         name, pretrained = None, name

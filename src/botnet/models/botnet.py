@@ -13,7 +13,11 @@ Every entry point is a timm model too (see ``_registry``): built by ``timm.model
 with the pretrained config of ``default_cfgs``, so timm's arguments (``features_only``, ``out_indices``,
 ``feature_cls``, ``global_pool``, ``pretrained_cfg_overlay``...) work, and the model keeps timm's
 model contract (``forward_features``/``forward_head``, ``reset_classifier``, ``feature_info``,
-``forward_intermediates``, ``set_grad_checkpointing``, ``group_matcher``).
+``forward_intermediates``, ``set_grad_checkpointing``, ``group_matcher``). Feature levels are
+numbered as in timm's ResNets: 0 the stem (``act1``, stride 2), 1-4 ``layer1``..``layer4``.
+
+:class:`BoTBlock` is the paper's block on its own; ``botnet.models.botnet_from_resnet`` makes one
+out of every c5 block of a torchvision or timm ResNet.
 """
 import contextlib
 from collections import OrderedDict
@@ -28,7 +32,7 @@ from torch import nn
 from botnet.layers import RelPosMHSA
 from botnet.models._registry import TIMM_NAMES, register_model, resolve_name
 
-__all__ = ["ResNet", "Bottleneck", "ResNetCfg", "MODEL_CFGS", "default_cfgs"]
+__all__ = ["ResNet", "Bottleneck", "BoTBlock", "ResNetCfg", "MODEL_CFGS", "default_cfgs"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +84,8 @@ class Bottleneck(nn.Module):
     ) -> None:
         super().__init__()
         out_chs = width * self.expansion
+        if attn and stride not in (1, 2):
+            raise ValueError(f"a BoT block's stride must be 1 or 2 (a 2x2 pool follows the attention), got {stride}")
         self.attn = attn
         self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -119,6 +125,103 @@ class Bottleneck(nn.Module):
         y = self.drop_path(self.se(y))
         y += shortcut  # in place, as torchvision does: no extra activation-sized buffer
         return self.act3(y)
+
+
+class BoTBlock(Bottleneck):
+    """The paper's BoT block: a ResNet bottleneck whose 3x3 convolution is global multi-head
+    self-attention with 2D relative positions (:class:`botnet.layers.RelPosMHSA`).
+
+    conv1x1(in_chs -> width) -> BN -> act -> MHSA(width, heads) -> [AvgPool2d(2) if stride 2] -> BN -> act
+    -> conv1x1(width -> 4 * width) -> BN(gamma=0) -> [SE] -> [drop path] -> + shortcut -> act
+
+    The shortcut is the identity, or a strided 1x1 conv + BN when the stride or the channels change
+    (with ``shortcut_act=True`` also the official snippet's ReLU). A strided block attends at its
+    input resolution and then pools, as the official code does. State-dict keys are torchvision's
+    bottleneck ones with ``conv2`` replaced by ``mhsa.qkv`` and ``mhsa.rel_h``/``mhsa.rel_w``.
+
+    Args:
+        in_chs: input channels.
+        width: the attention's channels; the block outputs ``4 * width`` (BoT50's c5: 512 -> 2048).
+        stride: 1, or 2 for a downsampling block.
+        feat_size: (H, W) or an int: the input size the position tables are built for (the first
+            c5 block of BoT50 at 1024 px: 64). Any other input size works: the tables are resized.
+        heads: attention heads (the paper: 4); ``width`` must be divisible by it.
+        pos: "relative" (the paper), "absolute" or "none" (its ablations).
+        attn_impl: RelPosMHSA's implementation ("auto", "sdpa", "flex", "explicit"; same function).
+        act_layer, se_rd, shortcut_act, drop_path: as :class:`Bottleneck`.
+        zero_init_last: start the last BN's gamma at 0 (the block starts as its shortcut).
+
+    ``BoTBlock.from_bottleneck`` turns a torchvision or timm bottleneck into one, keeping its weights.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        width: int,
+        stride: int = 1,
+        *,
+        feat_size: int | tuple[int, int],
+        heads: int = 4,
+        pos: str = "relative",
+        attn_impl: str = "auto",
+        act_layer: type[nn.Module] = nn.ReLU,
+        se_rd: int = 0,
+        shortcut_act: bool = False,
+        drop_path: float = 0.0,
+        zero_init_last: bool = True,
+    ) -> None:
+        hw = (feat_size, feat_size) if isinstance(feat_size, int) else (int(feat_size[0]), int(feat_size[1]))
+        super().__init__(in_chs, width, stride, attn=True, feat_size=hw, heads=heads, pos=pos, attn_impl=attn_impl,
+                         act_layer=act_layer, se_rd=se_rd, shortcut_act=shortcut_act, drop_path=drop_path,
+                         zero_init_last=zero_init_last)
+        if zero_init_last:  # deterministic (no random numbers drawn): a ResNet's own init is unchanged
+            nn.init.zeros_(self.bn3.weight)
+
+    @classmethod
+    def from_bottleneck(
+        cls, block: nn.Module, *, feat_size: int | tuple[int, int], heads: int = 4, pos: str = "relative",
+        attn_impl: str = "auto",
+    ) -> "BoTBlock":
+        """The BoT block of a torchvision or timm ``Bottleneck``: its 3x3 ``conv2`` becomes MHSA
+        (then a 2x2 average pool where ``conv2`` had stride 2); every other module of ``block``
+        (``conv1``, ``bn1``, ``bn2``, ``conv3``, ``bn3``, ``downsample``, timm's ``se`` and
+        ``drop_path``, the activations) moves over as it is, weights and all. ``feat_size`` is the
+        block's input size (H, W), where its attention runs."""
+        conv2 = _bottleneck_conv2(block)
+        with torch.device(conv2.weight.device):  # the new attention lives where the block does
+            bot = cls(block.conv1.in_channels, conv2.in_channels, conv2.stride[0], feat_size=feat_size, heads=heads,
+                      pos=pos, attn_impl=attn_impl, zero_init_last=False)
+        bot.mhsa.to(dtype=conv2.weight.dtype)
+        acts = [getattr(block, n, None) for n in ("act1", "act2", "act3")]
+        if not all(isinstance(a, nn.Module) for a in acts):
+            acts = [block.relu] * 3  # torchvision's blocks apply one ReLU module three times
+        bot.act1, bot.act2, bot.act3 = acts
+        for name in ("conv1", "bn1", "bn2", "conv3", "bn3"):
+            setattr(bot, name, getattr(block, name))
+        for name in ("downsample", "se", "drop_path"):  # None in torchvision/timm: nothing to apply
+            module = getattr(block, name, None)
+            setattr(bot, name, nn.Identity() if module is None else module)
+        return bot
+
+
+def _bottleneck_conv2(block: nn.Module) -> nn.Conv2d:
+    """``block``'s 3x3 conv, after checking that ``block`` is a bottleneck a BoT block can replace."""
+    kind = type(block).__name__
+    names = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+    missing = [n for n in names if not isinstance(getattr(block, n, None), nn.Module)]
+    if missing:
+        raise TypeError(f"{kind} is not a bottleneck block (it has no {', '.join(missing)}); BoT blocks replace the "
+                        "3x3 conv of ResNet-50 and deeper (resnet18/34 have basic blocks)")
+    for name, what in (("aa", "anti-aliasing"), ("drop_block", "DropBlock")):
+        if not isinstance(getattr(block, name, None), (nn.Identity, type(None))):
+            raise ValueError(f"{kind} has {what} ({name}) after its 3x3 conv, which a BoT block has no place for; "
+                             "build the ResNet without it")
+    conv2 = block.conv2
+    square = isinstance(conv2, nn.Conv2d) and conv2.stride[0] == conv2.stride[1]
+    if not square or conv2.in_channels != conv2.out_channels:
+        raise ValueError(f"{kind}.conv2 must be a square-strided Conv2d with as many output channels as input "
+                         f"channels (the attention keeps its width), got {conv2}")
+    return conv2
 
 
 @dataclass(frozen=True)
@@ -230,7 +333,9 @@ class ResNet(nn.Module):
         total_blocks = sum(cfg.layers)
         block_idx = 0
         in_chs = cfg.stem_width
-        self.feature_info: list[dict] = []
+        # Feature levels as timm's ResNets number them: 0 is the stem (act1, before the max-pool),
+        # 1-4 are layer1..layer4; timm's keys only, so a neck written for timm's resnet50 fits.
+        self.feature_info: list[dict] = [{"num_chs": in_chs, "reduction": stem_strides[0], "module": "act1"}]
         for i, (depth, width, first_stride, n_attn) in enumerate(
             zip(cfg.layers, cfg.widths, cfg.strides, cfg.attn_blocks)
         ):
@@ -245,22 +350,19 @@ class ResNet(nn.Module):
                 if cfg.se_ratio and (not attn or cfg.se_in_attn):
                     se_rd = max(1, int(round(out_chs * cfg.se_ratio)))
                 dpr = cfg.drop_path_rate * block_idx / max(total_blocks - 1, 1)
-                blocks.append(
-                    Bottleneck(
-                        in_chs, width, s, attn=attn, feat_size=hw, heads=cfg.heads, pos=cfg.pos, attn_impl=cfg.attn_impl,
-                        act_layer=act_layer, se_rd=se_rd, shortcut_act=cfg.shortcut_act, drop_path=dpr,
-                    )
-                )
+                common = dict(act_layer=act_layer, se_rd=se_rd, shortcut_act=cfg.shortcut_act, drop_path=dpr)
+                if attn:
+                    blocks.append(BoTBlock(in_chs, width, s, feat_size=hw, heads=cfg.heads, pos=cfg.pos,
+                                           attn_impl=cfg.attn_impl, **common))
+                else:
+                    blocks.append(Bottleneck(in_chs, width, s, **common))
                 in_chs = out_chs
                 hw = (_down(hw[0], s), _down(hw[1], s))
                 stride *= s
                 block_idx += 1
             name = f"layer{i + 1}"
             self.add_module(name, nn.Sequential(*blocks))
-            # timm's keys (module, num_chs, reduction) and the ones the detection code reads.
-            self.feature_info.append(
-                {"module": name, "num_chs": in_chs, "reduction": stride, "name": name, "channels": in_chs, "stride": stride}
-            )
+            self.feature_info.append({"num_chs": in_chs, "reduction": stride, "module": name})
 
         self.num_features = in_chs
         self.inplanes = in_chs  # torchvision's _resnet_fpn_extractor reads this
@@ -359,24 +461,31 @@ class ResNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """timm's intermediate-feature API: the outputs of the stages ``indices`` (of layer1..layer4).
+        """timm's intermediate-feature API, with timm's ResNet levels (see ``feature_info``):
+        0 the stem (``act1``, before the max-pool), 1-4 the outputs of ``layer1``..``layer4``.
 
         Args:
-            indices: None for all four, an int n for the last n, or stage indices (negative from the end).
+            indices: None for all five, an int n for the last n, or level indices (negative from the end).
             norm: accepted for timm's API; the network has no final norm to apply.
-            stop_early: stop after the last requested stage (the first result is then that stage's output).
+            stop_early: stop after the last requested level (the first result is then that level's output).
             output_fmt: only "NCHW".
             intermediates_only: return only the list.
+
+        Returns:
+            ``(final map, [maps of the requested levels])``, or the list alone with ``intermediates_only``.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, last = _take_indices(len(self.feature_info), indices)
-        stages = self._stages()[: last + 1] if stop_early else self._stages()
         intermediates = []
-        x = self.forward_stem(x)
-        for i, stage in enumerate(stages):
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        stages = self._stages()[:last] if stop_early else self._stages()
+        for level, stage in enumerate(stages, start=1):
             x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if i in take:
+            if level in take:
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
@@ -386,10 +495,13 @@ class ResNet(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and the head); returns the absolute indices."""
+        """Drop what runs after the last of ``indices`` (and the head), as timm's ResNet does; returns
+        the absolute level indices kept."""
         take, last = _take_indices(len(self.feature_info), indices)
         for info in self.feature_info[last + 1:]:
             setattr(self, info["module"], nn.Sequential())  # empty: runs as the identity
+        if last == 0:
+            self.maxpool = nn.Identity()  # only the stem's map is wanted
         if last < len(self.feature_info) - 1:
             self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
         if prune_head or last < len(self.feature_info) - 1:
@@ -397,12 +509,15 @@ class ResNet(nn.Module):
         return take
 
     def forward_feature_maps(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        """Named multi-scale maps for detection necks: layer1..layer4 (see ``feature_info``)."""
-        x = self.forward_stem(x)
+        """Every feature level by its module name: ``act1`` (the stem), ``layer1``..``layer4``, in
+        the order and with the channels and strides of ``feature_info``."""
+        x = self.act1(self.bn1(self.conv1(x)))
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for info in self.feature_info:
-            x = getattr(self, info["name"])(x)
-            out[info["name"]] = x
+        out["act1"] = x
+        x = self.maxpool(x)
+        for info, stage in zip(self.feature_info[1:], self._stages()):
+            x = stage(x)
+            out[info["module"]] = x
         return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -488,7 +603,7 @@ _TIMM_BUILD_KWARGS = frozenset({
     "features_only", "out_indices", "feature_cls", "feature_cfg",
 })
 _MODEL_KWARGS = frozenset({"num_classes", "in_chans", "img_size", "global_pool"})
-N_FEATURE_LEVELS = 4  # layer1..layer4
+N_FEATURE_LEVELS = 5  # timm's ResNet levels: 0 the stem (act1), 1-4 layer1..layer4
 
 
 def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -512,11 +627,13 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         raise TypeError(f"{name}: out_indices needs features_only=True")
     if features:
         out = kwargs.pop("out_indices", feature_cfg["out_indices"])
-        levels = ", ".join(f"{i}: layer{i + 1}" for i in range(N_FEATURE_LEVELS))
+        levels = "0: act1 (the stem), " + ", ".join(f"{i}: layer{i}" for i in range(1, N_FEATURE_LEVELS))
         try:
-            feature_cfg["out_indices"] = tuple(_take_indices(N_FEATURE_LEVELS, out)[0])
+            _take_indices(N_FEATURE_LEVELS, out)  # checked here for a clear message; timm resolves it
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name}: bad out_indices {out!r} ({e}); the feature levels are {levels}") from None
+        # kept as given (an int is the last n, negatives count from the end), as timm's resnet keeps it
+        feature_cfg["out_indices"] = out if isinstance(out, int) else tuple(out)
 
     # The defaults timm's build_model_with_cfg takes from the pretrained config, resolved here too
     # so that the instance config below agrees with the model built.
