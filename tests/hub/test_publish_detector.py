@@ -53,7 +53,7 @@ def test_detection_folder_config_and_card(det_published, det_run):
     assert cfg["label_names"][0] == "__background__" and len(cfg["label_names"]) == cfg["num_classes"] == 11
     card = (det_published / "README.md").read_text()
     ev = json.loads((det_run[1] / "eval.json").read_text())["metrics"]
-    box = f"{100 * ev['bbox']['AP']:.1f}"
+    box = f"{ev['bbox']['AP']:.1f}"  # eval.json and the card both in percent
     assert re.search(rf"^\| box \| {re.escape(box)} \|", card, re.M) and re.search(r"^\| mask \| ", card, re.M)
     assert all(f"| {c} |" in card for c in cfg["label_names"][1:])  # per-class AP rows
     assert "botnet detect train --set" in card and "arXiv:2101.11605" in card

@@ -41,6 +41,7 @@ def _build_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 class ClassificationTask(Task):
     name = "classification"
     key_metric = "top1"
+    loss_label = "cross-entropy"
     schema = CLASSIFICATION_DEFAULTS
     # fixed shapes: cudnn.benchmark tunes once; bf16 + channels_last are what GPUs run fastest
     cuda_defaults = {"amp": "bf16", "channels_last": True, "cudnn_benchmark": True}

@@ -35,8 +35,8 @@ def register(subparsers) -> None:
     e.add_argument("--images", default=None, help="image folder (default: the val split of the run's config)")
     e.add_argument("--ann", default=None, help="instances JSON (default: the val split of the run's config)")
     e.add_argument("--output", "--out", dest="output", default=None,
-                   help="folder for eval.json / eval.md (default: the run directory; ./NAME-eval for a "
-                        "published folder)")
+                   help="folder for eval.json, eval.md and coco_results.json (default: the run directory; "
+                        "./NAME-eval for a published folder)")
     e.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
     e.add_argument("--batch-size", type=positive_int, default=2)
     e.add_argument("--strict", action="store_true", help="fail on any bad annotation record")
@@ -44,13 +44,26 @@ def register(subparsers) -> None:
     e.add_argument("--threads", type=positive_int, default=None)
     e.set_defaults(func=_eval)
 
-    r = sub.add_parser("predict", help="draw boxes, labels and masks on images (PNG)")
+    r = sub.add_parser("predict", help="detect on images: drawings (PNG), predictions.json, coco_results.json",
+                       description="Run a detector on image files, or on the images of a COCO instances file "
+                                   "(--images DIR --ann FILE: its image ids and category ids, and its ground truth "
+                                   "drawn beside the predictions). Writes one PNG per image, predictions.json "
+                                   "(per image: file, image_id, detections with score >= --score-threshold) and "
+                                   "coco_results.json (every detection, in COCO results format). See "
+                                   "docs/detection.md.")
     r.add_argument("checkpoint", help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME")
-    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("files", nargs="*", metavar="IMAGE",
+                   help="image files (image_id 1, 2, ... in this order; with --ann, images of that file)")
+    r.add_argument("--images", dest="image_dir", metavar="DIR", default=None, help="image folder of --ann")
+    r.add_argument("--ann", metavar="FILE", default=None,
+                   help="COCO instances JSON: image_id and category_id from it, ground truth drawn beside; without "
+                        "IMAGE arguments every image it lists")
     r.add_argument("--output", "--out", dest="output", default="predictions",
-                   help="output folder (PNGs + predictions.json)")
-    r.add_argument("--score-threshold", type=unit_float, default=0.5)
-    r.add_argument("--scale", type=positive_int, default=1, help="upscale factor of the drawings")
+                   help="output folder (PNGs, predictions.json, coco_results.json)")
+    r.add_argument("--score-threshold", type=unit_float, default=0.5,
+                   help="lowest score drawn and listed in predictions.json (coco_results.json keeps all)")
+    r.add_argument("--scale", type=positive_int, default=None,
+                   help="upscale factor of the drawings (default: enough for a long side of 512 px)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--threads", type=positive_int, default=None)
     r.set_defaults(func=_predict)
@@ -65,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     rc, summary = run_training(args, cfg)
     if rc == 0 and summary and summary.get("metrics"):
-        print(f"wrote {summary['run_dir']}/eval.json, eval.md, predictions/")
+        print(f"wrote {summary['run_dir']}/eval.json, eval.md, coco_results.json, predictions/")
     return rc
 
 
@@ -84,14 +97,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from botnet.data.coco import CocoDetection
-    from botnet.detection.evaluate import evaluate_detector, write_eval
-    from botnet.detection.task import data_paths
-    from botnet.detection.transforms import build_transforms
+    from botnet.cli.paths import check_output_dir
+    from botnet.detection.evaluate import RESULTS_NAME, evaluate_detector, write_eval, write_results
     from botnet.engine.checkpoint import resolve_checkpoint
     from botnet.engine.rebuild import load_model
-
-    from botnet.cli.paths import check_output_dir
 
     check_output_dir(args.output, "--output")
     path = resolve_checkpoint(args.checkpoint)
@@ -104,27 +113,41 @@ def _eval(args: argparse.Namespace) -> int:
         if not cfg:
             print("error: the checkpoint has no stored config; pass --images and --ann", file=sys.stderr)
             return 2
+        from botnet.detection.task import data_paths
+
         paths = data_paths(cfg, generate=False)
         images, ann = images or paths["val_images"], ann or paths["val_ann"]
-    ds = CocoDetection(images, ann, with_masks=model.detector_config["kind"] == "maskrcnn",
-                       strict=args.strict, transforms=build_transforms(False))
+    ds = _annotated_set(model, meta, images, ann, strict=args.strict)
     print(ds.report.summary())
     if ds.report.num_annotations == 0:
         print(f"error: {ann} has no (usable) annotations, so there is nothing to measure AP against; evaluate on "
               f"an annotated split", file=sys.stderr)
         return 2
+    metrics, results = evaluate_detector(model, ds, batch_size=args.batch_size, backend=args.backend,
+                                         return_results=True)
+    # a published folder is not written into (it may be a read-only Hub cache): ./NAME-eval instead
+    out = args.output or (f"{path.parent.name}-eval" if meta.get("published") else str(path.parent))
+    rp = write_results(out, results)
+    jp, mp = write_eval(out, metrics, {"checkpoint": str(path), "images": images, "ann": ann,
+                                       "num_images": len(ds), "backend": args.backend, "results": RESULTS_NAME})
+    print(open(mp).read())
+    print(f"wrote {jp}, {mp} and {rp} (COCO results, {len(results)} detections)")
+    return 0 if os.path.isfile(jp) else 1
+
+
+def _annotated_set(model, meta: dict, images: str, ann: str, *, strict: bool = False):
+    """The COCO set that ``detect eval`` / ``detect predict --ann`` score against (untransformed images:
+    both feed the detector the same tensors), with a warning when its categories are not the training ones."""
+    from botnet.data.coco import CocoDetection
+    from botnet.detection.transforms import build_transforms
+
+    ds = CocoDetection(images, ann, with_masks=model.detector_config["kind"] == "maskrcnn", strict=strict,
+                       transforms=build_transforms(False))
     train_names = (meta.get("extra") or {}).get("class_names") or meta.get("class_names")
     if train_names and train_names != ds.class_names:
         print(f"warning: evaluation categories {ds.class_names[1:]} differ from the training ones {train_names[1:]}",
               file=sys.stderr)
-    metrics = evaluate_detector(model, ds, batch_size=args.batch_size, backend=args.backend)
-    # a published folder is not written into (it may be a read-only Hub cache): ./NAME-eval instead
-    out = args.output or (f"{path.parent.name}-eval" if meta.get("published") else str(path.parent))
-    jp, mp = write_eval(out, metrics, {"checkpoint": str(path), "images": images, "ann": ann,
-                                       "num_images": len(ds), "backend": args.backend})
-    print(open(mp).read())
-    print(f"wrote {jp} and {mp}")
-    return 0 if os.path.isfile(jp) else 1
+    return ds
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -132,26 +155,39 @@ def _predict(args: argparse.Namespace) -> int:
 
     import torch
 
-    from botnet.detection.predict import predict_images
-    from botnet.engine.rebuild import load_model
-
     from botnet.cli.paths import check_input_images, check_output_dir
-    from botnet.detection.predict import check_drawing_size
+    from botnet.detection.evaluate import write_results
+    from botnet.detection.predict import annotated_items, check_drawing_size, label_to_category, predict_images
+    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.engine.rebuild import load_model
+    from botnet.errors import ConfigError
 
     check_output_dir(args.output, "--output")
-    check_input_images(args.images, offer_skip=False)  # FIFOs, folders, 0-byte and non-image files
-    check_drawing_size(args.images, args.scale)
+    if bool(args.ann) != bool(args.image_dir):
+        raise ConfigError("--ann and --images go together (the instances JSON and its image folder)")
+    if not args.files and not args.ann:
+        raise ConfigError("give image files, or --images DIR --ann FILE for the images of a COCO instances file")
+    check_input_images(args.files, offer_skip=False)  # FIFOs, folders, 0-byte and non-image files
+    check_drawing_size(args.files, args.scale, panels=2 if args.ann else 1)
     model, meta = load_model(args.checkpoint, device=args.device, task="detection")
     if args.threads:
         torch.set_num_threads(args.threads)
+    num_classes = model.detector_config["num_classes"]
     names = meta.get("class_names") or (meta.get("extra") or {}).get("class_names")
     if not names:
-        names = ["__background__"] + [str(i) for i in range(1, model.detector_config["num_classes"])]
-    recs = predict_images(model, args.images, names, args.output, score_threshold=args.score_threshold,
-                          scale=args.scale)
-    from botnet.engine.checkpoint import atomic_write_bytes
-
+        names = ["__background__"] + [str(i) for i in range(1, num_classes)]
+    if args.ann:
+        ds = _annotated_set(model, meta, args.image_dir, args.ann)
+        items = annotated_items(ds, args.files or None)
+        check_drawing_size([p for p, _, _ in items], args.scale, panels=2)
+        mapping, gt_names = ds.label_to_cat_id, ds.class_names
+    else:
+        items, mapping, gt_names = list(args.files), label_to_category(meta, num_classes), None
+    recs, results = predict_images(model, items, names, args.output, score_threshold=args.score_threshold,
+                                   scale=args.scale, label_to_cat_id=mapping, target_names=gt_names)
     atomic_write_bytes(os.path.join(args.output, "predictions.json"), json.dumps(recs, indent=1).encode())
+    rp = write_results(args.output, results)
     for r in recs:
-        print(f"{r['image']}: {len(r['detections'])} detections -> {r['drawing']}")
+        print(f"{r['image']} (image_id {r['image_id']}): {len(r['detections'])} detections -> {r['drawing']}")
+    print(f"wrote {os.path.join(args.output, 'predictions.json')} and {rp} (COCO results, {len(results)} detections)")
     return 0

@@ -5,9 +5,11 @@ coordinates) into COCO result records; :func:`coco_evaluate` runs COCOeval and r
 standard numbers (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl) plus per-class
 AP for each IoU type; :func:`results_markdown` renders them as a Markdown table.
 
-AP values are fractions in [0, 1] (COCOeval's -1 for "no ground truth in this bucket" is kept as
-``None``). With no detections at all, every AP/AR is 0.0 (pycocotools cannot load an empty result
-list, so this case is handled here).
+AP and AR values are in percent (0-100, as the paper and detectron2 report them; pycocotools' own
+``stats`` are fractions, multiplied by 100 here), and botnet uses that unit everywhere: logs,
+``metrics.jsonl``, ``summary.json``, ``eval.json``, ``eval.md``. COCOeval's -1 for "no ground truth
+in this bucket" is kept as ``None``. With no detections at all, every AP/AR is 0.0 (pycocotools
+cannot load an empty result list, so this case is handled here).
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ def _per_class_ap(ev, cat_ids: list[int], names: dict[int, str]) -> dict[str, fl
     for k, cid in enumerate(ev.params.catIds):
         p = prec[:, :, k, 0, -1]
         p = p[p > -1]
-        out[names.get(cid, str(cid))] = float(p.mean()) if p.size else None
+        out[names.get(cid, str(cid))] = 100.0 * float(p.mean()) if p.size else None
     return out
 
 
@@ -108,7 +110,7 @@ def coco_evaluate(
     verbose: bool = False,
 ) -> dict:
     """Evaluate COCO results against ground truth; returns ``{iou_type: {stat: value, ...,
-    "per_class": {name: AP}}}``.
+    "per_class": {name: AP}}}``, values in percent.
 
     ``gt`` is a ``pycocotools.coco.COCO``, an instances dict or a JSON path. ``image_ids``
     restricts the evaluation (default: every image of ``gt``). ``backend`` is ``"pycocotools"``
@@ -148,7 +150,7 @@ def coco_evaluate(
             ev.accumulate()
             ev.summarize()
         stats = [float(s) for s in ev.stats[: len(STAT_NAMES)]]
-        entry = {k: (None if v < 0 else v) for k, v in zip(STAT_NAMES, stats)}
+        entry = {k: (None if v < 0 else 100.0 * v) for k, v in zip(STAT_NAMES, stats)}
         entry["per_class"] = _per_class_ap(ev, cat_ids, names)
         entry["num_detections"] = len(res)
         out[iou_type] = entry
@@ -156,11 +158,11 @@ def coco_evaluate(
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return "-" if v is None else f"{v:.1f}"
 
 
 def results_markdown(metrics: dict, title: str | None = None) -> str:
-    """Markdown tables (values in percent) for the output of :func:`coco_evaluate`."""
+    """Markdown tables (percent, one decimal) for the output of :func:`coco_evaluate`."""
     lines = []
     if title:
         lines += [f"### {title}", ""]

@@ -55,7 +55,7 @@ _OWN: dict[str, Any] = {
         "backend": "pycocotools",   # pycocotools | faster_coco_eval
         "num_draw": 8,              # val images drawn into RUN/predictions
         "draw_score": 0.5,          # score threshold for drawing
-        "draw_scale": 3,            # upscale factor of drawn images
+        "draw_scale": 3,            # upscale factor of drawn images (1-16)
     },
 }
 DETECTION_DEFAULTS = task_schema(_OWN)
@@ -95,6 +95,9 @@ def validate_detection_config(cfg: dict) -> dict:
     check_typed(cfg, "model.mask_head_layers", List(Int(low=1), min_len=1))
     _num(cfg, "data.hflip", low=0, high=1)
     _num(cfg, "eval.batch_size", kind=int, low=1)
+    _num(cfg, "eval.num_draw", kind=int, low=0)
+    _num(cfg, "eval.draw_score", low=0, high=1)
+    _num(cfg, "eval.draw_scale", kind=int, low=1, high=16)
     _choice(cfg, "eval.backend", ("pycocotools", "faster_coco_eval"))
     _choice(cfg, "data.dataset", ("fashion-mosaic", "coco"))
     _choice(cfg, "model.kind", ("maskrcnn", "fasterrcnn"))

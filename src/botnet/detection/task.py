@@ -176,30 +176,43 @@ class DetectionTask(Task):
         if val_set is None:
             return {}
         ec = cfg["eval"]
-        metrics = evaluate_detector(model, val_set, batch_size=int(ec["batch_size"]), backend=ec["backend"],
-                                    device=dist.device, progress=bool(cfg["train"]["progress"]))
+        metrics, results = evaluate_detector(model, val_set, batch_size=int(ec["batch_size"]), backend=ec["backend"],
+                                             device=dist.device, progress=bool(cfg["train"]["progress"]),
+                                             return_results=True)
         head = broadcast_object(headline(metrics) if dist.is_main else None)
-        return {**head, "_metrics": metrics}
+        return {**head, "_metrics": metrics, "_results": results}
 
     def describe(self, m: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={100 * v:.1f}" for k, v in m.items() if not k.startswith("_")) or "(no val set)"
+        # the numbers are COCO AP in percent, as in metrics.jsonl, summary.json and eval.json
+        return ", ".join(f"{k}={v:.1f}" for k, v in m.items() if not k.startswith("_")) or "(no val set)"
+
+    def plot(self, records: list[dict], run_dir: Path) -> list[Path]:
+        from botnet.viz.plots import plot_ap, plot_loss
+
+        kind = "Mask R-CNN" if self.key_metric == "mask_AP" else "Faster R-CNN"
+        paths = [plot_loss(records, run_dir / "loss.png", ylabel=f"{kind} loss (sum of its terms)",
+                           terms_prefix="loss_")]
+        ap = plot_ap(records, run_dir / "ap.png")
+        return paths + ([ap] if ap else [])
 
     def finalize(self, run_dir: Path, setup: TaskSetup, final, records, cfg) -> dict[str, Any]:
-        from botnet.detection.evaluate import write_eval
-        from botnet.detection.predict import predict_images
+        from botnet.detection.evaluate import RESULTS_NAME, write_eval, write_results
+        from botnet.detection.predict import annotated_items, predict_images
 
         val_set, raw = setup.state["val_set"], final.get("raw") or {}
         if val_set is None or not raw.get("_metrics"):
             return {}
         write_eval(run_dir, raw["_metrics"], {"checkpoint": str(run_dir / "last.safetensors"),
                                               "num_val_images": len(val_set), "num_train_images":
-                                              len(setup.state["train_set"]), "world_size": _world_size()})
+                                              len(setup.state["train_set"]), "world_size": _world_size(),
+                                              "results": RESULTS_NAME})
+        write_results(run_dir, raw.get("_results") or [])
         ec = cfg["eval"]
-        if ec["num_draw"]:
-            ids = val_set.ids[: int(ec["num_draw"])]
-            paths = [os.path.join(val_set.image_dir, val_set.coco.imgs[i]["file_name"]) for i in ids]
-            predict_images(setup.model, paths, setup.class_names, run_dir / "predictions",
-                           score_threshold=ec["draw_score"], scale=ec["draw_scale"])
+        if ec["num_draw"]:  # ground truth beside the predictions
+            items = annotated_items(val_set)[: int(ec["num_draw"])]
+            predict_images(setup.model, items, setup.class_names, run_dir / "predictions",
+                           score_threshold=ec["draw_score"], scale=int(ec["draw_scale"]),
+                           label_to_cat_id=val_set.label_to_cat_id, target_names=val_set.class_names)
         return {"metrics": {k: v for k, v in raw.items() if not k.startswith("_")}}
 
 

@@ -37,9 +37,9 @@ RUN_FILES = (
     "last.safetensors", "last.state.safetensors", "best.safetensors",  # checkpoints
     "last.prev.safetensors", "last.prev.state.safetensors",  # the pair a save keeps until the new one is whole
     "last.state.pt",  # the pickle training state of earlier versions (never read, removed by --overwrite)
-    "loss.png", "accuracy.png",  # train.plots
+    "loss.png", "accuracy.png", "ap.png",  # train.plots
     "confusion_matrix.png", "confusion_matrix.csv",  # classification
-    "eval.json", "eval.md",  # detection
+    "eval.json", "eval.md", "coco_results.json",  # detection
 )
 RUN_DIRS = ("tb", "predictions", "samples", "attention")  # TensorBoard, detection drawings, botnet demo
 # What botnet writes inside those folders: --overwrite removes these and leaves anything else in them.

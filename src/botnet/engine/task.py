@@ -48,6 +48,7 @@ class Task:
 
     name = "task"
     key_metric = "loss"
+    loss_label = "training loss"  # what losses["loss"] is, for the plots (classification: cross-entropy)
     find_unused_parameters = False  # DDP: True when some parameters get no gradient in a step
     # what ``auto`` becomes on CUDA for train.amp / channels_last / cudnn_benchmark (see engine.devices);
     # on the CPU ``auto`` is none / False / False
@@ -76,3 +77,10 @@ class Task:
                  cfg: dict) -> dict[str, Any]:
         """Pictures and task files at the end (main rank); returns extra ``summary.json`` entries."""
         return {}
+
+    def plot(self, records: list[dict], run_dir: Path) -> list[Path]:
+        """The run's PNG plots from its ``metrics.jsonl`` records (``train.plots``; main rank, at the end):
+        ``loss.png`` labelled :attr:`loss_label`, and ``accuracy.png`` when accuracy was logged."""
+        from botnet.viz.plots import plot_curves
+
+        return plot_curves(records, run_dir, loss_label=self.loss_label)

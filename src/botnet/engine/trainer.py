@@ -498,9 +498,7 @@ class Trainer:
             if final is not None:
                 summary.update(self.task.finalize(self.run_dir, s, final, self.logger.records, self.cfg) or {})
             if final is not None and self.tc["plots"]:
-                from botnet.viz.plots import plot_curves
-
-                plot_curves(self.logger.records, self.run_dir)
+                self.task.plot(self.logger.records, self.run_dir)
             _write_json(self.run_dir / "summary.json", summary)
             if self.skipped:
                 log.warning(f"skipped {len(self.skipped)} unreadable training files, e.g. {self.skipped[:3]}")

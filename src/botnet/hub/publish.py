@@ -333,11 +333,12 @@ def _write_detector(model, meta: dict[str, Any], info: dict[str, Any], tmp: Path
 
 def _detector_card(model, meta, info, run: Path, tmp: Path, kw: dict, names: list[str]) -> dict[str, Any]:
     from botnet.detection.coco_eval import results_markdown
+    from botnet.detection.evaluate import metrics_in_percent
     from botnet.models.profile import profile_model
 
     ev = _json(run / "eval.json")
     if ev.get("metrics"):
-        md = results_markdown(ev["metrics"]).strip().splitlines()
+        md = results_markdown(metrics_in_percent(ev)).strip().splitlines()
         src = (f"COCO metrics (percent) from the run's final evaluation (`{Path(str(ev.get('checkpoint'))).name}`, "
                f"{ev.get('num_val_images', '?')} validation images, {ev.get('num_train_images', '?')} training "
                f"images).")

@@ -171,7 +171,8 @@ def published_meta(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     return {"format": "botnet-checkpoint-v1", "task": task, "arch": arch, "model_kwargs": kwargs,
             "class_names": list(names) if names else None,
             "config": b.get("run_config") or (_data_config(cfg, arch) if task == "classification" else {}),
-            "extra": {"weights": b.get("weights", "raw"), "class_names": list(names) if names else None},
+            "extra": {"weights": b.get("weights", "raw"), "class_names": list(names) if names else None,
+                      **({"label_to_cat_id": b["label_to_cat_id"]} if b.get("label_to_cat_id") else {})},
             "published": str(folder)}
 
 
