@@ -30,3 +30,23 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     assert "models" in capsys.readouterr().out
+
+
+def test_detect_predict_takes_image_files_after_its_options(monkeypatch):
+    """``detect predict RUN --ann F a.png b.png``: argparse alone takes positionals only before the first
+    option; the files after them still reach the command, in order, and an unknown option is still refused."""
+    import pytest
+
+    from botnet import cli
+    from botnet.cli import cmd_detect
+
+    seen = {}
+    monkeypatch.setattr(cmd_detect, "_predict", lambda args: seen.update(files=list(args.files), ann=args.ann) or 0)
+    assert cli.main(["detect", "predict", "RUN", "x.png", "--ann", "a.json", "y.png", "z.png"]) == 0
+    assert seen == {"files": ["x.png", "y.png", "z.png"], "ann": "a.json"}
+    with pytest.raises(SystemExit) as e:
+        cli.main(["detect", "predict", "RUN", "--ann", "a.json", "y.png", "--bogus"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["models", "botnet50", "extra"])
+    assert e.value.code == 2

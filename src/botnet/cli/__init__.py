@@ -38,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # A command whose positional list may also follow its options (``detect predict RUN --ann F a.jpg``)
+        # names it; argparse alone takes positionals only before the first option.
+        trailing = getattr(args, "trailing_positionals", None)
+        if not trailing or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, trailing).extend(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

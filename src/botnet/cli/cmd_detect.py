@@ -66,7 +66,7 @@ def register(subparsers) -> None:
                    help="upscale factor of the drawings (default: enough for a long side of 512 px)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--threads", type=positive_int, default=None)
-    r.set_defaults(func=_predict)
+    r.set_defaults(func=_predict, trailing_positionals="files")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
