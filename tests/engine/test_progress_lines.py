@@ -14,7 +14,7 @@ import botnet.engine.budget as budget_mod
 from botnet.data import fashion_mnist as fm
 from botnet.engine import Trainer
 from botnet.engine.log import progress_enabled
-from tests.engine.test_trainer import Regression, _cfg
+from test_trainer import Regression, _cfg
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 STEP_LINE = re.compile(r"^epoch (\d+)/(\d+) step (\d+)/(\d+): loss \d+\.\d{4} \| lr \S+ \| \d+ img/s$")
