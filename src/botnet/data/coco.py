@@ -399,7 +399,7 @@ def _clipped_box(a: dict, W: float, H: float, rep: ValidationReport) -> list[flo
         rep.add("ann_bad_bbox", f"annotation {a['id']}: bbox {bbox!r}")
         return None
     x, y, w, h = (float(v) for v in bbox)
-    if w < 0 or h < 0:  # [x, y, w, h] read as corners (x1, y1, x2, y2), or flipped: say so, it is not "empty"
+    if w < 0 or h < 0:  # a conversion bug (corners swapped: x2 - x1 < 0), not an empty box: say which
         which = " and ".join(n for n, v in (("width", w), ("height", h)) if v < 0)
         rep.add("ann_negative_size", f"annotation {a['id']}: bbox {bbox} has a negative {which}")
         return None
