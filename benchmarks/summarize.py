@@ -1,4 +1,6 @@
-"""Combine the per-suite result files of benchmarks/run_all.sh into summary.{json,md,png}.
+"""Combine the per-suite result files of benchmarks/run_all.sh into summary.{json,md,png}, and redraw
+every recorded table (NAME.md) and plot (NAME.png, where there is one) from its NAME.json: nothing is
+measured again, so a change of the table or plot layout reaches the committed results.
 
 Usage: python benchmarks/summarize.py [RESULTS_DIR]
 """
@@ -8,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from botnet.bench.runner import markdown_table, plot
+from botnet.bench.report import markdown_table, plot
 
 ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile"]
 
@@ -36,10 +38,24 @@ def main(argv: list[str]) -> int:
     (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "summary.md").write_text(markdown_table(doc))
     plot(doc, out / "summary.png")
-    for n, d in docs:  # refresh the per-suite tables with the current table layout
-        (out / f"{n}.md").write_text(markdown_table(d))
-    print(f"wrote {out}/summary.json, summary.md, summary.png ({len(results)} rows)")
+    redrawn = redraw(out)
+    print(f"wrote {out}/summary.json, summary.md, summary.png ({len(results)} rows); redrew {len(redrawn)} "
+          f"tables from their JSON: {', '.join(redrawn)}")
     return 0
+
+
+def redraw(out: Path) -> list[str]:
+    """Rewrite NAME.md (and NAME.png where it exists) from every recorded NAME.json but the summary."""
+    names = []
+    for path in sorted(out.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if path.name == "summary.json" or not (isinstance(doc, dict) and {"meta", "results"} <= doc.keys()):
+            continue
+        path.with_suffix(".md").write_text(markdown_table(doc))
+        if path.with_suffix(".png").is_file():
+            plot(doc, path.with_suffix(".png"))
+        names.append(path.stem)
+    return names
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def test_wrong_types_and_out_of_bounds_records_are_dropped_and_named(tmp_path, i
     assert rep.num_annotations == 0
     p = _write(tmp_path, d)
     rc, out, err = run(capsys, ["data", "check-coco", p, "--images", img, "--masks"])
-    assert rc == 1 and "Traceback" not in err and example in out, (out, err)
+    assert example in out, out  # the report, with the example; then one error line, exit 2
+    assert_one_line_error(rc, err, str(p), f"1 x {coco.PROBLEMS[problem]}")
     with pytest.raises(CocoFormatError) as e:  # strict: one line naming the file and the problem
         load_coco(p, img, require_masks=True, strict=True)
     assert str(p) in str(e.value) and example in str(e.value) and "\n" not in str(e.value)
@@ -158,7 +159,7 @@ def test_many_annotations_are_refused_quickly(tmp_path, img, capsys):
     p = _write(tmp_path, d)
     assert p.stat().st_size > 10e6
     rc, out, err = run(capsys, ["data", "check-coco", p, "--images", img, "--masks"])
-    assert rc == 1 and f"images with more than {coco.MAX_ANNOTATIONS_PER_IMAGE} annotations" in out
+    assert rc == 2 and f"images with more than {coco.MAX_ANNOTATIONS_PER_IMAGE} annotations" in out
     assert "image 1: 100000 annotations" in out
     with pytest.raises(CocoFormatError, match=f"no usable images .* more than {coco.MAX_ANNOTATIONS_PER_IMAGE} "):
         with warnings.catch_warnings():
@@ -177,3 +178,24 @@ def test_masks_over_the_memory_cap_drop_the_image(img, monkeypatch):
     assert rep.ok and rep.num_annotations == 9
     _, rep = validate_coco(d, img, require_masks=False)  # boxes only: no masks, no mask cap
     assert rep.num_annotations == 10
+
+
+@pytest.mark.parametrize("bbox, problem, example", [
+    ([25, 5, -20, 10], "ann_negative_size", "bbox [25, 5, -20, 10] has a negative width"),
+    ([25, 15, -20, -10], "ann_negative_size", "bbox [25, 15, -20, -10] has a negative width and height"),
+    ([5, 5, 20, 0], "ann_zero_area", "bbox [5, 5, 20, 0]"),
+    ([5, 5, 0.5, 10], "ann_zero_area", "bbox [5, 5, 0.5, 10] (after clipping)"),
+])
+def test_check_coco_names_negative_and_empty_boxes_and_exits_2(tmp_path, img, capsys, bbox, problem, example):
+    p = _write(tmp_path, _base(bbox=bbox))
+    rc, out, err = run(capsys, ["data", "check-coco", p, "--images", img])
+    assert f"1 x {coco.PROBLEMS[problem]} (e.g. annotation 1: {example})" in out, out
+    assert ("negative" in out) == (problem == "ann_negative_size")  # an empty box is not called negative, nor back
+    assert_one_line_error(rc, err, str(p), f"1 problem(s) that drop records (1 x {coco.PROBLEMS[problem]})")
+
+
+def test_check_coco_exits_0_when_nothing_is_dropped(tmp_path, img, capsys):
+    p = _write(tmp_path, _base(bbox=[50, 5, 20, 10]))  # partly outside: clipped and reported, kept
+    rc, out, err = run(capsys, ["data", "check-coco", p, "--images", img])
+    assert (rc, err) == (0, "") and "kept 1/1 images, 1/1 annotations; problems:" in out
+    assert "1 x boxes partly outside the image (clipped, kept)" in out

@@ -15,8 +15,9 @@ import torch
 
 from botnet.bench.cases import Comparison, build_step
 from botnet.bench.core import measure_cuda_peak_memory, measure_peak_memory, median, time_interleaved
+from botnet.bench.report import fmt_mib, markdown_table, mem_ratio, plot
 
-__all__ = ["run_comparison", "run_comparisons", "machine_info", "write_results"]
+__all__ = ["run_comparison", "run_comparisons", "machine_info", "write_results", "markdown_table", "plot"]
 
 
 def _cpu_model() -> str:
@@ -137,121 +138,16 @@ def run_comparisons(comps: list[Comparison], *, warmup: int, repeats: int, memor
         r = run_comparison(c, warmup=warmup, repeats=repeats, memory=memory, log=log)
         if "error" not in r:
             msg = f"  time {r['ours']['median_s'] * 1e3:.1f} / {r['baseline']['median_s'] * 1e3:.1f} ms = {r['time_ratio']:.3f}"
-            if "mem_ratio" in r:
-                msg += (f"; peak mem {r['ours']['memory']['peak_bytes'] / 2**20:.0f} / "
-                        f"{r['baseline']['memory']['peak_bytes'] / 2**20:.0f} MiB = {r['mem_ratio']:.3f}")
+            if "memory" in r["ours"]:  # as the table shows it: no ratio of 0.0 / 0.0 MiB
+                mr = mem_ratio(r)
+                msg += (f"; peak mem {fmt_mib(r, 'ours')} / {fmt_mib(r, 'baseline')} MiB"
+                        + (f" = {mr:.3f}" if mr is not None else ""))
             log(msg)
         out.append(r)
     return out
 
 
 # ---------------------------------------------------------------------- writing
-def _fmt_ms(r: dict, who: str) -> str:
-    s = r.get(who, {}).get("median_s")
-    return "-" if s is None else f"{s * 1e3:.1f}"
-
-
-def _fmt_mib(r: dict, who: str) -> str:
-    m = r.get(who, {}).get("memory") or {}
-    b = m.get("peak_bytes")
-    return "-" if b is None else f"{b / 2**20:.1f}"
-
-
-def _target_cell(r: dict, key: str) -> str:
-    t = r.get("targets", {}).get(key)
-    if t is None:
-        return ""
-    met = r.get("target_met", {}).get(key)
-    return f"<= {t} {'met' if met else ('MISSED' if met is False else '?')}"
-
-
-def markdown_table(doc: dict) -> str:
-    meta = doc["meta"]
-    cuda = meta.get("device") == "cuda"
-    gpu = f"GPU {meta['machine'].get('gpu')} (CUDA {meta['machine'].get('cuda')})" if cuda else "no GPU used"
-    memory = ("- peak memory: torch.cuda.max_memory_allocated during one step minus the memory allocated "
-              "before it (after a warm-up step)" if cuda else
-              "- peak memory: one fresh process per configuration; extra resident memory at the step's peak "
-              "(VmHWM after clear_refs minus VmRSS before the step)")
-    lines = [
-        f"# Benchmark results: {meta.get('title', 'botnet bench')}",
-        "",
-        f"- date (UTC): {meta['date_utc']}",
-        f"- command: `{meta['command']}`",
-        f"- machine: {meta['machine']['cpu']}, {meta['machine']['logical_cpus']} logical CPUs, "
-        f"torch {meta['machine']['torch']} ({meta['machine']['torch_threads']} threads), "
-        f"torchvision {meta['machine']['torchvision']}, timm {meta['machine']['timm']}, {gpu}",
-        f"- timing: {meta['warmup']} warm-up + {meta['repeats']} timed runs per variant, interleaved; "
-        "median; time ratio = median(ours) / median(baseline) (targets are judged on it); "
-        "'ratio of minima' = min(ours) / min(baseline), less sensitive to other jobs' bursts",
-        memory,
-        f"- load average before / after: {meta.get('load_before')} / {meta.get('load_after')}; "
-        f"other busy processes at start: {meta.get('other_busy_processes')}",
-    ]
-    if meta.get("note"):
-        lines.append(f"- note: {meta['note']}")
-    lines += [
-        "",
-        "| group | case | ours | baseline | ours ms | base ms | time ratio | target | ratio of minima | ours peak MiB | base peak MiB | mem ratio | target |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
-    ]
-    for r in doc["results"]:
-        if "error" in r:
-            lines.append(f"| {r['group']} | {r['name']} | {r['ours_label']} | {r['baseline_label']} | "
-                         f"error: {r['error']} ||||||||| ")
-            continue
-        tr = f"{r['time_ratio']:.3f}"
-        mr = f"{r['mem_ratio']:.3f}" if "mem_ratio" in r else "-"
-        mins = f"{min(r['ours']['times_s']) / min(r['baseline']['times_s']):.3f}"
-        lines.append(
-            f"| {r['group']} | {r['name']} | {r['ours_label']} | {r['baseline_label']} | {_fmt_ms(r, 'ours')} | "
-            f"{_fmt_ms(r, 'baseline')} | {tr} | {_target_cell(r, 'time')} | {mins} | {_fmt_mib(r, 'ours')} | "
-            f"{_fmt_mib(r, 'baseline')} | {mr} | {_target_cell(r, 'mem')} |"
-        )
-    extra = meta.get("attention_equivalence")
-    if extra:
-        lines += ["", "Attention equivalence check (ours vs timm BottleneckAttn, copied weights, float64): "
-                  f"max |diff| = {extra['max_abs_diff']:.3g} (output max {extra['max_abs_output']:.3g}; "
-                  f"without the position term the difference would be {extra['max_abs_diff_without_position_term']:.3g})."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(doc: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return False
-    rows = [r for r in doc["results"] if "error" not in r]
-    if not rows:
-        return False
-    labels = [f"{r['group']}: {r['name']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
-    y = range(len(rows))
-    h = 0.38
-    ax.barh([i - h / 2 for i in y], [r["time_ratio"] for r in rows], height=h, label="time ratio")
-    ax.barh([i + h / 2 for i in y], [r.get("mem_ratio", 0) for r in rows], height=h, label="peak-memory ratio")
-    for i, r in enumerate(rows):
-        for key, off, mk in (("time", -h / 2, "|"), ("mem", h / 2, "|")):
-            t = r.get("targets", {}).get(key)
-            if t is not None:
-                ax.plot([t], [i + off], marker=mk, color="red", markersize=12, mew=2)
-    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_yticks(list(y))
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("ours / baseline (log scale; < 1 is better; red bars: targets)")
-    ax.set_title(f"{doc['meta'].get('title', 'botnet bench')} ({doc['meta']['date_utc'][:10]})", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def write_results(doc: dict, out_dir: str | Path, stem: str) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,13 +151,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
     from tqdm import tqdm
 
     from botnet.engine.distributed import all_reduce_tensor, get_dist_info, is_distributed, reduce_dict
+    from botnet.engine.log import progress_enabled
     from botnet.engine.trainer import autocast
 
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum, c1, c5, n, skipped = 0.0, 0, 0, 0, []
     t0 = time.perf_counter()
-    it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+    it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress_enabled(progress))
     for batch in it:
         x, y, bad = _unpack(batch)
         skipped += list(bad)

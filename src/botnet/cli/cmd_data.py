@@ -35,7 +35,11 @@ def register(subparsers) -> None:
                         "ever replaced")
     m.set_defaults(func=_mosaic)
 
-    c = sub.add_parser("check-coco", help="run the validation pass over a COCO instances file and print the counts")
+    c = sub.add_parser("check-coco", help="run the validation pass over a COCO instances file and print the counts",
+                       description="Print the counts of kept records and of each problem, with examples. Exit code 0 "
+                                   "when no record would be dropped (clipped boxes are reported, not errors), 2 when "
+                                   "some would be (training drops them and trains on the rest, or stops with "
+                                   "data.strict: true).")
     c.add_argument("ann", help="instances JSON")
     c.add_argument("--images", default=None, help="image folder (checks the files exist and their sizes)")
     c.add_argument("--masks", action="store_true", help="require a segmentation on every annotation")
@@ -64,12 +68,11 @@ def _mosaic(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from botnet.data.coco import CocoFormatError, read_json_file, validate_coco
 
-    try:
-        data = read_json_file(args.ann)
-        _, rep = validate_coco(data, args.images, require_masks=args.masks, check_files=args.images is not None,
-                               check_image_sizes=args.images is not None, source=args.ann)
-    except CocoFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    data = read_json_file(args.ann)  # a file that is not a COCO file: CocoFormatError, one line, exit 2
+    _, rep = validate_coco(data, args.images, require_masks=args.masks, check_files=args.images is not None,
+                           check_image_sizes=args.images is not None, source=args.ann)
     print(rep.summary())
-    return 0 if rep.num_errors == 0 else 1
+    if rep.num_errors:  # the report above has the examples; the error line says what it means
+        raise CocoFormatError(f"{args.ann}: {rep.num_errors} problem(s) that drop records ({rep.errors_line()}); "
+                              f"fix them, or train anyway: training drops those records (unless data.strict: true)")
+    return 0

@@ -10,7 +10,8 @@ counts per problem) or, with ``strict=True``, raises :class:`CocoFormatError` li
   (a file that passes the header check but fails to decode later is skipped with a warning);
 - annotations without ``id`` / ``image_id`` / ``category_id`` / ``bbox`` (and ``segmentation``
   when masks are used), unknown category or image ids, non-finite boxes, boxes entirely outside
-  the image, zero-area boxes (< 1 px wide or high after clipping), degenerate polygons (fewer
+  the image, boxes of negative width or height, zero-area boxes (< 1 px wide or high after
+  clipping), degenerate polygons (fewer
   than 3 points, odd coordinate count, zero area) and RLEs whose size disagrees with the image:
   annotation dropped. Boxes partly outside the image are clipped (counted, not dropped).
   A degenerate polygon inside a multi-polygon annotation is removed; the annotation stays if
@@ -100,6 +101,7 @@ PROBLEMS = {
     "ann_bad_bbox": "annotations with a malformed or non-finite bbox",
     "ann_box_outside": "boxes entirely outside the image",
     "ann_box_clipped": "boxes partly outside the image (clipped, kept)",
+    "ann_negative_size": "boxes with a negative width or height",
     "ann_zero_area": "zero-area boxes (< 1 px wide or high)",
     "ann_degenerate_polygon": "annotations whose polygons are all degenerate",
     "polygon_dropped": "degenerate polygons removed from otherwise valid annotations",
@@ -130,6 +132,10 @@ class ValidationReport:
     @property
     def num_errors(self) -> int:
         return sum(v for k, v in self.counts.items() if k not in _NON_FATAL)
+
+    def errors_line(self) -> str:
+        """The problems that drop records, with their counts, on one line (no examples)."""
+        return ", ".join(f"{v} x {PROBLEMS.get(k, k)}" for k, v in sorted(self.counts.items()) if k not in _NON_FATAL)
 
     @property
     def ok(self) -> bool:
@@ -393,7 +399,11 @@ def _clipped_box(a: dict, W: float, H: float, rep: ValidationReport) -> list[flo
         rep.add("ann_bad_bbox", f"annotation {a['id']}: bbox {bbox!r}")
         return None
     x, y, w, h = (float(v) for v in bbox)
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:  # a conversion bug (corners swapped: x2 - x1 < 0), not an empty box: say which
+        which = " and ".join(n for n, v in (("width", w), ("height", h)) if v < 0)
+        rep.add("ann_negative_size", f"annotation {a['id']}: bbox {bbox} has a negative {which}")
+        return None
+    if w == 0 or h == 0:
         rep.add("ann_zero_area", f"annotation {a['id']}: bbox {bbox}")
         return None
     x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)

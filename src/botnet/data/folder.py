@@ -209,11 +209,13 @@ def scan_image_files(paths: list[str], *, progress: bool = True, desc: str = "ch
 
     from tqdm import tqdm
 
+    from botnet.engine.log import progress_enabled
+
     bad: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as ex:
         it = ex.map(check_image_header, paths, chunksize=64)
         for p, reason in zip(paths, tqdm(it, total=len(paths), desc=desc, unit="file", leave=False,
-                                         disable=not progress or len(paths) < 2000)):
+                                         disable=not progress_enabled(progress) or len(paths) < 2000)):
             if reason is not None:
                 bad.append((p, reason))
     return bad

@@ -171,7 +171,9 @@ def _write_split(out_dir: str, split: str, num: int, cfg: MosaicConfig, images, 
     split_code = {"train": 0, "val": 1}[split]
     coco_images, coco_anns = [], []
     it = range(num)
-    if progress:
+    from botnet.engine.log import progress_enabled
+
+    if progress_enabled(progress):  # a bar on a terminal only, never into a log file
         from tqdm import tqdm
 
         it = tqdm(it, desc=f"mosaic {split}", unit="img")

@@ -45,7 +45,9 @@ def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "py
     net.eval()
     results, seen = [], set()
     it = loader
-    if progress and info.is_main:
+    from botnet.engine.log import progress_enabled
+
+    if info.is_main and progress_enabled(progress):  # a bar on a terminal only, never into a log file
         from tqdm import tqdm
 
         it = tqdm(loader, desc="eval", unit="batch", leave=False)

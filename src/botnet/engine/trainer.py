@@ -5,7 +5,8 @@ any work (config values, devices, files, the output folder), builds the task's m
 then trains with autocast (bf16/fp16 + gradient scaler), gradient clipping, channels_last,
 ``torch.compile``, SyncBatchNorm, EMA (timm ``ModelEmaV3``, evaluated beside the raw weights),
 one parameter-group policy (:mod:`botnet.engine.optim`), timm's schedules fitted to a
-wall-clock budget, measured CPU thread counts (restored afterwards), tqdm progress, metrics to
+wall-clock budget, measured CPU thread counts (restored afterwards), tqdm progress on a terminal (plain
+per-step lines elsewhere), metrics to
 TensorBoard/JSONL/CSV, atomic checkpoints with exact resume, clean Ctrl-C (exit code 130) and a
 non-finite-loss stop (exit code 3). It ends with the task's pictures and ``summary.json``.
 """
@@ -26,7 +27,7 @@ from botnet.engine import checkpoint as ckpt
 from botnet.engine.distributed import DistInfo, barrier, cleanup, init_distributed, reduce_dict, seed_everything
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
-from botnet.engine.log import get_logger
+from botnet.engine.log import get_logger, progress_enabled
 from botnet.engine.logger import MetricsLogger
 from botnet.engine.task import Task, TaskSetup
 
@@ -305,7 +306,9 @@ class Trainer:
         self.max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
         self.last_eval, self.last_eval_step = None, -1
         self.skipped = list(self.setup.skipped_train)
-        self.budget = None
+        self.budget, self.fitted = None, False
+        # a bar on a terminal; otherwise (a log file, a pipe, --no-progress) plain lines every log_every steps
+        self.show_bar = self.di.is_main and progress_enabled(tc["progress"])
         if tc["time_budget"]:
             self.budget = BudgetFitter(float(tc["time_budget"]), self.t_start, self.planned_steps, self.spe,
                                        int(tc["eval_every"] or 0), self.setup.num_val * self.setup.eval_passes,
@@ -357,8 +360,8 @@ class Trainer:
             batch_in_epoch, self.skip_batches = self.skip_batches, 0
         self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
         _set_train_mode(self.train_model, bool(tc["freeze_bn"]))
-        self.bar = tqdm(total=self.epoch_steps, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{math.ceil(self.epochs)}",
-                        dynamic_ncols=True, disable=not (tc["progress"] and di.is_main), leave=di.is_main)
+        self.bar = tqdm(total=self.epoch_steps, initial=batch_in_epoch, desc=self._epoch_label(epoch),
+                        dynamic_ncols=True, disable=not self.show_bar, leave=di.is_main)
         self.meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}
         self.window = {"t": time.monotonic(), "n": 0, "loss": 0.0}
         reason = None
@@ -454,6 +457,9 @@ class Trainer:
         win_loss = w["loss"] / max(w["n"], 1)  # mean over the steps since the last record
         self.window = {"t": now, "n": 0, "loss": 0.0}
         self.bar.set_postfix(loss=f"{win_loss:.4f}", lr=f"{lr_now:.3g}", it_s=f"{self.items_per_s:.0f}")
+        if self.di.is_main and not self.show_bar:
+            log.info(f"{self._epoch_label(epoch)} step {self.step}/{self._steps_to_run()}: loss {win_loss:.4f} | "
+                     f"lr {lr_now:.3g} | {self.items_per_s:.0f} img/s")
         parts = {k: float(v.detach()) for k, v in out.losses.items() if k != "loss"}
         self.logger.log({"loss": win_loss, **parts, "lr": lr_now, "items_per_s": self.items_per_s}, step=self.step,
                         phase="train", epoch=round(epoch + batch_in_epoch / self.spe, 4))
@@ -462,12 +468,23 @@ class Trainer:
         target = self.budget.target_steps(self.step, self.items_per_s)
         if abs(target - self.total_steps) > max(0.02 * self.total_steps, 5) and self.scheduler.fit_total_steps(target):
             self.total_steps = target
-            if self.di.is_main:
-                log.info(f"time budget {self.budget.budget:.0f}s: schedule set to {self.total_steps} steps "
-                         f"({self.total_steps / self.spe:.2f} epochs; {self.budget.ms_per_step:.0f} ms/step)")
+            if self.di.is_main:  # one line; the refits that follow the step times show in the epoch counter
+                (log.debug if self.fitted else log.info)(
+                    f"time budget {self.budget.budget:.0f}s: schedule set to {self.total_steps} steps "
+                    f"({self.total_steps / self.spe:.2f} epochs; {self.budget.ms_per_step:.0f} ms/step)")
+            self.fitted = True
             self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
             self.bar.total = self.epoch_steps
+            self.bar.set_description(self._epoch_label(epoch), refresh=False)
             self.bar.refresh()
+
+    def _steps_to_run(self) -> int:
+        """Steps this run will take: the schedule's (fitted to the budget, if any), or --max-steps if fewer."""
+        return min(self.total_steps, self.max_steps) if self.max_steps else self.total_steps
+
+    def _epoch_label(self, epoch: int) -> str:
+        """``epoch k/N``, N the epochs the run will reach (after a budget fit: the fitted ones, not the config's)."""
+        return f"epoch {epoch + 1}/{max(math.ceil(self._steps_to_run() / max(self.spe, 1)), epoch + 1)}"
 
     # ------------------------------------------------------------------ the end
     def _finish(self, status: str) -> dict[str, Any]:

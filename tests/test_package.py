@@ -1,0 +1,38 @@
+"""`import botnet` alone gives the sub-packages the docs and `botnet publish` name (botnet.hub, ...)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Run in a fresh interpreter: in this one, other tests have imported the sub-packages already.
+_SCRIPT = r"""
+import sys
+import botnet
+loaded = sorted(m for m in ("botnet.hub", "botnet.engine", "botnet.export", "botnet.detection",
+                            "botnet.classification", "botnet.data") if m in sys.modules)
+print("loaded-at-import", loaded)
+try:
+    botnet.hub.load_detector("no-such-folder")
+except botnet.hub.PublishedModelError as e:
+    print("hub-error", e)
+print("engine", callable(botnet.engine.load_model), "export", callable(botnet.export.export_model))
+print("same-module", botnet.hub is sys.modules["botnet.hub"])
+print("in-dir", "hub" in dir(botnet))
+try:
+    botnet.no_such_thing
+except AttributeError as e:
+    print("attribute-error", e)
+"""
+
+
+def test_plain_import_reaches_hub_lazily():
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "loaded-at-import []"  # nothing heavy is imported by `import botnet` itself
+    assert lines[1].startswith("hub-error no-such-folder does not exist")
+    assert lines[2:] == ["engine True export True", "same-module True",
+                         "in-dir True", "attribute-error module 'botnet' has no attribute 'no_such_thing'"]
