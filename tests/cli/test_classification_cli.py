@@ -122,9 +122,11 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     assert main(["predict", *map(str, samples), "--checkpoint", str(run)]) == 0
     out = capsys.readouterr().out
     assert out.count("%") == 5 * len(samples) and out.rstrip().endswith("(one view: --tta none)")
-    assert main(["predict", str(samples[0]), "--checkpoint", str(run), "--tta", "hflip", "--topk", "2"]) == 0
+    assert main(["predict", str(samples[0]), "--checkpoint", str(run), "--tta", "hflip", "--topk", "2",
+                 "--json", str(tmp_path / "p.json")]) == 0
     flipped = capsys.readouterr().out
     assert flipped.count("%") == 2 and "each image averaged with its mirror image" in flipped
+    assert json.loads((tmp_path / "p.json").read_text())["tta"] == "hflip"
     import re
 
     listed = re.findall(r"^\s+\d\. (.+?)\s+(\d+\.\d+)%$", out, flags=re.M)
