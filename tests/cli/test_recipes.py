@@ -116,9 +116,10 @@ def test_img_size_sizes_the_tables_unless_model_img_size_is_set(capsys):
 def test_print_config_reads_back_as_the_config_with_every_layer_named(capsys, tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text("base: fashion-mnist\noptim:\n  lr: 0.002\n")  # a user's recipe without a name
-    cfg, src, out = printed(capsys, ["train", "--config", own, "--lr", "0.01", "--no-plots", "--set", "train.epochs=3",
-                                     "--set", "model.kwargs={heads: 2}", "--set", "data.mean=[0.5]",
-                                     "--set", "data.std=[0.25]"])
+    argv = ["train", "--config", str(own), "--lr", "0.01", "--no-plots", "--set", "train.epochs=3", "--set",
+            "model.kwargs={heads: 2}", "--set", "data.mean=[0.5]", "--set", "data.std=[0.25]",
+            "--data-dir", "my data: é #1", "--set", 'data.auto_augment="rand\\nm9"']  # quoting and a line break survive
+    cfg, src, out = printed(capsys, argv)
     assert cfg["name"] == "mine" and src["name"] == "resolved: recipe file mine.yaml"
     assert (src["optim.lr"], src["train.plots"], src["train.epochs"], src["model.kwargs.heads"]) == (
         "--lr", "--no-plots", "--set", "--set")
@@ -128,9 +129,8 @@ def test_print_config_reads_back_as_the_config_with_every_layer_named(capsys, tm
     from botnet.cli import build_parser
     from botnet.cli.train_args import config_from_args
 
-    args = build_parser().parse_args(["train", "--config", str(own), "--lr", "0.01", "--no-plots", "--set",
-                                      "train.epochs=3", "--set", "model.kwargs={heads: 2}", "--set", "data.mean=[0.5]",
-                                      "--set", "data.std=[0.25]"])
+    args = build_parser().parse_args(argv)
+    assert cfg["data"]["root"] == "my data: é #1" and cfg["data"]["auto_augment"] == "rand\nm9"
     assert cfg == json.loads(json.dumps(config_from_args(args)))  # every value, every type, as YAML reads it back
     values = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("#") and not ln.endswith(":")]
     assert len(values) == len(src) and all("  # " in ln for ln in values)  # one value a line, each with its source

@@ -246,10 +246,10 @@ def _yaml_lines(node: dict, sources: dict[str, str], prefix: str, depth: int, li
 
 
 def _flow(value) -> str:
-    """One value as single-line YAML (lists in flow style); strings with line breaks as JSON, which YAML reads."""
+    """One value as single-line YAML (lists in flow style); one YAML would break over lines (a string with
+    a line break) as JSON, which YAML reads too."""
     import yaml
 
-    if isinstance(value, str) and not value.isprintable():
-        return json.dumps(value)
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False, allow_unicode=True)
+    text = text.removesuffix("\n").removesuffix("\n...").strip()
+    return json.dumps(value, ensure_ascii=False) if "\n" in text else text
