@@ -121,21 +121,33 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     assert json.loads((tmp_path / "e.json").read_text())["raw"]["tta"] == "hflip"
     assert main(["predict", *map(str, samples), "--checkpoint", str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.count("%") == 5 * len(samples)
-    assert main(["predict", str(samples[0]), "--checkpoint", str(run), "--tta", "hflip", "--topk", "2"]) == 0
-    assert capsys.readouterr().out.count("%") == 2
+    assert out.count("%") == 5 * len(samples) and out.rstrip().endswith("(one view: --tta none)")
+    assert main(["predict", str(samples[0]), "--checkpoint", str(run), "--tta", "hflip", "--topk", "2",
+                 "--json", str(tmp_path / "p.json")]) == 0
+    flipped = capsys.readouterr().out
+    assert flipped.count("%") == 2 and "each image averaged with its mirror image" in flipped
+    assert json.loads((tmp_path / "p.json").read_text())["tta"] == "hflip"
     import re
 
-    listed = re.findall(r"^\s+\d\. (.+?)\s+\d+\.\d+%$", out, flags=re.M)
-    assert len(listed) == 5 and set(listed) <= set(fm.CLASSES)  # top-5 with the data set's class names
-    assert main(["attention", str(samples[0]), "--checkpoint", str(run), "--out", str(tmp_path / "att")]) == 0
+    listed = re.findall(r"^\s+\d\. (.+?)\s+(\d+\.\d+)%$", out, flags=re.M)
+    assert len(listed) == 5 and {c for c, _ in listed} <= set(fm.CLASSES)  # top-5 with the data set's class names
+    # the recipe averages views in `botnet eval` (eval_tta: hflip); predict and attention both show one view
+    # unless told otherwise, so one image reads the same in both, and each says which
+    for tta, (cls, pct) in (("none", listed[0]), ("hflip", re.findall(r"^\s+1\. (.+?)\s+(\d+\.\d+)%$", flipped,
+                                                                       flags=re.M)[0])):
+        assert main(["attention", str(samples[0]), "--checkpoint", str(run), "--out", str(tmp_path / "att"),
+                     "--tta", tta]) == 0
+        said = capsys.readouterr().out.strip()
+        assert said.startswith(str(tmp_path / "att" / f"{samples[0].stem}_attention.png"))
+        assert re.search(r"predicted (.+) (\d+\.\d+)% \((one view|each image averaged)", said).groups()[:2] == (cls, pct)
     assert (tmp_path / "att" / f"{samples[0].stem}_attention.png").is_file()
     # a checkpoint of another architecture is refused, with the mismatching keys
-    rc = main(["train", "--init-weights", str(run / "best.safetensors"), "--set", "model.kwargs={layers: [1, 1, 1, 2]}",
+    rc = main(["train", "--config", "fashion-mnist", "--init-weights", str(run / "best.safetensors"),
+               "--set", "model.kwargs={layers: [1, 1, 1, 2]}",
                "--limit-train", "256", "--limit-val", "64", "--output", str(tmp_path / "x"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "does not match the model" in err and "layer3.1." in err
-    rc = main(["train", "--init-weights", str(run), "--max-steps", "1", "--limit-train", "256", "--limit-val", "64",
+    rc = main(["train", "--config", "fashion-mnist", "--init-weights", str(run), "--max-steps", "1", "--limit-train", "256", "--limit-val", "64",
                "--output", str(tmp_path / "y"), "--no-progress", "--no-plots"])
     n = len(load_file(str(run / "best.safetensors")))
     assert rc == 0 and f"all {n} tensors loaded from {run}" in capsys.readouterr().out

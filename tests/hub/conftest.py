@@ -31,9 +31,10 @@ def bot50_classifier(tmp_path_factory):
     """A grayscale classifier with the tiny BoT50 layout, published (starts the detector)."""
     _needs_fmnist()
     root = tmp_path_factory.mktemp("hub-bot50")
-    # trained on 32 px images with tables built for 28 px (the recipe's model.img_size): two sizes to keep apart
+    # trained on 32 px images with tables built for 28 px (--img-size sets both sizes; the --set after it
+    # keeps the tables at 28): two sizes to keep apart
     rc = main(["train", "--config", "fashion-mnist", "--model", "botnet50", "--set", f"model.kwargs={TINY_BOT50}",
-               "--img-size", "32",
+               "--img-size", "32", "--set", "model.img_size=28",
                "--max-steps", "2", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32", "--no-plots",
                "--output", str(root / "run"), *QUIET])
     assert rc == 0

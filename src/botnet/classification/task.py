@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from botnet.classification.config import (CLASSIFICATION_DEFAULTS, model_kwargs_from_cfg,
-                                          validate_classification_config)
+from botnet.classification.config import (CLASSIFICATION_DEFAULTS, attention_grid_warning, model_kwargs_from_cfg,
+                                          resolve_classification_config, validate_classification_config)
 from botnet.engine.task import StepOutput, Task, TaskSetup
 
 __all__ = ["ClassificationTask", "evaluate", "log_probs", "train"]
@@ -55,6 +55,11 @@ class ClassificationTask(Task):
         from botnet.errors import ConfigError
 
         dc = cfg["data"]
+        warning = attention_grid_warning(cfg) if dist.is_main else None  # before the data is read
+        if warning:
+            from botnet.engine.log import get_logger
+
+            get_logger("classification").warning(warning)
         train_ds, val_ds, info = build_datasets(cfg, train=True, val=True)
         if len(train_ds) < dc["batch_size"] * dist.world_size:
             raise DataError(f"the training set has {len(train_ds)} images, fewer than one global batch "
@@ -192,8 +197,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
 
 
 def train(cfg: dict, resume=None, init_weights=None, dist_info=None, overwrite: bool = False) -> dict[str, Any]:
-    """Run one classification job; returns the summary (also in ``RUN/summary.json``)."""
+    """Run one classification job; returns the summary (also in ``RUN/summary.json``).
+
+    ``cfg``: :data:`CLASSIFICATION_DEFAULTS` with the run's values; the ones left ``None`` are filled
+    first (:func:`~botnet.classification.config.resolve_classification_config`), the run's name too."""
     from botnet.engine.trainer import Trainer
+
+    resolve_classification_config(cfg)  # before the trainer names the run folder after cfg["name"]
 
     return Trainer(ClassificationTask(), cfg, resume=resume, init_weights=init_weights, dist_info=dist_info,
                    overwrite=overwrite).run()

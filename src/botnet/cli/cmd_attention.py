@@ -6,7 +6,9 @@ import sys
 
 HELP = """Draw, for one query position, the attention weights of every head of every BoT block
 (RelPosMHSA.attention_probs on the layer inputs captured with forward hooks). One row per BoT
-block: the image with the query marked, then one heat map per head over the image."""
+block: the image with the query marked, then one heat map per head over the image. The maps are
+of the image as given; the predicted class in the title is too (one view), as in `botnet predict`,
+unless --tta hflip averages it with the mirror image's (the title says which)."""
 
 
 def _frac(s: str) -> float:
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--output", "--out", "-o", dest="out", default="attention", help="output folder for the PNGs (default ./attention)")
     p.add_argument("--invert", action="store_true", help="invert grey levels first (as in botnet predict)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights")
+    p.add_argument("--tta", default="none", choices=["none", "hflip"],
+                   help="views behind the predicted class in the title: none (the image as given, the default, as "
+                        "botnet predict) or hflip (averaged with its mirror image); the maps show the image as given")
     p.set_defaults(func=handler)
 
 
@@ -38,6 +43,8 @@ def handler(args) -> int:
     from botnet.viz.attention import attention_maps, plot_attention
     from botnet.engine.checkpoint import CheckpointError
     from botnet.classification.predict import load_for_inference, load_image
+    from botnet.classification.task import log_probs
+    from botnet.cli.cmd_predict import views
 
     from botnet.cli.paths import check_input_images, check_output_dir
 
@@ -52,15 +59,16 @@ def handler(args) -> int:
             for p in args.images:
                 img = load_image(p, in_chans, args.invert)
                 x = transform(img).unsqueeze(0)
-                pred = model(x).softmax(1)[0]
+                pred = log_probs(model, x, args.tta).exp()[0]
                 maps = attention_maps(model, x, tuple(args.query))
                 disp = np.asarray(img.resize((x.shape[-1], x.shape[-2])), dtype=np.float32) / 255.0
                 out = Path(args.out) / f"{Path(p).stem}_attention.png"
                 c = int(pred.argmax())
                 plot_attention(disp, maps, out, tuple(args.query),
-                               title=f"{Path(p).name}: predicted {names[c]} ({100 * float(pred[c]):.1f}%), "
-                                     f"query at y={args.query[0]:.2f}, x={args.query[1]:.2f}")
-                print(out)
+                               title=f"{Path(p).name}: predicted {names[c]} ({100 * float(pred[c]):.1f}%, "
+                                     f"{views(args.tta).split(':')[0]}), query at y={args.query[0]:.2f}, "
+                                     f"x={args.query[1]:.2f}")
+                print(f"{out}: predicted {names[c]} {100 * float(pred[c]):.2f}% ({views(args.tta)})")
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--attention-images", type=int, default=4, metavar="N",
                    help="draw attention maps for the first N test images (default 4; 0 = none)")
     # 590 s: the whole command (start-up, final evaluation, attention maps) took 577-580 s, under 10 minutes
-    p.set_defaults(func=handler, time_budget_default=590.0, gpu_time_budget_default=50.0, output_default="runs/demo")
+    p.set_defaults(func=handler, time_budget_default=590.0, gpu_time_budget_default=50.0, output_default="runs/demo",
+                   preset=[], preset_label="botnet demo")
 
 
 def handler(args) -> int:
@@ -38,10 +39,10 @@ def handler(args) -> int:
 
     if args.time_budget is None and not any(s.startswith("train.time_budget=") for s in args.set):
         budget = args.gpu_time_budget_default if _uses_gpu(args) else args.time_budget_default
-        args.set = [f"train.time_budget={budget}", *args.set]
+        args.preset = [*args.preset, f"train.time_budget={budget}"]
     resuming = args.resume not in (None, "auto")  # --resume RUN writes into RUN: no default folder then
     if args.output is None and not resuming and not any(s.startswith("output.dir=") for s in args.set):
-        args.set = [f"output.dir={args.output_default}", *args.set]
+        args.preset = [*args.preset, f"output.dir={args.output_default}"]
     cfg = prepare(args)
     if cfg is None:
         return 0
@@ -108,4 +109,4 @@ def _attention_samples(run, cfg: dict, n: int) -> None:
             q = (0.5, 0.5)
             maps = attention_maps(model, x, q)
             plot_attention(np.asarray(img, dtype=np.float32) / 255.0, maps, run / "attention" / f"{path.stem}.png", q,
-                           title=f"true {CLASSES[labels[i]]}, predicted {names[c]} ({100 * float(pred[c]):.1f}%)")
+                           title=f"true {CLASSES[labels[i]]}, predicted {names[c]} ({100 * float(pred[c]):.1f}%, one view)")

@@ -12,7 +12,11 @@ Grayscale, RGB, RGBA (composited on white) and palette images are all accepted a
 the model's channel count. An unreadable file stops with its name, or is skipped with
 --skip-bad (and counted). For the Fashion-MNIST model, images are resized to 28x28; that data
 set shows light garments on a black background, so pass --invert for ordinary photos of dark
-items on a white background."""
+items on a white background.
+
+Each image is classified as given (one view), as `botnet attention` does; --tta hflip averages its
+probabilities with its mirror image's (what `botnet eval` measures for a run whose recipe sets
+data.eval_tta: hflip). The last line says which."""
 
 
 def register(subparsers) -> None:
@@ -27,11 +31,16 @@ def register(subparsers) -> None:
     p.add_argument("--invert", action="store_true", help="invert grey levels first (photos of dark items on white)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted in the summary)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON")
-    p.add_argument("--tta", default=None, choices=["none", "hflip"],
-                   help="test-time augmentation: hflip averages each image's and its mirror image's probabilities "
-                        "(default: the recipe's data.eval_tta, as `botnet eval` measures)")
+    p.add_argument("--tta", default="none", choices=["none", "hflip"],
+                   help="test-time augmentation: none classifies each image as given (one view, the default, as "
+                        "botnet attention shows it); hflip averages its and its mirror image's probabilities")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=handler)
+
+
+def views(tta: str) -> str:
+    """How many views a prediction averaged, in words (predict and attention print it)."""
+    return "each image averaged with its mirror image: --tta hflip" if tta == "hflip" else "one view: --tta none"
 
 
 def handler(args) -> int:
@@ -47,7 +56,7 @@ def handler(args) -> int:
     check_input_images(args.images, args.skip_bad, missing_ok=True)  # before the model loads; bad ones are skipped below
     try:
         model, transform, names, meta = load_for_inference(args.checkpoint, use_ema=args.ema, device=args.device)
-        tta = args.tta or ((meta.get("config") or {}).get("data") or {}).get("eval_tta", "none")
+        tta = args.tta
         results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
                                          args.invert, args.device, tta)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
@@ -59,7 +68,8 @@ def handler(args) -> int:
             print(f"  {i}. {t['class']:<20s} {100 * t['prob']:6.2f}%")
     for p, reason in skipped:
         print(f"skipped unreadable file {p}: {reason}", file=sys.stderr)
-    print(f"{len(results)} image(s) classified" + (f", {len(skipped)} skipped" if skipped else ""))
+    print(f"{len(results)} image(s) classified" + (f", {len(skipped)} skipped" if skipped else "") + f" ({views(tta)})")
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps({"predictions": results, "skipped": skipped}, indent=2) + "\n").encode())
+        out = {"predictions": results, "skipped": skipped, "tta": tta}
+        atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
     return 0

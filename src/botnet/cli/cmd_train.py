@@ -9,7 +9,16 @@ HELP = """Train a BoTNet/ResNet image classifier.
 
 Data: Fashion-MNIST (default; read from /usr/share/datasets/fashion-mnist or --data-dir) or any
 ImageNet-layout folder (--dataset folder --data-dir ROOT with ROOT/train/CLASS/*.jpg and
-ROOT/val/CLASS/*.jpg). A recipe (configs/*.yaml) sets everything; flags and --set override it.
+ROOT/val/CLASS/*.jpg).
+
+Config: a run starts from the task's neutral base, where the model keeps its own defaults (its
+strides, its image size: 224 for botnet50, 28 for botnet_mini) and nothing is assumed about the
+data (no flips, no flip-averaged evaluation, no label smoothing). A recipe changes that only when
+named with --config (fashion-mnist: the demo's tuned recipe; imagenet-botnet-s1-*: the paper's
+T3-T7); flags and --set override both. --img-size sets the image size and the attention tables'
+size together. --print-config shows every value with where it came from. A run is named after its
+recipe, else after its data and model (runs/flowers-botnet50 for --data-dir .../flowers).
+
 Writes RUN/config.json, RUN/last.safetensors (+ last.state.safetensors for --resume),
 RUN/best.safetensors, metrics (TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/
 confusion-matrix PNGs and summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
@@ -28,7 +37,7 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     from botnet.cli.train_args import add_train_arguments
 
-    add_train_arguments(p, task="classification", default_recipe="fashion-mnist")
+    add_train_arguments(p, task="classification", default_recipe=None)
     p.set_defaults(func=handler)
 
 
@@ -80,11 +89,13 @@ def prepare(args) -> dict | None:
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return None
-    cfg = config_from_args(args)
+    sources: dict[str, str] = {}
+    cfg = config_from_args(args, sources)
     if args.resume:
         _resume_output(args, cfg)
+        sources["output.dir"] = f"--resume {args.resume}"
     if args.print_config:
-        print_config(cfg)
+        print_config(cfg, sources)
         return None
     return cfg
 

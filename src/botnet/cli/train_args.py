@@ -11,7 +11,7 @@ import json
 from botnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, threads, unit_float
 
 __all__ = ["ENGINE_FLAGS", "CLASSIFICATION_FLAGS", "DETECTION_FLAGS", "BOOL_FLAGS", "CLASSIFICATION_BOOL_FLAGS",
-           "add_train_arguments", "config_from_args"]
+           "FLAG_ALSO_SETS", "add_train_arguments", "config_from_args", "print_config"]
 
 # flag dest -> (config key, type, help); an absent flag (None) leaves the recipe's value
 ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
@@ -38,7 +38,8 @@ ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
                                                    "--epochs)"),
     "eval_every": ("train.eval_every", nonneg_int, "evaluate every N epochs (0: only at the end)"),
     "save_every_steps": ("train.save_every_steps", positive_int, "also write RUN/last.safetensors every N steps"),
-    "output": ("output.dir", str, "run directory (default runs/<recipe name>)"),
+    "output": ("output.dir", str, "run directory (default runs/NAME: the recipe's name, else DATA-MODEL for "
+                                  "classification, e.g. runs/flowers-botnet50; --print-config shows it)"),
 }
 CLASSIFICATION_FLAGS: dict[str, tuple[str, object, str]] = {
     "dataset": ("data.dataset", ["fashion-mnist", "folder"], "data set type: fashion-mnist, or folder (ImageNet "
@@ -46,7 +47,10 @@ CLASSIFICATION_FLAGS: dict[str, tuple[str, object, str]] = {
     "data_dir": ("data.root", str, "data folder: ROOT with train/ and val/ for 'folder'; a folder with the "
                                    "Fashion-MNIST IDX files (or torchvision's FashionMNIST root) for fashion-mnist"),
     "model": ("model.name", str, "architecture name from botnet.list_models(), e.g. botnet_mini, botnet50"),
-    "img_size": ("data.img_size", positive_int, "training resolution in pixels (also the attention-table size)"),
+    "img_size": ("data.img_size", positive_int, "image size in pixels for training and evaluation; the attention "
+                                                "tables are built for it too, unless --set model.img_size=N names "
+                                                "another size (default: the model's own size, e.g. 224 for "
+                                                "botnet50)"),
     "label_smoothing": ("train.label_smoothing", unit_float, "label smoothing (paper: 0.1)"),
     "mixup": ("train.mixup", nonneg_float, "mixup alpha (0 = off)"),
     "cutmix": ("train.cutmix", nonneg_float, "cutmix alpha (0 = off)"),
@@ -76,6 +80,9 @@ CLASSIFICATION_BOOL_FLAGS: dict[str, tuple[str, str]] = {
     "download": ("data.download", "let torchvision download Fashion-MNIST when it is not installed (needs internet)"),
 }
 TASK_FLAGS = {"classification": (CLASSIFICATION_FLAGS, CLASSIFICATION_BOOL_FLAGS), "detection": (DETECTION_FLAGS, {})}
+# flags that set more than their own key: --img-size also sizes the attention tables (model.img_size), so
+# the images and the tables agree unless --set model.img_size says otherwise (--set comes after flags)
+FLAG_ALSO_SETS: dict[str, tuple[str, ...]] = {"img_size": ("model.img_size",)}
 
 
 def _flags(task: str) -> tuple[dict, dict]:
@@ -87,19 +94,23 @@ def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe
     """The recipe, option and checkpoint flags of a training command for ``task``."""
     p.set_defaults(default_recipe=default_recipe, task=task)
     g = p.add_argument_group("recipe")
+    default = default_recipe or "none: the task's base, where each model keeps its own defaults"
     g.add_argument("-c", "--config", default=None, metavar="RECIPE",
-                   help=f"recipe name (configs/<name>.yaml) or path to a YAML file (default: {default_recipe}); "
+                   help=f"recipe name (configs/<name>.yaml) or path to a YAML file (default: {default}); "
                         "see --list-recipes")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, value parsed as YAML (repeatable), e.g. --set optim.lr=0.05 "
                         "--set model.kwargs.heads=2")
     g.add_argument("--list-recipes", action="store_true", help="print the available recipe names and exit")
-    g.add_argument("--print-config", action="store_true", help="print the final config as YAML and exit")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the final config as YAML and exit; a comment on each value says where it came from: "
+                        "base, recipe NAME, a flag, --set or resolved (filled from the model or the data)")
     g = p.add_argument_group("options (each overrides one config key)")
     flags, bools = _flags(task)
     for dest, (key, kind, help_) in flags.items():
         extra = {"choices": kind} if isinstance(kind, list) else {"type": kind}
-        g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, help=f"{help_} [{key}]", **extra)
+        keys = ", ".join((key, *FLAG_ALSO_SETS.get(dest, ())))
+        g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, help=f"{help_} [{keys}]", **extra)
     for dest, (key, help_) in bools.items():
         g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action=argparse.BooleanOptionalAction,
                        help=f"{help_} [{key}]")
@@ -126,29 +137,49 @@ def _schema(task: str) -> dict:
     return CLASSIFICATION_DEFAULTS
 
 
-def config_from_args(args: argparse.Namespace) -> dict:
+def config_from_args(args: argparse.Namespace, sources: dict[str, str] | None = None) -> dict:
     """Recipe (or, for ``--resume`` without ``--config``, the run's saved config) + flags + ``--set``.
 
-    ``--resume auto`` becomes the output folder when it holds a checkpoint, else nothing.
+    ``--resume auto`` becomes the output folder when it holds a checkpoint, else nothing. ``sources``
+    (when given) receives, for each key a layer set, where its value came from (``--print-config``).
     """
-    from botnet.engine.config import apply_overrides, load_config, merge, set_by_path
+    from botnet.engine.config import apply_overrides, find_recipe, merge, recipe_chain, set_by_path
 
     schema = _schema(args.task)
-    meta = None
+    sources = {} if sources is None else sources
+    meta, recipe = None, None
     if args.resume and args.resume != "auto":
         from botnet.engine.checkpoint import check_resumable
 
         _, meta = check_resumable(args.resume)  # a bad --resume fails here, before anything else
     if meta is not None and not args.config:
         cfg = merge(schema, meta.get("config") or {})
+        _mark(sources, "", meta.get("config") or {}, f"--resume {args.resume}")
     else:
-        cfg = load_config(args.config or args.default_recipe, defaults=schema)
+        recipe = args.config or args.default_recipe
+        cfg = merge(schema, {})  # a copy: the schema stays as it is
+        for path, layer in recipe_chain(find_recipe(recipe)) if recipe else []:
+            cfg = merge(cfg, _checked(layer, schema))
+            _mark(sources, "", layer, f"recipe {path.stem}")
+    for item in getattr(args, "preset", None) or []:  # a command's own defaults (botnet demo's budget, folder)
+        apply_overrides(cfg, [item])
+        _mark_set(sources, cfg, item, args.preset_label)
     flags, bools = _flags(args.task)
     for dest, (key, *_rest) in {**flags, **bools}.items():
         v = getattr(args, dest, None)
         if v is not None:
-            set_by_path(cfg, key, v)
-    cfg = apply_overrides(cfg, args.set)
+            flag = ("--no-" if v is False and dest in bools else "--") + dest.replace("_", "-")
+            for k in (key, *FLAG_ALSO_SETS.get(dest, ())):
+                set_by_path(cfg, k, v)
+                _mark(sources, k, v, flag, replace=True)
+    for item in args.set:
+        apply_overrides(cfg, [item])
+        _mark_set(sources, cfg, item, "--set")
+    if args.task == "classification":
+        from botnet.classification.config import resolve_classification_config
+
+        for key, why in resolve_classification_config(cfg, recipe).items():
+            sources[key] = f"resolved: {why}"
     if args.resume == "auto":
         from botnet.engine.checkpoint import has_checkpoint
         from botnet.engine.trainer import run_dir_of
@@ -158,7 +189,67 @@ def config_from_args(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def print_config(cfg: dict) -> None:
+def _checked(layer: dict, schema: dict) -> dict:
+    from botnet.engine.config import _check_keys
+
+    _check_keys(layer, schema, "")  # a key the task does not know is an error, in whichever file it is
+    return layer
+
+
+def _mark(sources: dict[str, str], path: str, value, label: str, replace: bool = False) -> None:
+    """``label`` set ``value`` at ``path``. A recipe's mapping merges into its section (``kwargs`` and a
+    ``--set`` of a whole mapping replace it: what was under it is gone)."""
+    if replace or path.split(".")[-1] == "kwargs":
+        for k in [k for k in sources if k == path or k.startswith(path + ".")]:
+            del sources[k]
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _mark(sources, f"{path}.{k}" if path else str(k), v, label)
+    elif path:
+        sources[path] = label
+
+
+def _mark_set(sources: dict[str, str], cfg: dict, item: str, label: str) -> None:
+    """``--set KEY=VALUE`` (already applied to ``cfg``) replaced whatever was at KEY."""
+    from botnet.engine.config import get_by_path
+
+    key = item.split("=", 1)[0].strip()
+    _mark(sources, key, get_by_path(cfg, key), label, replace=True)
+
+
+def print_config(cfg: dict, sources: dict[str, str] | None = None) -> None:
+    """The config as YAML, one value a line, each with a comment saying where it came from."""
+    data = json.loads(json.dumps(cfg, default=str))
+    lines = ["# where each value comes from: base (the task's defaults), recipe NAME, a flag, --set, or "
+             "resolved (filled from the model or the data)"]
+    _yaml_lines(data, sources or {}, "", 0, lines)
+    print("\n".join(lines))
+
+
+def _source(sources: dict[str, str], path: str) -> str:
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):  # a value inside a mapping set as a whole (--set model.kwargs={...})
+        if ".".join(parts[:n]) in sources:
+            return sources[".".join(parts[:n])]
+    return "base"
+
+
+def _yaml_lines(node: dict, sources: dict[str, str], prefix: str, depth: int, lines: list[str]) -> None:
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        key = _flow(k)
+        if isinstance(v, dict) and v:
+            lines.append(f"{'  ' * depth}{key}:")
+            _yaml_lines(v, sources, path + ".", depth + 1, lines)
+        else:
+            lines.append(f"{'  ' * depth}{key}: {_flow(v)}  # {_source(sources, path)}")
+
+
+def _flow(value) -> str:
+    """One value as single-line YAML (lists in flow style); one YAML would break over lines (a string with
+    a line break) as JSON, which YAML reads too."""
     import yaml
 
-    print(yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False))
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False, allow_unicode=True)
+    text = text.removesuffix("\n").removesuffix("\n...").strip()
+    return json.dumps(value, ensure_ascii=False) if "\n" in text else text

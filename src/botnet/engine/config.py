@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ENGINE_DEFAULTS", "task_schema", "config_dirs", "list_recipes", "find_recipe", "load_config", "apply_overrides",
-           "set_by_path", "get_by_path", "merge"]
+__all__ = ["ENGINE_DEFAULTS", "task_schema", "config_dirs", "list_recipes", "find_recipe", "recipe_chain", "load_config",
+           "apply_overrides", "set_by_path", "get_by_path", "merge"]
 
 # The sections and keys every task shares: one vocabulary, one set of units (seconds, epochs).
 # A task's schema is ``merge(ENGINE_DEFAULTS, its own model/data/eval keys)``; a recipe or --set key
@@ -235,6 +235,17 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
 
 
 def _load_yaml(path: Path, seen: tuple = ()) -> dict:
+    data: dict = {}
+    for _, layer in recipe_chain(path, seen):
+        data = merge(data, layer)
+    return data
+
+
+def recipe_chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
+    """A recipe and the ones it starts from (``base:``), the first base first: ``[(file, its own keys)]``.
+
+    Merged in order they give the recipe (a base's ``name`` left out); kept apart they say which
+    file set each value (``--print-config``)."""
     from botnet.errors import ConfigError
 
     try:
@@ -250,12 +261,14 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a YAML mapping")
     base = data.pop("base", None)
-    if base:
-        bp = find_recipe(base)
-        if bp in seen:
-            raise ConfigError(f"recipe {path}: circular base {base}")
-        data = merge(_load_yaml(bp, seen + (path,)), data)
-    return data
+    if not base:
+        return [(path, data)]
+    bp = find_recipe(base)
+    if bp in seen:
+        raise ConfigError(f"recipe {path}: circular base {base}")
+    # a base's name is not inherited: a run is named after the recipe it names (or that file's name)
+    bases = [(p, {k: v for k, v in d.items() if k != "name"}) for p, d in recipe_chain(bp, seen + (path,))]
+    return bases + [(path, data)]
 
 
 def load_config(recipe: str | None, overrides: list[str] | None = None, *, defaults: dict) -> dict:
