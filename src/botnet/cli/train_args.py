@@ -71,7 +71,8 @@ BOOL_FLAGS: dict[str, tuple[str, str]] = {
     "sync_bn": ("train.sync_bn", "convert BatchNorm to SyncBatchNorm under DDP (CUDA)"),
     "freeze_bn": ("train.freeze_bn", "keep BatchNorm layers in eval mode (running statistics) while training"),
     "deterministic": ("train.deterministic", "torch.use_deterministic_algorithms (bitwise repeatable runs; slower)"),
-    "progress": ("train.progress", "tqdm progress bars on a terminal; --no-progress (or output to a file or pipe) logs a plain line every train.log_every steps instead"),
+    "progress": ("train.progress", "tqdm progress bars on a terminal; --no-progress (or output to a file or pipe) "
+                                   "logs a plain line every train.log_every steps instead"),
     "plots": ("train.plots", "write PNG curves (and the task's pictures) at the end"),
 }
 CLASSIFICATION_BOOL_FLAGS: dict[str, tuple[str, str]] = {
