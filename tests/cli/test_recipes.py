@@ -92,7 +92,11 @@ def test_plain_train_is_the_neutral_base_and_the_demo_is_the_named_recipe(capsys
     assert src["data.img_size"] == "resolved: botnet_mini's default size" and src["model.img_size"] == "resolved: = data.img_size"
     assert (cfg["data"]["hflip"], cfg["data"]["eval_tta"], cfg["train"]["label_smoothing"]) == (0.0, "none", 0.0)
     assert cfg["name"] == "fashion-mnist-botnet_mini"
-    assert {v for k, v in src.items() if not k.startswith(("data.img_size", "model.img_size", "name"))} == {"base"}
+    # the eval crop and resize mode are the model's own, as timm's resolve_data_config takes them
+    assert (cfg["data"]["crop_pct"], cfg["data"]["interpolation"]) == (1.0, "bicubic")
+    assert src["data.crop_pct"] == src["data.interpolation"] == "resolved: botnet_mini's pretrained_cfg"
+    resolved = ("data.img_size", "model.img_size", "name", "data.crop_pct", "data.interpolation")
+    assert {v for k, v in src.items() if not k.startswith(resolved)} == {"base"}
     recipe, rsrc, _ = printed(capsys, ["train", "--config", "fashion-mnist"])
     demo, dsrc, _ = printed(capsys, ["demo", "--device", "cpu"])
     # the demo is the recipe, plus its budget and folder (and the flag given here): nothing else differs

@@ -35,8 +35,8 @@ _OWN: dict[str, Any] = {
         "val_split": "val",
         "img_size": None,           # training resolution; None: the model's default (28 botnet_mini, 224 botnet50)
         "eval_img_size": None,      # evaluation resolution (default img_size)
-        "crop_pct": 0.875,          # eval: resize to img_size / crop_pct, centre crop img_size
-        "interpolation": "bilinear",
+        "crop_pct": None,           # eval: resize to img_size / crop_pct, centre crop; None: the model's own
+        "interpolation": None,      # resize mode; None: the model's own (bicubic, as its pretrained_cfg says)
         "mean": None,               # None: data set default (ImageNet / Fashion-MNIST statistics)
         "std": None,
         "auto_augment": None,       # timm string, e.g. rand-m9-mstd0.5-inc1 (RandAugment)
@@ -127,9 +127,21 @@ def resolve_classification_config(cfg: dict, recipe: str | None = None) -> dict[
             d["img_size"], filled["data.img_size"] = size, why
     if m.get("img_size") is None and d.get("img_size") is not None:
         m["img_size"], filled["model.img_size"] = d["img_size"], "= data.img_size"
+    for key, value in _model_eval_defaults(m).items():
+        if d.get(key) is None and value is not None:  # timm's resolve_data_config habit: the model's own
+            d[key], filled[f"data.{key}"] = value, f"{m['name']}'s pretrained_cfg"
     if cfg.get("name") is None:
         cfg["name"], filled["name"] = _run_name(cfg, recipe)
     return filled
+
+
+def _model_eval_defaults(m: dict) -> dict[str, Any]:
+    """The model's own ``crop_pct`` and ``interpolation`` (its ``pretrained_cfg``), as timm resolves them."""
+    from botnet.models import MODEL_CFGS, resolve_name
+    from botnet.models.botnet import INTERPOLATION
+
+    c = MODEL_CFGS.get(resolve_name(str(m.get("name"))))
+    return {"crop_pct": c.crop_pct, "interpolation": INTERPOLATION} if c else {}
 
 
 def _attention_grids(arch: str, kw: dict, size) -> list[tuple[tuple[int, int], str]]:

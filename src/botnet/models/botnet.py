@@ -38,6 +38,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# The resize mode of every model's pretrained_cfg (and of a run that names none), as timm's ResNets use.
+INTERPOLATION = "bicubic"
+
 def _act(name: str) -> type[nn.Module]:
     try:
         return {"relu": nn.ReLU, "silu": nn.SiLU}[name]
@@ -372,7 +375,7 @@ class ResNet(nn.Module):
         self.drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
         # Replaced by timm's resolved config (with these instance fields) when built through the registry.
         self.pretrained_cfg = {
-            "interpolation": "bicubic", "first_conv": "conv1", "classifier": "fc",
+            "interpolation": INTERPOLATION, "first_conv": "conv1", "classifier": "fc",
             **_instance_cfg(cfg, in_chans, img_hw, num_classes),
         }
         self.default_cfg = self.pretrained_cfg  # older timm code reads this name
@@ -586,7 +589,7 @@ def _cfg(name: str) -> dict[str, Any]:
     c = MODEL_CFGS[name]
     bot = name.startswith("botnet")
     return {
-        **_instance_cfg(c, 3, (c.img_size, c.img_size), 1000), "interpolation": "bicubic",
+        **_instance_cfg(c, 3, (c.img_size, c.img_size), 1000), "interpolation": INTERPOLATION,
         "first_conv": "conv1", "classifier": "fc", "license": "apache-2.0",
         "paper_ids": "arXiv:2101.11605" if bot else "arXiv:1512.03385",
         "paper_name": "Bottleneck Transformers for Visual Recognition" if bot else "Deep Residual Learning for Image Recognition",
