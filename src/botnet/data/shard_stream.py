@@ -266,7 +266,8 @@ class ShardLoader:
         self.batch_size = batch_size
         # fresh workers every epoch: they copy the stream's epoch and skip when the epoch starts
         self._loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-                                  pin_memory=pin_memory, persistent_workers=False)
+                                  pin_memory=pin_memory, persistent_workers=False,
+                                  generator=torch.Generator().manual_seed(0))  # not the training's RNG
 
     def __len__(self) -> int:
         return self.dataset.num_batches() if self.dataset.train else -(-len(self.dataset) // self.batch_size)
