@@ -117,6 +117,15 @@ def test_training_refuses_a_bad_index_in_one_line(shards, tmp_path, capsys):
     (bad / "_info.json").write_text(json.dumps(info))
     rc, _, err = run(capsys, ["train", "--dataset", "shards", "--data-dir", bad, *TINY, "--output", tmp_path / "r2"])
     assert_one_line_error(rc, err, "../out/train-000000.tar", "not the name of a .tar file")
+    info["splits"]["train"]["filenames"][0] = "train-000000.tar"
+    (bad / "_info.json").write_text(json.dumps(info))
+    for f in info["splits"]["train"]["filenames"] + info["splits"]["val"]["filenames"]:
+        (bad / f).write_bytes((out / f).read_bytes())
+    (bad / "train-000003.tar").write_bytes((out / "train-000003.tar").read_bytes()[:3000])  # cut short
+    rc, _, err = run(capsys, ["train", "--dataset", "shards", "--data-dir", bad, *TINY, "--output", tmp_path / "r3",
+                              "--batch-size", "32", "--num-workers", "2"])
+    assert_one_line_error(rc, err, str(bad / "train-000003.tar"), "write the shards again",
+                          log_prefixes=("data.", "classification:"))
 
 
 def _raw_stream(index, rank, world, workers, epoch):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tarfile
 import zlib
 from dataclasses import dataclass, field
 from itertools import islice
@@ -187,13 +188,17 @@ class ShardStream(IterableDataset):
 
         root = self.split.index.root
         for s, off, take in _locate(self.split.lengths, order, start, count):
-            name = self.split.files[s]
-            with open_regular(root / name) as f:
-                samples = group_by_keys(tar_file_expander([{"url": name, "stream": f}]))
-                got = 0
-                for sample in islice(samples, off, off + take):
-                    got += 1
-                    yield name, sample
+            name, got = self.split.files[s], 0
+            try:
+                with open_regular(root / name) as f:
+                    samples = group_by_keys(tar_file_expander([{"url": name, "stream": f}]))
+                    for sample in islice(samples, off, off + take):
+                        got += 1
+                        yield name, sample
+            except (tarfile.TarError, OSError, ValueError) as e:  # a damaged or truncated shard
+                raise DataError(f"shard {root / name} cannot be read after {off + got} samples ({type(e).__name__}: "
+                                f"{' '.join(str(e.args[0] if e.args else e).split())[:200]}); write the shards "
+                                f"again") from None
             if got < take:
                 raise DataError(f"shard {root / name} holds fewer samples than its index "
                                 f"{root / '_info.json'} says ({off + got} < {off + take}); write the shards again")
