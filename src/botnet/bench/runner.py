@@ -111,6 +111,9 @@ def run_comparison(comp: Comparison, *, warmup: int, repeats: int, memory: bool,
         res["time_ratio"] = mo / mb
         res["time_ratio_per_round_median"] = median([a / b for a, b in zip(times["ours"], times["baseline"])])
         res["time_ratio_of_minima"] = min(times["ours"]) / min(times["baseline"])
+        for who in ("ours", "baseline"):  # loaders: images per second on the one core they run on
+            if "images" in res[who]:
+                res[who]["images_per_s"] = res[who]["images"] / res[who]["median_s"]
     except Exception as e:  # report and go on: one failing case must not lose the others
         res["error"] = f"{type(e).__name__}: {e}"
         log(f"  ! {comp.name}: {res['error']}")
@@ -208,12 +211,25 @@ def markdown_table(doc: dict) -> str:
             f"{_fmt_ms(r, 'baseline')} | {tr} | {_target_cell(r, 'time')} | {mins} | {_fmt_mib(r, 'ours')} | "
             f"{_fmt_mib(r, 'baseline')} | {mr} | {_target_cell(r, 'mem')} |"
         )
+    lines += _images_per_s_table(doc["results"])
     extra = meta.get("attention_equivalence")
     if extra:
         lines += ["", "Attention equivalence check (ours vs timm BottleneckAttn, copied weights, float64): "
                   f"max |diff| = {extra['max_abs_diff']:.3g} (output max {extra['max_abs_output']:.3g}; "
                   f"without the position term the difference would be {extra['max_abs_diff_without_position_term']:.3g})."]
     return "\n".join(lines) + "\n"
+
+
+def _images_per_s_table(results: list[dict]) -> list[str]:
+    rows = [r for r in results if "images_per_s" in r.get("ours", {})]
+    if not rows:
+        return []
+    out = ["", "Images per second per CPU core (median pass; one process, one torch thread):", "",
+           "| case | ours | ours img/s | baseline | baseline img/s |", "|---|---|---:|---|---:|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['ours_label']} | {r['ours']['images_per_s']:.1f} | {r['baseline_label']} | "
+                   f"{r['baseline']['images_per_s']:.1f} |")
+    return out
 
 
 def plot(doc: dict, path: Path) -> bool:

@@ -243,21 +243,36 @@ def _sample_id(key: str) -> int:
     return int(key) if key.isdigit() else zlib.crc32(key.encode())
 
 
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 steps): cheap, and neighbouring inputs give unrelated seeds."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & _MASK
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, epoch: int, sample: int):
-    """Python, numpy and torch RNGs seeded from ``(seed, epoch, sample)`` inside, restored after (in the main
-    process they are the training's RNGs, which the checkpoint keeps)."""
-    s = np.random.SeedSequence([int(seed) & _MASK, int(epoch), int(sample)]).generate_state(2, np.uint64)
-    py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(int(s[0]))
-        np.random.seed(int(s[1]) & 0xFFFFFFFF)
-        torch.manual_seed(int(s[1]) & _MASK)
-        try:
-            yield
-        finally:
+    """Python, numpy and torch (CPU) RNGs seeded from ``(seed, epoch, sample)`` inside, restored after (in the
+    main process they are the training's RNGs, which the checkpoint keeps). ``torch.manual_seed`` is not used:
+    without CUDA initialised it queues a CUDA seeding with a stack trace on every call."""
+    s = _mix(seed, epoch, sample)
+    gen = torch.default_generator
+    keep = get_worker_info() is None  # a loader worker's RNGs serve nothing else: no need to keep them
+    if keep:
+        py, npy, pt = random.getstate(), np.random.get_state(), gen.get_state()
+    random.seed(s)
+    np.random.seed(s & 0xFFFFFFFF)
+    gen.manual_seed(s)
+    try:
+        yield
+    finally:
+        if keep:
             random.setstate(py)
             np.random.set_state(npy)
+            gen.set_state(pt)
 
 
 # ---------------------------------------------------------------------- loaders
