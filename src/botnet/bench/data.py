@@ -31,8 +31,8 @@ _SETS: dict[int, Path] = {}
 RECIPE = dict(interpolation="bicubic", auto_augment="rand-m10-n2-mstd0.5", scale=[0.08, 1.0], hflip=0.5, re_prob=0.0)
 
 
-def make_jpeg_set(root: Path, n: int, *, classes: int = 4, size=(500, 375), seed: int = 0) -> Path:
-    """``root/train/cCLASS/NNNNN.jpg``: ``n`` JPEGs (quality 90) of smooth colour fields, shapes and
+def make_jpeg_set(root: Path, n: int, *, classes: int = 4, size=(500, 375), seed: int = 0, split: str = "train") -> Path:
+    """``root/SPLIT/cCLASS/NNNNN.jpg``: ``n`` JPEGs (quality 90) of smooth colour fields, shapes and
     sensor-like noise, so that they compress and decode like photographs rather than like flat colour."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -48,7 +48,7 @@ def make_jpeg_set(root: Path, n: int, *, classes: int = 4, size=(500, 375), seed
             fill = tuple(int(v) for v in rng.integers(0, 256, 3))
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
         px = np.asarray(img).astype(np.float32) + rng.normal(0, 12, (h, w, 3))
-        d = root / "train" / f"c{i % classes}"
+        d = Path(root) / split / f"c{i % classes}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(d / f"{i:05d}.jpg", quality=90)
     return root
