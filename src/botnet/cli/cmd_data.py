@@ -1,4 +1,5 @@
-"""``botnet data``: generate the fashion-mosaic detection set; check a COCO-format data set."""
+"""``botnet data``: generate the fashion-mosaic detection set; check a COCO-format data set; write an image
+folder as tar shards."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="data sets: generate fashion-mosaic, check COCO annotations")
+    p = subparsers.add_parser("data", help="data sets: generate fashion-mosaic, check COCO annotations, write tar shards")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
 
     m = sub.add_parser(

@@ -9,7 +9,8 @@ HELP = """Train a BoTNet/ResNet image classifier.
 
 Data: Fashion-MNIST (default; read from /usr/share/datasets/fashion-mnist or --data-dir) or any
 ImageNet-layout folder (--dataset folder --data-dir ROOT with ROOT/train/CLASS/*.jpg and
-ROOT/val/CLASS/*.jpg). A recipe (configs/*.yaml) sets everything; flags and --set override it.
+ROOT/val/CLASS/*.jpg), or tar shards of one (botnet data shards ROOT OUT, then --dataset shards
+--data-dir OUT). A recipe (configs/*.yaml) sets everything; flags and --set override it.
 Writes RUN/config.json, RUN/last.safetensors (+ last.state.safetensors for --resume),
 RUN/best.safetensors, metrics (TensorBoard in RUN/tb, metrics.jsonl, metrics.csv), loss/accuracy/
 confusion-matrix PNGs and summary.json. Multi-GPU: torchrun --nproc_per_node=8 -m botnet.cli train ...
