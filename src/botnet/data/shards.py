@@ -136,7 +136,7 @@ def _check_args(src: Path, out: Path, splits, max_count: int, max_size: int) -> 
             raise DataError(f"split name {s!r}: use letters, digits and _ (the shard files are named SPLIT-000000.tar)")
     if max_count < 1 or max_size < 1:
         raise DataError("--max-count and --max-size must be at least 1")
-    a, b = src.resolve(), out.absolute().resolve() if out.exists() else out.absolute()
+    a, b = src.resolve(), out.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise DataError(f"OUT {out} and SRC {src} overlap; write the shards to a folder outside the image folder")
 
