@@ -154,7 +154,6 @@ def test_non_square_attention_step_runs_each_impl():
 
 
 def test_data_suite_reports_images_per_second_per_core(tmp_path):
-    pytest.importorskip("webdataset")
     rc = botnet.cli.main(["bench", "--suite", "data", "--data-images", "8", "--repeats", "1", "--warmup", "0",
                           "--out", str(tmp_path), "--name", "data"])
     assert rc == 0

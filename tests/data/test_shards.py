@@ -16,8 +16,6 @@ from botnet.data.shard_stream import ShardLoader, ShardSplit, ShardStream, batch
 from botnet.data.shards import read_index
 from helpers import assert_one_line_error, run, tree
 
-pytest.importorskip("webdataset")
-
 TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-progress", "--no-plots",
         "--eval-every", "0", "--threads", "1", "--img-size", "16", "--deterministic"]
 

@@ -17,7 +17,6 @@ file system). The images are generated once per process into a temporary folder,
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import tempfile
 from pathlib import Path
