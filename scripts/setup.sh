@@ -21,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import botnet, torch, torchvision, pytest, onnxruntime' 2>/dev/null; then
+if ! .venv/bin/python -c 'import botnet, torch, torchvision, pytest, onnxruntime, webdataset' 2>/dev/null; then
   echo "[setup] installing botnet and its dependencies into .venv (about a minute from a warm cache)"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true

@@ -151,3 +151,26 @@ def test_non_square_attention_step_runs_each_impl():
     for impl in ("sdpa", "explicit"):
         build_step(dict(model="attn:botnet", impl=impl, mode="fwdbwd", size=[3, 5], batch=1, dim=16, heads=2))()
     build_step(dict(model="attn:timm", mode="fwdbwd", size=[3, 5], batch=1, dim=16, heads=2))()
+
+
+def test_data_suite_reports_images_per_second_per_core(tmp_path):
+    rc = botnet.cli.main(["bench", "--suite", "data", "--data-images", "8", "--repeats", "1", "--warmup", "0",
+                          "--out", str(tmp_path), "--name", "data"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "data.json").read_text())
+    rows = {r["name"]: r for r in doc["results"]}
+    assert len(rows) == 3 and not any("error" in r for r in rows.values())
+    for r in rows.values():
+        for who in ("ours", "baseline"):
+            assert r[who]["images"] == 8 and math.isclose(r[who]["images_per_s"], 8 / r[who]["median_s"])
+    assert {r["baseline"]["model"] for r in rows.values()} == {"data:folder", "data:timm-wds"}
+    md = (tmp_path / "data.md").read_text()
+    assert "Images per second per CPU core" in md and "| shards (botnet) |" in md
+
+
+def test_data_suite_refuses_a_set_the_batches_do_not_cover():
+    from botnet.bench.data import build_data_step
+
+    step = build_data_step(dict(model="data:folder", mode="train", images=40, batch=32, size=32))
+    with pytest.raises(ValueError, match="loaded 32 of 40 images"):
+        step()

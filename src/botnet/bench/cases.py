@@ -172,6 +172,10 @@ def build_step(cfg: dict) -> Callable[[], None]:
 
 def _build_step(cfg: dict) -> Callable[[], None]:
     mode = cfg["mode"]
+    if cfg["model"].startswith("data:"):  # a data loader, not a model (botnet.bench.data)
+        from botnet.bench.data import build_data_step
+
+        return build_data_step(cfg)
     model = _build_module(cfg)
     g = torch.Generator().manual_seed(cfg["seed"] + 1)
     kind = cfg["model"].split(":")[0]
@@ -427,6 +431,25 @@ def suite_compile(train_batch=8):
     return out
 
 
+def suite_data(images=256, batch=32, size=224, **_):
+    """Loader throughput per CPU core: tar shards against the image folder (and timm's shard reader)."""
+    batch = min(batch, images)  # a tiny set (the test's) is one batch
+    common = dict(images=images, batch=batch, size=size)
+    name = f"{images} JPEGs 500x375"
+    note = "one process, one torch thread: images/s is per core"
+    return [
+        _pair("data loader", f"train aug {size}px b{batch}, {name}", dict(model="data:shards", mode="train", **common),
+              dict(model="data:folder", mode="train", **common), "shards (botnet)", "image folder", memory=False,
+              note=note),
+        _pair("data loader", f"train aug {size}px b{batch}, {name} (timm reader)",
+              dict(model="data:shards", mode="train", **common), dict(model="data:timm-wds", mode="train", **common),
+              "shards (botnet)", "shards (timm wds reader)", memory=False, note=note),
+        _pair("data loader", f"read bytes only, {name}", dict(model="data:shards", mode="read", **common),
+              dict(model="data:folder", mode="read", **common), "shards (botnet)", "image folder", memory=False,
+              note="the file bytes only: what the format and the reader add on top of the file system"),
+    ]
+
+
 SUITES: dict[str, Callable[..., list[Comparison]]] = {
     "attention": suite_attention,
     "backbone": suite_backbone,
@@ -434,6 +457,7 @@ SUITES: dict[str, Callable[..., list[Comparison]]] = {
     "efficientnet": suite_efficientnet,
     "options": suite_options,
     "compile": suite_compile,
+    "data": suite_data,
 }
 
 

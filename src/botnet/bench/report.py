@@ -134,12 +134,26 @@ def markdown_table(doc: dict) -> str:
         "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     lines += [_row(r, rows) for r in rows]
+    lines += _images_per_s_table(rows)
     extra = doc["meta"].get("attention_equivalence")
     if extra:
         lines += ["", "Attention equivalence check (ours vs timm BottleneckAttn, copied weights, float64): "
                   f"max |diff| = {extra['max_abs_diff']:.3g} (output max {extra['max_abs_output']:.3g}; "
                   f"without the position term the difference would be {extra['max_abs_diff_without_position_term']:.3g})."]
     return "\n".join(lines) + "\n"
+
+
+def _images_per_s_table(results: list[dict]) -> list[str]:
+    """The data suite's throughput: images per second per CPU core, ours and the baseline."""
+    rows = [r for r in results if "images_per_s" in r.get("ours", {})]
+    if not rows:
+        return []
+    out = ["", "Images per second per CPU core (median pass; one process, one torch thread):", "",
+           "| case | ours | ours img/s | baseline | baseline img/s |", "|---|---|---:|---|---:|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['ours_label']} | {r['ours']['images_per_s']:.1f} | {r['baseline_label']} | "
+                   f"{r['baseline']['images_per_s']:.1f} |")
+    return out
 
 
 # ---------------------------------------------------------------------- the plot

@@ -112,6 +112,9 @@ def run_comparison(comp: Comparison, *, warmup: int, repeats: int, memory: bool,
         res["time_ratio"] = mo / mb
         res["time_ratio_per_round_median"] = median([a / b for a, b in zip(times["ours"], times["baseline"])])
         res["time_ratio_of_minima"] = min(times["ours"]) / min(times["baseline"])
+        for who in ("ours", "baseline"):  # loaders: images per second on the one core they run on
+            if "images" in res[who]:
+                res[who]["images_per_s"] = res[who]["images"] / res[who]["median_s"]
     except Exception as e:  # report and go on: one failing case must not lose the others
         res["error"] = f"{type(e).__name__}: {e}"
         log(f"  ! {comp.name}: {res['error']}")

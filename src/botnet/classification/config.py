@@ -28,8 +28,8 @@ _OWN: dict[str, Any] = {
         "drop_path_rate": 0.0,      # stochastic depth (paper: up to 0.1)
     },
     "data": {
-        "dataset": "fashion-mnist",  # fashion-mnist | folder
-        "root": None,               # folder with train/ and val/ (folder) or IDX files (fashion-mnist)
+        "dataset": "fashion-mnist",  # fashion-mnist | folder | shards
+        "root": None,               # folder with train/ and val/ (folder), shards (botnet data shards) or IDX files
         "download": False,          # fashion-mnist: allow torchvision download
         "train_split": "train",
         "val_split": "val",
@@ -47,6 +47,7 @@ _OWN: dict[str, Any] = {
         "eval_batch_size": None,    # default 2 x batch_size
         "eval_tta": "none",         # none | hflip: average the probabilities of each image and its mirror image
         "skip_bad": False,
+        "shuffle_block": 1000,      # shards: samples each loader worker holds and shuffles together
         "limit_train": None,        # use only the first N training images (tests, smoke runs)
         "limit_val": None,
     },
@@ -229,7 +230,8 @@ def validate_classification_config(cfg: dict) -> dict:
     _num(cfg, "data.padding", kind=int, low=0)
     _num(cfg, "data.limit_train", kind=int, low=1, optional=True)
     _num(cfg, "data.limit_val", kind=int, low=1, optional=True)
-    _choice(cfg, "data.dataset", ("fashion-mnist", "folder"))
+    _num(cfg, "data.shuffle_block", kind=int, low=1)
+    _choice(cfg, "data.dataset", ("fashion-mnist", "folder", "shards"))
     _choice(cfg, "data.eval_tta", TTA_MODES)
     _num(cfg, "model.drop_rate", low=0, high=1, high_open=True)
     _num(cfg, "model.drop_path_rate", low=0, high=1, high_open=True)

@@ -7,7 +7,7 @@ import sys
 
 from botnet.cli.argtypes import nonneg_int, positive_int
 
-SUITE_NAMES = ("attention", "backbone", "maskrcnn", "efficientnet", "options", "compile")
+SUITE_NAMES = ("attention", "backbone", "maskrcnn", "efficientnet", "options", "compile", "data")
 IMPL_NAMES = ("auto", "sdpa", "flex", "explicit")
 MODE_NAMES = ("fwd", "fwdbwd")
 
@@ -50,7 +50,8 @@ def register(subparsers) -> None:
             "and NAME.png to --out. Suites: attention (RelPosMHSA vs timm BottleneckAttn), backbone "
             "(botnet50 vs torchvision resnet50), maskrcnn (BoT50-FPN vs torchvision R50-FPN Mask R-CNN), "
             "efficientnet (botnet_s1_59 vs timm EfficientNet-B3/B4), options (channels_last, bf16 "
-            "autocast), compile (torch.compile vs eager)."
+            "autocast), compile (torch.compile vs eager), data (training-loader images/s per CPU core: tar shards "
+            "vs image folder, ImageNet augmentation at 224 px, on generated 500x375 JPEGs)."
         ),
     )
     p.add_argument("--suite", action="append", choices=SUITE_NAMES + ("all",),
@@ -67,6 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--attn-modes", type=_choices(MODE_NAMES), default=MODE_NAMES, help="comma list of fwd, fwdbwd")
     p.add_argument("--attn-impl", type=_choices(IMPL_NAMES), default=("auto",),
                    help="comma list of RelPosMHSA implementations, each against timm (default auto)")
+    p.add_argument("--data-images", type=positive_int, default=256,
+                   help="data suite: how many 500x375 JPEGs to generate and load per pass (default 256)")
     p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds per variant (default 1)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per variant (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory runs")
@@ -140,6 +143,8 @@ def _comparisons(args: argparse.Namespace, device: str) -> tuple[list, list[str]
             comps += make_suite(s, preset=preset, **kw, **flags)
         elif s in ("options", "compile"):
             comps += make_suite(s)
+        elif s == "data":
+            comps += make_suite(s, images=args.data_images)
         else:
             comps += make_suite(s, preset=preset, **flags)
     return comps, suites

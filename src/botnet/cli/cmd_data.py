@@ -1,4 +1,5 @@
-"""``botnet data``: generate the fashion-mosaic detection set; check a COCO-format data set."""
+"""``botnet data``: generate the fashion-mosaic detection set; check a COCO-format data set; write an image
+folder as tar shards."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="data sets: generate fashion-mosaic, check COCO annotations")
+    p = subparsers.add_parser("data", help="data sets: generate fashion-mosaic, check COCO annotations, write tar shards")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
 
     m = sub.add_parser(
@@ -44,7 +45,33 @@ def register(subparsers) -> None:
     c.add_argument("--images", default=None, help="image folder (checks the files exist and their sizes)")
     c.add_argument("--masks", action="store_true", help="require a segmentation on every annotation")
     c.set_defaults(func=_check)
+    _register_shards(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _register_shards(sub) -> None:
+    from botnet.cli.argtypes import positive_int
+
+    s = sub.add_parser(
+        "shards", help="write an ImageNet-layout image folder as tar shards (webdataset format) with an index",
+        description="Write SRC/SPLIT/CLASS/*.jpg as OUT/SPLIT-000000.tar ... (webdataset samples: the image file's "
+                    "bytes, its class index, its file name), the index OUT/_info.json (classes; per split the shard "
+                    "names and sample counts; timm's wds/ reader reads it too) and the marker "
+                    "OUT/.botnet-generated.json. Train from them with --dataset shards --data-dir OUT. OUT must be "
+                    "new or empty, or hold shards botnet wrote (replaced only with --overwrite); it is written "
+                    "beside OUT and swapped in, and nothing botnet did not write is ever replaced.",
+    )
+    s.add_argument("src", metavar="SRC", help="image folder with SRC/train/CLASS/*.jpg and SRC/val/CLASS/*.jpg")
+    s.add_argument("out", metavar="OUT", help="output folder for the shards")
+    s.add_argument("--splits", default="train,val", help="comma list of split folders to write (default train,val)")
+    s.add_argument("--max-count", type=positive_int, default=1000, help="images per shard at most (default 1000)")
+    s.add_argument("--max-size-mb", type=positive_int, default=1024, help="MiB per shard at most (default 1024)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the shuffle of the training images across shards")
+    s.add_argument("--skip-bad", action="store_true", help="leave unreadable image files out (listed in the summary)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace shards botnet wrote in OUT (marked by OUT/.botnet-generated.json); nothing else is "
+                        "ever replaced")
+    s.set_defaults(func=_shards)
 
 
 def _mosaic(args: argparse.Namespace) -> int:
@@ -75,4 +102,19 @@ def _check(args: argparse.Namespace) -> int:
     if rep.num_errors:  # the report above has the examples; the error line says what it means
         raise CocoFormatError(f"{args.ann}: {rep.num_errors} problem(s) that drop records ({rep.errors_line()}); "
                               f"fix them, or train anyway: training drops those records (unless data.strict: true)")
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from botnet.data.shards import write_shards
+
+    splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
+    summary = write_shards(args.src, args.out, splits=splits, max_count=args.max_count,
+                           max_size=args.max_size_mb << 20, seed=args.seed, skip_bad=args.skip_bad,
+                           overwrite=args.overwrite, progress=sys.stderr.isatty())
+    for name, sp in summary["splits"].items():
+        print(f"{name}: {sp['num_samples']} images in {len(sp['filenames'])} shard(s)")
+    for bad in summary["left_out"]:
+        print(f"left out {bad['file']}: {bad['reason']}")
+    print(f"wrote {summary['out']} ({len(summary['classes'])} classes); train with: botnet train --dataset shards "
+          f"--data-dir {summary['out']} ...")
     return 0

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                         "a published folder (botnet publish) or hf-hub:ORG/NAME")
     p.add_argument("--checkpoint", dest="checkpoint_opt", metavar="CKPT", default=None, help="same as the positional argument")
     p.add_argument("--data-dir", default=None, help="data folder (default: the one the checkpoint was trained with)")
-    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "folder"], help="data set type (default: from the checkpoint)")
+    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "folder", "shards"], help="data set type (default: from the checkpoint)")
     p.add_argument("--split", default=None, help="split folder to evaluate for image folders (default: val)")
     p.add_argument("--img-size", type=positive_int, default=None, help="evaluation resolution (default: the training resolution)")
     p.add_argument("--crop-pct", type=unit_float, default=None, help="centre-crop fraction for folders (default: recipe, 0.875)")

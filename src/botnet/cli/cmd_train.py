@@ -9,7 +9,8 @@ HELP = """Train a BoTNet/ResNet image classifier.
 
 Data: Fashion-MNIST (default; read from /usr/share/datasets/fashion-mnist or --data-dir) or any
 ImageNet-layout folder (--dataset folder --data-dir ROOT with ROOT/train/CLASS/*.jpg and
-ROOT/val/CLASS/*.jpg).
+ROOT/val/CLASS/*.jpg), or tar shards of one (botnet data shards ROOT OUT, then --dataset shards
+--data-dir OUT).
 
 Config: a run starts from the task's neutral base, where the model keeps its own defaults (its
 strides, its image size: 224 for botnet50, 28 for botnet_mini) and nothing is assumed about the

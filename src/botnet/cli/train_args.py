@@ -42,9 +42,11 @@ ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
                                   "classification, e.g. runs/flowers-botnet50; --print-config shows it)"),
 }
 CLASSIFICATION_FLAGS: dict[str, tuple[str, object, str]] = {
-    "dataset": ("data.dataset", ["fashion-mnist", "folder"], "data set type: fashion-mnist, or folder (ImageNet "
-                                                             "layout ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg)"),
-    "data_dir": ("data.root", str, "data folder: ROOT with train/ and val/ for 'folder'; a folder with the "
+    "dataset": ("data.dataset", ["fashion-mnist", "folder", "shards"],
+                "data set type: fashion-mnist, folder (ImageNet layout ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg) "
+                "or shards (tar shards written by botnet data shards)"),
+    "data_dir": ("data.root", str, "data folder: ROOT with train/ and val/ for 'folder'; the shards folder for "
+                                   "'shards'; a folder with the "
                                    "Fashion-MNIST IDX files (or torchvision's FashionMNIST root) for fashion-mnist"),
     "model": ("model.name", str, "architecture name from botnet.list_models(), e.g. botnet_mini, botnet50"),
     "img_size": ("data.img_size", positive_int, "image size in pixels for training and evaluation; the attention "

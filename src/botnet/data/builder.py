@@ -104,9 +104,7 @@ def build_eval_transform(cfg: dict, in_chans: int | None = None, for_files: bool
 
 
 def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dataset | None, Dataset | None, DataInfo]:
-    """``(train_ds, val_ds, DataInfo)``. Folder layouts are checked before anything is loaded."""
-    from botnet.data.transforms import folder_transforms
-
+    """``(train_ds, val_ds, DataInfo)``. Folder layouts and shard indexes are checked before anything is loaded."""
     d = cfg["data"]
     in_chans = _in_chans(cfg)
     mean, std = dataset_stats(cfg, in_chans)
@@ -124,8 +122,15 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
         va = FashionMNISTDataset("test", d["root"], d["download"], limit=d["limit_val"],
                                  transform=build_eval_transform(cfg, in_chans)) if val else None
         return tr, va, DataInfo(list(FMNIST_CLASSES), in_chans, mean, std)
+    if d["dataset"] == "shards":  # tar shards written by `botnet data shards` (botnet.data.shard_stream)
+        from botnet.data.shard_stream import build_shard_datasets
+
+        tr, va, classes = build_shard_datasets(cfg, train, val, in_chans,
+                                               _train_transform(d, size, mean, std) if train else None,
+                                               build_eval_transform(cfg, in_chans) if val else None)
+        return tr, va, DataInfo(classes, in_chans, mean, std)
     if d["dataset"] not in ("folder", "imagefolder", "imagenet"):
-        raise ValueError(f"unknown data.dataset {d['dataset']!r} (use fashion-mnist or folder)")
+        raise ValueError(f"unknown data.dataset {d['dataset']!r} (use fashion-mnist, folder or shards)")
     if not d["root"]:
         raise ValueError("data.dataset=folder needs a data folder: --data-dir ROOT (with ROOT/train and ROOT/val)")
     from pathlib import Path
@@ -140,9 +145,7 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     c2i = {c: i for i, c in enumerate(classes)}
     if train:
         tr = SafeImageFolder(Path(d["root"]) / d["train_split"], mode=mode, skip_bad=d["skip_bad"], class_to_idx=c2i,
-                             transform=folder_transforms(size, True, mean, std, interpolation=d["interpolation"],
-                                                         auto_augment=d["auto_augment"], re_prob=d["re_prob"],
-                                                         hflip=d["hflip"], scale=d["scale"]))
+                             transform=_train_transform(d, size, mean, std))
     if val:
         va = SafeImageFolder(Path(d["root"]) / d["val_split"], mode=mode, skip_bad=d["skip_bad"], class_to_idx=c2i,
                              transform=build_eval_transform(cfg, in_chans))
@@ -158,6 +161,14 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Dat
     drop_bad_files({s: ds for s, ds in ((d["train_split"], tr), (d["val_split"], va)) if ds is not None},
                    skip_bad=bool(d["skip_bad"]), progress=bool(cfg.get("train", {}).get("progress", True)))
     return tr, va, DataInfo(classes, in_chans, mean, std, counts)
+
+
+def _train_transform(d: dict, size: int, mean, std):
+    """The training augmentation of image folders and shards (timm ``create_transform``)."""
+    from botnet.data.transforms import folder_transforms
+
+    return folder_transforms(size, True, mean, std, interpolation=d["interpolation"], auto_augment=d["auto_augment"],
+                             re_prob=d["re_prob"], hflip=d["hflip"], scale=d["scale"])
 
 
 def check_input_size(cfg: dict, in_chans: int, train: bool = True, val: bool = True) -> None:
@@ -203,7 +214,11 @@ def _collate(cfg: dict):
 
 def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader over this rank's shard (``ResumableSampler``, seeded by ``train.seed``)."""
+    from botnet.data.shard_stream import ShardSplit, shard_train_loader
     from botnet.engine.distributed import seed_worker
+
+    if isinstance(ds, ShardSplit):  # tar shards: the stream plans each rank's and worker's part itself
+        return shard_train_loader(ds, cfg, rank, world_size, num_workers(cfg, world_size), _collate(cfg))
 
     sampler = ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg["train"]["seed"]),
                                drop_last=True)
@@ -215,8 +230,12 @@ def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 
 
 
 def build_eval_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
+    from botnet.data.shard_stream import ShardSplit, shard_eval_loader
+
     bs = int(cfg["data"]["eval_batch_size"] or 2 * int(cfg["data"]["batch_size"]))
     nw = num_workers(cfg, world_size)
+    if isinstance(ds, ShardSplit):
+        return shard_eval_loader(ds, cfg, rank, world_size, nw, _collate(cfg))
     return DataLoader(ds, batch_size=bs, sampler=ShardSampler(len(ds), rank, world_size), num_workers=nw,
                       collate_fn=_collate(cfg), generator=torch.Generator().manual_seed(0),
                       pin_memory=torch.cuda.is_available())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from botnet.data.errors import BadImageError, DataError, DatasetNotFoundError
 
-__all__ = ["IMG_EXTENSIONS", "image_files", "open_regular", "check_image_folder", "pil_loader", "SafeImageFolder", "collate_skip_bad",
+__all__ = ["IMG_EXTENSIONS", "image_files", "open_regular", "check_image_folder", "pil_loader", "pil_from_bytes", "SafeImageFolder", "collate_skip_bad",
            "SkippedBatch", "check_image_header", "scan_image_files", "drop_bad_files"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".jfif")
@@ -132,19 +132,39 @@ def pil_loader(path: str, mode: str = "RGB"):
     the file cannot be decoded, is a decompression bomb (more pixels than PIL's
     ``Image.MAX_IMAGE_PIXELS``), or has a pixel format botnet does not convert (32-bit float).
     """
+    try:
+        with open_regular(path) as f:
+            img = _open_loaded(f, path)
+    except NotRegularFileError as e:
+        raise BadImageError(path, str(e)) from None
+    return _to_mode(img, path, mode)
+
+
+def pil_from_bytes(data: bytes, name: str, mode: str = "RGB"):
+    """:func:`pil_loader` for an image held in memory (a sample of a shard); ``name`` is what errors call it."""
+    import io
+
+    return _to_mode(_open_loaded(io.BytesIO(data), name), name, mode)
+
+
+def _open_loaded(f, name: str):
+    """PIL image of the open file ``f``, pixels loaded; decoding problems become :class:`BadImageError`."""
     from PIL import Image
 
     try:
-        with open_regular(path) as f:
-            img = Image.open(f)
-            img.load()
+        img = Image.open(f)
+        img.load()
     except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"decompression bomb ({' '.join(str(e).split())})") from e
-    except NotRegularFileError as e:
-        raise BadImageError(path, str(e)) from None
+        raise BadImageError(name, f"decompression bomb ({' '.join(str(e).split())})") from e
     except _DECODE_ERRORS as e:
-        raise BadImageError(path, f"{type(e).__name__}: {' '.join(str(e).split())}") from e
-    img = _to_8bit(img, path)
+        raise BadImageError(name, f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+    return img
+
+
+def _to_mode(img, name: str, mode: str):
+    from PIL import Image
+
+    img = _to_8bit(img, name)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
