@@ -193,6 +193,24 @@ def _program(model: nn.Module, example: torch.Tensor, min_size: int):
     return ep, wrapper.output_names
 
 
+def _double_size_arithmetic() -> dict:
+    """ONNX translations computing the resized image size in float64, as Python does eagerly: the
+    exporter's own are float32, in which 191 * (96 / 191) is 95.99999 (eager: 96.0), so the graph
+    resized to a pixel less than eager for such sizes."""
+    import operator
+
+    from onnxscript import DOUBLE
+    from onnxscript.onnx_opset import opset18 as op
+
+    def sym_float(self):
+        return op.Cast(self, to=DOUBLE.dtype)
+
+    def truediv(self, other):
+        return op.Div(op.Cast(self, to=DOUBLE.dtype), op.Cast(other, to=DOUBLE.dtype))
+
+    return {torch.sym_float: sym_float, operator.truediv: truediv}
+
+
 def export_detector(model: nn.Module, fmt: str, path: str | Path, *, example_size: tuple[int, int] | None = None,
                     min_size: int = 2, overwrite: bool = False) -> Path:
     """Export detector ``model`` in ``fmt`` (``onnx`` or ``export``), traced on a random image of
@@ -212,7 +230,7 @@ def export_detector(model: nn.Module, fmt: str, path: str | Path, *, example_siz
         return _write_atomic(path, lambda tmp: torch.export.save(ep, tmp, extra_files=extra))
     with _quiet():
         prog = torch.onnx.export(ep, (example,), dynamo=True, input_names=["image"], output_names=names,
-                                 verbose=False)
+                                 custom_translation_table=_double_size_arithmetic(), verbose=False)
     prog.model.metadata_props[ONNX_KEY] = _marker_text("onnx")
     return _write_atomic(path, lambda tmp: prog.save(tmp))
 
