@@ -248,9 +248,17 @@ def variable_size_run(tmp_path):
     (["--format", "export", "--batch", "2"], "--batch does not apply to a detector"),
     (["--format", "export", "--img-size", "20000"], "--img-size 20000 is too large for a detector export"),
     (["--format", "export", "--verify-image", "missing.png"], "--verify-image missing.png: no such file"),
+    (["--format", "export", "--verify-image", "tiny.png"], "--verify-image tiny.png is 2x2 pixels; use an image "
+                                                          "with sides from 3 to 16384"),
+    (["--format", "export", "--verify-image", "tiny.png", "--no-verify"], "--verify-image and --no-verify contradict"),
+    (["--format", "onnx", "--min-size", "61"], "--min-size 61 is above the sizes the detector is traced and "
+                                               "checked at (the smallest side is 60 px)"),
 ])
 def test_refused_options_are_one_line(det_run, tmp_path, capsys, monkeypatch, args, says):
+    from PIL import Image
+
     monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (2, 2)).save(tmp_path / "tiny.png")
     before = tree(det_run.parent)
     rc, _, err = run(capsys, ["export", "--checkpoint", det_run, "--out", tmp_path / "m.x", *args])
     assert_one_line_error(rc, err, says)

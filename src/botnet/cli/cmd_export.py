@@ -147,18 +147,25 @@ def _export_detector(args: argparse.Namespace, model) -> int:
         raise ConfigError(f"--format {args.format}: a detector exports to {' or '.join(det.FORMATS)}")
     if args.batch is not None:
         raise ConfigError("--batch does not apply to a detector: its exported program takes one image (3, H, W)")
+    if args.no_verify and args.verify_image is not None:
+        raise ConfigError("--verify-image and --no-verify contradict each other; drop one")
     det.check_exportable(model, f"--checkpoint {args.checkpoint}")
     if args.img_size and args.img_size * 5 // 4 > det.MAX_SIDE:
         raise ConfigError(f"--img-size {args.img_size} is too large for a detector export (at most "
                           f"{det.MAX_SIDE * 4 // 5}); lower it")
+    min_size = args.min_size or 2
+    smallest = min(min(hw) for hw in det.verify_sizes(model, args.img_size))  # also below the trace size
+    if min_size > smallest:
+        raise ConfigError(f"--min-size {min_size} is above the sizes the detector is traced and checked at (the "
+                          f"smallest side is {smallest} px); lower it, or raise --img-size")
+    images = None if args.no_verify else det.verify_images(model, args.img_size, args.verify_image, min_size=min_size)
     example = (args.img_size, args.img_size) if args.img_size else None
-    path = det.export_detector(model, args.format, args.out, example_size=example, min_size=args.min_size or 2,
+    path = det.export_detector(model, args.format, args.out, example_size=example, min_size=min_size,
                                overwrite=args.overwrite)
     print(f"wrote {path} ({args.format}, detector: one image (3, H, W), dynamic height/width; outputs "
           f"{', '.join(det.DetectorProgram(model).output_names)})")
-    if args.no_verify:
+    if images is None:
         return 0
-    images = det.verify_images(model, args.img_size, args.verify_image)
     checks = det.verify_detector(model, args.format, path, images)
     for c in checks:
         h, w = c.size

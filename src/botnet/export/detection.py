@@ -42,7 +42,7 @@ from botnet.errors import ConfigError
 
 __all__ = ["FORMATS", "MAX_SIDE", "DetectorProgram", "DetectionCheck", "is_detector", "check_exportable",
            "exportable", "export_detector", "load_exported_detector", "compare_detections", "verify_detector",
-           "verify_sizes"]
+           "verify_sizes", "verify_images"]
 
 FORMATS = ("onnx", "export")
 MAX_SIDE = 16384  # largest image height/width the exported program accepts
@@ -339,7 +339,8 @@ def verify_sizes(model: nn.Module, img_size: int | None = None) -> list[tuple[in
     return [(s, max(2, s * 3 // 4)), (max(2, s * 5 // 8), max(2, s * 5 // 4))]
 
 
-def verify_images(model: nn.Module, img_size: int | None = None, image_path: str | None = None) -> list[torch.Tensor]:
+def verify_images(model: nn.Module, img_size: int | None = None, image_path: str | None = None, *,
+                  min_size: int = 2) -> list[torch.Tensor]:
     """The two images ``botnet export --verify`` checks a detector on: random ones at
     :func:`verify_sizes`, or the image file ``image_path`` and that image transposed and cropped to
     3/4 of its new height (another size, and the other orientation)."""
@@ -350,7 +351,9 @@ def verify_images(model: nn.Module, img_size: int | None = None, image_path: str
 
     image = read_image_rgb(image_path).as_subclass(torch.Tensor).float() / 255.0
     h, w = image.shape[-2:]
-    if min(h, w) < 3 or max(h, w) > MAX_SIDE:
-        raise ConfigError(f"--verify-image {image_path} is {w}x{h} pixels; use an image with sides from 3 to {MAX_SIDE}")
-    other = image.transpose(1, 2)[:, : max(2, w * 3 // 4), :].contiguous()
+    low = max(min_size, 2) * 4 // 3 + 1  # the crop keeps 3/4 of the width
+    if min(h, w) < low or max(h, w) > MAX_SIDE:
+        raise ConfigError(f"--verify-image {image_path} is {w}x{h} pixels; use an image with sides from {low} to "
+                          f"{MAX_SIDE}")
+    other = image.transpose(1, 2)[:, : w * 3 // 4, :].contiguous()
     return [image, other]
