@@ -119,25 +119,26 @@ def exported(det_run, tmp_path_factory):
     return get
 
 
-def _run_file(fmt, path, x):
+def _runner(fmt, path):
+    """The file run directly (onnxruntime, torch.export.load): {output name: tensor} for an image."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(zip([o.name for o in sess.get_outputs()], map(torch.from_numpy, sess.run(None, {"image": x.numpy()}))))
-    with torch.no_grad():
-        return dict(zip(["boxes", "labels", "scores", "masks"], torch.export.load(str(path)).module()(x)))
+        names = [o.name for o in sess.get_outputs()]
+        return lambda x: dict(zip(names, map(torch.from_numpy, sess.run(None, {"image": x.numpy()}))))
+    program = torch.export.load(str(path)).module()
+    return lambda x: dict(zip(["boxes", "labels", "scores", "masks"], program(x)))
 
 
 @pytest.mark.parametrize("fmt, tol", [("export", 1e-5), ("onnx", 1e-3)])
 def test_exported_run_matches_eager_at_two_sizes(fmt, tol, det_run, exported, images):
     path = exported(fmt)[0]
     assert read_export_marker(path)["format"] == fmt
-    model = _rebuilt(det_run)
+    model, run_file = _rebuilt(det_run), _runner(fmt, path)
     for x in images:
         with torch.no_grad():
-            ref = model([x])[0]
-        out = _run_file(fmt, path, x)
+            ref, out = model([x])[0], run_file(x)
         assert sorted(out) == ["boxes", "labels", "masks", "scores"]
         assert out["masks"].shape == ref["masks"].shape == (20, 1, *x.shape[-2:])
         assert torch.equal(out["labels"], ref["labels"])
