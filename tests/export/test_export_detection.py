@@ -162,7 +162,7 @@ def test_faster_rcnn_program_matches_eager_at_two_sizes(tmp_path, images):
     shape = ep.graph_module.graph.find_nodes(op="placeholder")[-1].meta["val"].shape
     assert all(isinstance(s, torch.SymInt) for s in shape[1:]), shape
     checks = det.verify_detector(model, "export", path, images)
-    assert [(c.eager, c.exported, c.unpaired) for c in checks] == [(20, 20, 0)] * 2
+    assert [(c.eager, c.exported, c.paired, c.near_cut, c.unpaired) for c in checks] == [(20, 20, 20, 0, 0)] * 2
     assert max(max(c.box_err, c.score_err) for c in checks) <= 1e-5
 
 
@@ -171,7 +171,7 @@ def test_cli_verify_checks_the_image_and_its_transposed_crop(exported):
     lines = printed.strip().splitlines()
     assert lines[0].startswith(f"wrote {out} (export, detector") and "boxes, labels, scores, masks" in lines[0]
     assert [ln.split(":")[0] for ln in lines[1:]] == ["verify 70x50", "verify 37x70"]
-    assert all("20 eager / 20 exported detections, 0 unpaired" in ln for ln in lines[1:]), lines
+    assert all("20 eager / 20 exported detections, 20 paired; max" in ln for ln in lines[1:]), lines
 
 
 def test_default_verify_images_are_random_at_two_orientations():
@@ -228,14 +228,32 @@ def test_pairing_allows_swapped_near_ties_and_a_cut_off_near_tie_only():
     swapped = {"boxes": ref["boxes"][[1, 0, 2]], "labels": ref["labels"][[1, 0, 2]],
                "scores": torch.tensor([0.9, 0.8999, 0.2])}  # the near-tie in the other order
     c = det.compare_detections(ref, swapped)
-    assert (c.unpaired, c.box_err) == (0, 0.0) and c.score_err == pytest.approx(1e-4, rel=1e-2) and c.ok()
-    cut = {k: v[:2] for k, v in ref.items()}  # the lowest one missing: a near-tie at the cut-off
-    assert det.compare_detections(ref, cut).unpaired == 0
+    assert (c.paired, c.near_cut, c.unpaired, c.box_err) == (3, 0, 0, 0.0) and c.ok()
+    assert c.score_err == pytest.approx(1e-4, rel=1e-2)
+    # the lowest one missing: a near-tie at the cut-off
+    cut = {k: v[:2] for k, v in ref.items()}
+    assert (lambda c: (c.paired, c.near_cut, c.unpaired, c.ok()))(det.compare_detections(ref, cut)) == (2, 1, 0, True)
     moved = {**ref, "boxes": ref["boxes"] + torch.tensor([[0.0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])}
     c = det.compare_detections(ref, moved)
-    assert c.unpaired == 2 and not c.ok()  # the moved box, on both sides
+    assert (c.paired, c.unpaired) == (2, 2) and not c.ok()  # the moved box, on both sides
     relabelled = {**ref, "labels": torch.tensor([1, 3, 1])}
     assert det.compare_detections(ref, relabelled).unpaired == 2
+
+
+def test_masks_pasted_a_pixel_apart_are_counted_not_compared():
+    # torchvision pastes a 28 px mask into its box grown by 30/28 about its centre, cut to whole
+    # pixels: y2 = 27.996 grows to 28.9959 (last row 28), y2 = 28.004 to 29.0041 (last row 29)
+    ref = {"boxes": torch.tensor([[10.0, 0.0, 20.0, 27.996], [30.0, 30.0, 40.0, 40.0]]),
+           "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8]), "masks": torch.zeros(2, 1, 48, 50)}
+    out = {**ref, "boxes": ref["boxes"] + torch.tensor([[0.0, 0, 0, 0.008], [0, 0, 0, 0]]),
+           "masks": ref["masks"].clone()}
+    out["masks"][0, 0, 29, 10:20] = 0.4  # the extra row
+    out["masks"][1, 0, 35, 35] = 2e-4
+    c = det.compare_detections(ref, out)
+    assert (c.paired, c.masks_skipped, c.unpaired) == (2, 1, 0) and c.mask_err == pytest.approx(2e-4) and c.ok()
+    out["boxes"][0, 3] = 27.999  # the same pixels: compared, and the difference shows
+    c = det.compare_detections(ref, out)
+    assert c.masks_skipped == 0 and c.mask_err == pytest.approx(0.4) and not c.ok()
 
 
 # ---------------------------------------------------------------- what the command refuses

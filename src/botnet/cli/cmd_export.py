@@ -173,8 +173,12 @@ def _export_detector(args: argparse.Namespace, model) -> int:
             print(f"verify {h}x{w}: no detections, eager or exported"
                   + ("" if args.verify_image else " (random image; --verify-image IMG compares real detections)"))
             continue
-        print(f"verify {h}x{w}: {c.eager} eager / {c.exported} exported detections, {c.unpaired} unpaired; "
-              f"max |exported - eager|: boxes {c.box_err:.3g} px, scores {c.score_err:.3g}, masks {c.mask_err:.3g}")
+        counts = [f"{c.paired} paired"] + [f"{n} {what}" for n, what in (
+            (c.near_cut, "near-ties at the score cut-off"), (c.unpaired, "UNPAIRED")) if n]
+        skipped = f" ({c.masks_skipped} pasted a pixel apart, not compared)" if c.masks_skipped else ""
+        print(f"verify {h}x{w}: {c.eager} eager / {c.exported} exported detections, {', '.join(counts)}; "
+              f"max |exported - eager|: boxes {c.box_err:.3g} px, scores {c.score_err:.3g}, masks {c.mask_err:.3g}"
+              + skipped)
     if not all(c.ok() for c in checks):
         print("error: exported detector differs from eager", file=sys.stderr)
         return 1

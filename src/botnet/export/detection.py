@@ -263,20 +263,30 @@ def load_exported_detector(fmt: str, path: str | Path) -> Callable[[torch.Tensor
 # ---------------------------------------------------------------- comparison with eager
 @dataclass
 class DetectionCheck:
-    """Exported vs eager detections on one image. Detections are paired by label, box and score
-    (so two near-equal scores may swap places); ``unpaired`` counts those without a partner, apart
-    from any within ``score_tol`` of the lowest score kept (a near-tie at the cut-off)."""
+    """Exported vs eager detections on one image.
+
+    Detections are paired by label, box and score, so two near-equal scores may swap places.
+    ``near_cut`` counts those left without a partner whose score is within the score tolerance of
+    the lowest one kept: a near-tie there decides which detection makes the cut, so they are not
+    compared; ``unpaired`` counts the others (a real difference). ``masks_skipped`` counts pairs
+    whose masks were not compared because their boxes round to pixels one apart (torchvision pastes
+    each mask into its box's integer pixels, so a box edge at 467.998 vs 468.002 moves the mask's
+    last row); ``mask_err`` is over the rest.
+    """
 
     eager: int
     exported: int
+    paired: int
+    near_cut: int
     unpaired: int
     box_err: float
     score_err: float
     mask_err: float
+    masks_skipped: int = 0
     size: tuple[int, int] = (0, 0)
 
-    def ok(self, mask_tol: float = 1e-3) -> bool:
-        """Every detection paired (so within the pairing tolerances) and masks within ``mask_tol``."""
+    def ok(self, mask_tol: float = 1e-2) -> bool:
+        """Every detection paired or at the cut-off, and the compared masks within ``mask_tol``."""
         return self.unpaired == 0 and self.mask_err <= mask_tol
 
 
@@ -300,34 +310,53 @@ def _pairs(ref: dict, out: dict, box_tol: float, score_tol: float) -> list[tuple
     return pairs
 
 
-def compare_detections(ref: dict, out: dict, *, box_tol: float = 1e-2, score_tol: float = 1e-3) -> DetectionCheck:
+def _pasted_box(box: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """The integer pixels torchvision pastes a mask of ``mask_size`` into (padding 1)."""
+    from torchvision.models.detection.roi_heads import expand_boxes
+
+    return expand_boxes(box[None].float(), (mask_size + 2) / mask_size).to(torch.int64)[0]
+
+
+def compare_detections(ref: dict, out: dict, *, box_tol: float = 1e-2, score_tol: float = 1e-3,
+                       mask_size: int = 28) -> DetectionCheck:
     """Pair exported detections ``out`` with eager ones ``ref`` (within ``box_tol`` px and
-    ``score_tol``) and report the largest differences between partners."""
+    ``score_tol``) and report the largest differences between partners (see DetectionCheck)."""
     pairs = _pairs(ref, out, box_tol, score_tol)
     lowest = min([float(d["scores"].min()) for d in (ref, out) if len(d["scores"])], default=0.0)
-    paired_ref, paired_out = {i for i, _ in pairs}, {j for _, j in pairs}
-    unpaired = sum(float(ref["scores"][i]) > lowest + score_tol for i in range(len(ref["scores"])) if i not in paired_ref)
-    unpaired += sum(float(out["scores"][j]) > lowest + score_tol for j in range(len(out["scores"])) if j not in paired_out)
+    left = [float(d["scores"][k]) for d, taken in ((ref, {i for i, _ in pairs}), (out, {j for _, j in pairs}))
+            for k in range(len(d["scores"])) if k not in taken]
+    near_cut = sum(sc <= lowest + score_tol for sc in left)
     errs = {"boxes": 0.0, "scores": 0.0, "masks": 0.0}
+    skipped = 0
     for i, j in pairs:
-        for k in errs:
-            if k in ref and k in out:
-                errs[k] = max(errs[k], float((ref[k][i].float() - out[k][j].float()).abs().max()))
-    return DetectionCheck(len(ref["scores"]), len(out["scores"]), unpaired, errs["boxes"], errs["scores"],
-                          errs["masks"])
+        for k in ("boxes", "scores"):
+            errs[k] = max(errs[k], float((ref[k][i].float() - out[k][j].float()).abs().max()))
+        if "masks" in ref and "masks" in out:
+            if not torch.equal(_pasted_box(ref["boxes"][i], mask_size), _pasted_box(out["boxes"][j], mask_size)):
+                skipped += 1
+                continue
+            errs["masks"] = max(errs["masks"], float((ref["masks"][i].float() - out["masks"][j].float()).abs().max()))
+    return DetectionCheck(len(ref["scores"]), len(out["scores"]), len(pairs), near_cut, len(left) - near_cut,
+                          errs["boxes"], errs["scores"], errs["masks"], skipped)
 
 
 def verify_detector(model: nn.Module, fmt: str, path: str | Path, images: Sequence[torch.Tensor], *,
-                    box_tol: float = 1e-2, score_tol: float = 1e-3) -> list[DetectionCheck]:
-    """Run the exported file and the eager ``model`` on each (3, H, W) image and compare."""
+                    box_tol: float | None = None, score_tol: float = 1e-3) -> list[DetectionCheck]:
+    """Run the exported file and the eager ``model`` on each (3, H, W) image and compare. Boxes pair
+    within ``box_tol`` px, by default 5e-5 of the image's longer side and at least 0.01 px (float32
+    differences in the box regression grow with the boxes)."""
     run = load_exported_detector(fmt, path)
     model = model.eval()
+    pool = getattr(model.roi_heads, "mask_roi_pool", None)
+    mask_size = 2 * int(pool.output_size[0]) if pool is not None else 28  # the mask head upsamples twice
     checks = []
     with torch.no_grad():
         for image in images:
-            ref = model([image])[0]
-            check = compare_detections(ref, run(image), box_tol=box_tol, score_tol=score_tol)
-            check.size = (int(image.shape[-2]), int(image.shape[-1]))
+            h, w = int(image.shape[-2]), int(image.shape[-1])
+            tol = box_tol if box_tol is not None else max(1e-2, 5e-5 * max(h, w))
+            check = compare_detections(model([image])[0], run(image), box_tol=tol, score_tol=score_tol,
+                                       mask_size=mask_size)
+            check.size = (h, w)
             checks.append(check)
     return checks
 
