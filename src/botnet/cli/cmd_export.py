@@ -162,8 +162,9 @@ def _export_detector(args: argparse.Namespace, model) -> int:
     example = (args.img_size, args.img_size) if args.img_size else None
     path = det.export_detector(model, args.format, args.out, example_size=example, min_size=min_size,
                                overwrite=args.overwrite)
+    names = det.DetectorProgram(model).output_names
     print(f"wrote {path} ({args.format}, detector: one image (3, H, W), dynamic height/width; outputs "
-          f"{', '.join(det.DetectorProgram(model).output_names)})")
+          f"{', '.join(names)})")
     if images is None:
         return 0
     checks = det.verify_detector(model, args.format, path, images)
@@ -175,10 +176,10 @@ def _export_detector(args: argparse.Namespace, model) -> int:
             continue
         counts = [f"{c.paired} paired"] + [f"{n} {what}" for n, what in (
             (c.near_cut, "near-ties at the score cut-off"), (c.unpaired, "UNPAIRED")) if n]
-        skipped = f" ({c.masks_skipped} pasted a pixel apart, not compared)" if c.masks_skipped else ""
+        masks = "" if "masks" not in names else f", masks {c.mask_err:.3g}" + (
+            f" ({c.masks_skipped} pasted a pixel apart, not compared)" if c.masks_skipped else "")
         print(f"verify {h}x{w}: {c.eager} eager / {c.exported} exported detections, {', '.join(counts)}; "
-              f"max |exported - eager|: boxes {c.box_err:.3g} px, scores {c.score_err:.3g}, masks {c.mask_err:.3g}"
-              + skipped)
+              f"max |exported - eager|: boxes {c.box_err:.3g} px, scores {c.score_err:.3g}{masks}")
     if not all(c.ok() for c in checks):
         print("error: exported detector differs from eager", file=sys.stderr)
         return 1
