@@ -21,6 +21,9 @@ puts in their place functions that compute the same thing without those branches
   (rows x mask x columns, with ``F.interpolate``'s bilinear weights) instead of one
   ``interpolate`` per detection, so the number of detections stays symbolic.
 
+In ONNX the resized image size is computed in float64, as Python computes it eagerly (the
+exporter's float32 resized a 191 px side to 95 px instead of 96): :func:`_double_size_arithmetic`.
+
 Only fixed-canvas detectors (``model.canvas`` set, as in every botnet recipe) are exported: with
 variable-size batches the FPN's coarsest map is a single pixel for some image shapes, and
 ``torch.export`` fixes such a dimension to its traced value, so no one program serves every size.
@@ -213,9 +216,9 @@ def _double_size_arithmetic() -> dict:
 
 def export_detector(model: nn.Module, fmt: str, path: str | Path, *, example_size: tuple[int, int] | None = None,
                     min_size: int = 2, overwrite: bool = False) -> Path:
-    """Export detector ``model`` in ``fmt`` (``onnx`` or ``export``), traced on a random image of
-    ``example_size`` (default: the canvas); heights and widths from ``min_size`` to :data:`MAX_SIDE`
-    run on the file. ``path`` follows :func:`botnet.export.check_out_path`."""
+    """Export detector ``model`` (on the CPU) in ``fmt`` (``onnx`` or ``export``), traced on a
+    random image of ``example_size`` (default: the canvas); heights and widths from ``min_size`` to
+    :data:`MAX_SIDE` run on the file. ``path`` follows :func:`botnet.export.check_out_path`."""
     from botnet.export import MARKER_FILE, ONNX_KEY, _marker_text, _write_atomic, check_out_path
 
     if fmt not in FORMATS:
