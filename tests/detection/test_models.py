@@ -168,3 +168,39 @@ def test_image_without_annotations_trains():
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
+
+
+def _wide_after(model, first):
+    """Detections on a wide image by a copy of ``model`` that saw ``first`` before it."""
+    import copy
+
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if first is not None:
+            model([first])
+        return model([torch.rand(3, 48, 96, generator=g)])[0]
+
+
+def test_roi_pool_scales_are_the_fpn_strides_whatever_image_comes_first():
+    # torchvision infers them from the first batch (feature height / tallest image height, rounded
+    # to a power of 2): a wide first image on the square canvas gave 1/2 instead of 1/4 for good
+    torch.manual_seed(0)
+    model = build_detector("maskrcnn", "botnet50", num_classes=4, canvas=96, backbone_kwargs=TINY_BACKBONE,
+                           **TINY_HEADS).eval()
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+        assert (pool.map_levels.k_min, pool.map_levels.k_max) == (2, 5)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.weight.data.fill_(1.0)  # open the residual branches so the heads see real features
+    model.roi_heads.score_thresh = 0.0
+    square = torch.rand(3, 96, 96)
+    alone, after_square = _wide_after(model, None), _wide_after(model, square)
+    assert len(alone["boxes"]) > 0
+    assert torch.equal(alone["boxes"], after_square["boxes"]) and torch.equal(alone["masks"], after_square["masks"])
+    # guard: torchvision's own inference (scales left unset) does depend on the first image
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        pool.scales = pool.map_levels = None
+    alone, after_square = _wide_after(model, None), _wide_after(model, square)
+    a, b = alone["scores"], after_square["scores"]
+    assert a.shape != b.shape or not torch.allclose(a, b)

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
             "onnx: dynamo exporter (needs onnxscript), input 'images', output 'logits'. "
             "torchscript: torch.jit.trace (runs at other sizes too). export: torch.export program (.pt2). "
             "With --verify (default on) the file is reloaded and compared with the eager model at the "
-            "trace size and a second size."
+            "trace size and a second size. A detection checkpoint (Mask/Faster R-CNN) exports to onnx or export: "
+            "one image (3, H, W) of any size in, boxes, labels, scores (and masks) out; see docs/export.md."
         ),
     )
     p.add_argument("model", nargs="?", default=None,
@@ -36,11 +37,15 @@ def register(subparsers) -> None:
     p.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: checkpoint's or 3)")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="size to trace at (default: the model's resolution); other sizes still work")
-    p.add_argument("--batch", type=positive_int, default=2, help="batch size to trace at (default 2; batch is dynamic)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="batch size to trace at (default 2; batch is dynamic; a detector takes one image)")
     p.add_argument("--min-size", type=positive_int, default=None,
                    help="smallest height/width the dynamic dims allow (default: the model's stride + 1, so its "
-                        "last feature map is at least 2x2)")
+                        "last feature map is at least 2x2; a detector: 2)")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    p.add_argument("--verify-image", default=None, metavar="IMG",
+                   help="detectors: check on this image and on it transposed and cropped (default: random images, "
+                        "in which a trained detector may find nothing to compare)")
     p.set_defaults(func=handler)
 
 
@@ -55,7 +60,7 @@ def _build(args: argparse.Namespace):
 
     p = Path(args.checkpoint) if args.checkpoint else None
     if p is not None and p.suffix not in (".pt", ".pth", ".bin"):
-        model, meta = load_model(p, task="classification")
+        model, meta = load_model(p)  # a classifier, or a detector (exported by _export_detector)
         if args.model and args.model != meta["arch"]:
             raise ConfigError(f"{p} holds a {meta['arch']} model, not {args.model}; leave MODEL out to export it")
         if args.num_classes is not None or args.in_chans is not None:
@@ -89,8 +94,26 @@ def handler(args: argparse.Namespace) -> int:
     from botnet.export import check_out_path, export_model, verify
 
     check_out_path(args.out, args.format, overwrite=args.overwrite)  # before the model is built
+    if args.verify_image is not None:  # a look at its header, before the model is built
+        import os
+
+        from botnet.data.errors import DataError
+        from botnet.data.folder import check_image_header
+
+        why = check_image_header(args.verify_image) if os.path.exists(args.verify_image) else "no such file"
+        if why is not None:
+            raise DataError(f"--verify-image {args.verify_image}: {why}; give an image file")
     model = _build(args)
     model.eval()
+    from botnet.export.detection import is_detector
+
+    if is_detector(model):
+        return _export_detector(args, model)
+    if args.verify_image is not None:
+        from botnet.errors import ConfigError
+
+        raise ConfigError("--verify-image applies to detectors; a classifier is checked on random inputs")
+    args.batch = args.batch or 2
     if args.img_size:
         from botnet.models.limits import check_input_size
 
@@ -112,4 +135,52 @@ def handler(args: argparse.Namespace) -> int:
         if max(errs) > 1e-3:
             print("error: exported model differs from eager", file=sys.stderr)
             return 1
+    return 0
+
+
+def _export_detector(args: argparse.Namespace, model) -> int:
+    """A Mask/Faster R-CNN checkpoint: one image of any size in, detections out (onnx or export)."""
+    from botnet.errors import ConfigError
+    from botnet.export import detection as det
+
+    if args.format not in det.FORMATS:
+        raise ConfigError(f"--format {args.format}: a detector exports to {' or '.join(det.FORMATS)}")
+    if args.batch is not None:
+        raise ConfigError("--batch does not apply to a detector: its exported program takes one image (3, H, W)")
+    if args.no_verify and args.verify_image is not None:
+        raise ConfigError("--verify-image and --no-verify contradict each other; drop one")
+    det.check_exportable(model, f"--checkpoint {args.checkpoint}")
+    if args.img_size and args.img_size * 5 // 4 > det.MAX_SIDE:
+        raise ConfigError(f"--img-size {args.img_size} is too large for a detector export (at most "
+                          f"{det.MAX_SIDE * 4 // 5}); lower it")
+    min_size = args.min_size or 2
+    smallest = min(min(hw) for hw in det.verify_sizes(model, args.img_size))  # also below the trace size
+    if min_size > smallest:
+        raise ConfigError(f"--min-size {min_size} is above the sizes the detector is traced and checked at (the "
+                          f"smallest side is {smallest} px); lower it, or raise --img-size")
+    images = None if args.no_verify else det.verify_images(model, args.img_size, args.verify_image, min_size=min_size)
+    example = (args.img_size, args.img_size) if args.img_size else None
+    path = det.export_detector(model, args.format, args.out, example_size=example, min_size=min_size,
+                               overwrite=args.overwrite)
+    names = det.DetectorProgram(model).output_names
+    print(f"wrote {path} ({args.format}, detector: one image (3, H, W), dynamic height/width; outputs "
+          f"{', '.join(names)})")
+    if images is None:
+        return 0
+    checks = det.verify_detector(model, args.format, path, images)
+    for c in checks:
+        h, w = c.size
+        if c.eager == c.exported == 0:
+            print(f"verify {h}x{w}: no detections, eager or exported"
+                  + ("" if args.verify_image else " (random image; --verify-image IMG compares real detections)"))
+            continue
+        counts = [f"{c.paired} paired"] + [f"{n} {what}" for n, what in (
+            (c.near_cut, "near-ties at the score cut-off"), (c.unpaired, "UNPAIRED")) if n]
+        masks = "" if "masks" not in names else f", masks {c.mask_err:.3g}" + (
+            f" ({c.masks_skipped} pasted a pixel apart, not compared)" if c.masks_skipped else "")
+        print(f"verify {h}x{w}: {c.eager} eager / {c.exported} exported detections, {', '.join(counts)}; "
+              f"max |exported - eager|: boxes {c.box_err:.3g} px, scores {c.score_err:.3g}{masks}")
+    if not all(c.ok() for c in checks):
+        print("error: exported detector differs from eager", file=sys.stderr)
+        return 1
     return 0

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -156,14 +157,17 @@ class CanvasRCNNTransform(GeneralizedRCNNTransform):
         self.canvas = int(canvas)
 
     def batch_images(self, images: list[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
-        h = max(self.canvas, max(int(i.shape[-2]) for i in images))
-        w = max(self.canvas, max(int(i.shape[-1]) for i in images))
+        h = w = self.canvas
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            # Resized images always fit the canvas (long side floor(L * (canvas / L)) <= canvas).
+            # Traced or exported, the sizes are symbolic and comparing them would fix the program
+            # to the traced size, so the canvas is taken as it is there.
+            h = max(h, max(int(i.shape[-2]) for i in images))
+            w = max(w, max(int(i.shape[-1]) for i in images))
         h = int(math.ceil(h / size_divisible) * size_divisible)
         w = int(math.ceil(w / size_divisible) * size_divisible)
-        batched = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-        for img, pad in zip(images, batched):
-            pad[..., : img.shape[-2], : img.shape[-1]].copy_(img)
-        return batched
+        # zero padding on the right and bottom (F.pad, not a copy into a slice: ONNX keeps it)
+        return torch.stack([F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img in images])
 
     def __repr__(self) -> str:
         return super().__repr__().replace("GeneralizedRCNNTransform(", f"CanvasRCNNTransform(canvas={self.canvas}, ", 1)
@@ -187,6 +191,25 @@ def _shared_heads(fpn: nn.Module, num_classes: int, fpn_channels: int, anchor_si
     return dict(image_mean=mean, image_std=std, rpn_anchor_generator=anchors,
                 box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_dim),
                 box_predictor=FastRCNNPredictor(box_head_dim, num_classes))
+
+
+def _fix_pool_scales(model: nn.Module, strides: Sequence[int]) -> None:
+    """Give the RoI poolers the FPN levels' true scales (1 / stride).
+
+    torchvision infers them on the first call, from the feature height over the tallest image's
+    height rounded to a power of 2, and keeps them: when that first image is wide (on a square
+    canvas, 3:2 is enough) every later RoI is pooled at twice its scale. Set, they are also fixed
+    numbers in an exported graph rather than a function of the traced image.
+    """
+    from torchvision.ops.poolers import initLevelMapper
+
+    for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+        if pool is None or pool.scales is not None:
+            continue
+        levels = [strides[int(n)] for n in pool.featmap_names]
+        pool.scales = [1.0 / s for s in levels]
+        pool.map_levels = initLevelMapper(int(math.log2(levels[0])), int(math.log2(levels[-1])),
+                                          canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level)
 
 
 def build_detector(
@@ -248,6 +271,7 @@ def build_detector(
         )
     else:
         model = FasterRCNN(fpn, num_classes=None, **common, **detector_kwargs)
+    _fix_pool_scales(model, fpn.strides)
     if canvas:
         t = model.transform
         model.transform = CanvasRCNNTransform(canvas, t.image_mean, t.image_std, size_divisible=t.size_divisible)
