@@ -32,7 +32,7 @@ SRC = str(Path(botnet.__file__).resolve().parents[1])
 TINY = ["--limit-train", "256", "--limit-val", "64", "--epochs", "3", "--batch-size", "16", "--save-every-steps", "3",
         "--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-progress", "--no-plots",
         "--eval-every", "0", "--set", "train.log_every=1", "--threads", "1", "--deterministic", "--device", "cpu"]
-STEPS, SAVES = 24, 11  # 8 saves every 3 steps + 3 at the ends of epochs; the 11th is the last one
+STEPS, SAVES = 24, 12  # step 0's save, 8 every 3 steps, 3 at the ends of epochs: the 12th is the last
 needs_data = pytest.mark.skipif(fm._complete(fm.SYSTEM_DIR) is None, reason="Fashion-MNIST not installed")
 
 
@@ -195,7 +195,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_run_ends_bit_identical(ref
     ref = reference[0]
     seed = random.randrange(10**6)
     rng = random.Random(seed)
-    step, rank = rng.randrange(2, 17), rng.randrange(2)
+    step, rank = rng.randrange(1, 17), rng.randrange(2)  # at step 1 or 2 no save has been made yet but step 0's
     run = tmp_path / "run"
     if agents == 1:
         job = Job([["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]], _train_args(run), _env())
@@ -336,6 +336,24 @@ def test_each_worker_generation_agrees_on_a_fresh_key_prefix():
     second = generation(3, 0.5)
     assert len(set(first)) == 1 and len(set(second)) == 1 and all(first + second)
     assert first[0] != second[0]
+
+
+@needs_data
+def test_an_elastic_job_saves_before_it_writes_anything_else(tmp_path, monkeypatch):
+    """A job restarted before its first save must find a checkpoint of its own, not a folder holding a run
+    (config.json, metrics), which a new run refuses: under --max-restarts a run saves at step 0 first."""
+    from botnet.cli import main
+    from botnet.engine import checkpoint as ckpt
+    from botnet.engine.run_folder import existing_run_files
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    run, at_saves = tmp_path / "r", []
+    monkeypatch.setattr(ckpt, "fault_hook", lambda point: point == "done" and at_saves.append(
+        (ckpt.read_metadata(run / "last.safetensors")["step"], existing_run_files(run))))
+    assert main(["train", *SAME_MATH, "--max-steps", "2", "--output", str(run)]) == 0
+    assert at_saves[0] == (0, ["last.safetensors", "last.state.safetensors"])
+    assert at_saves[-1][0] == 2
 
 
 @needs_data

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 from botnet.engine import checkpoint as ckpt
-from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, gather_object, init_distributed,
-                                       reduce_dict, seed_everything)
+from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, elastic_launch, gather_object,
+                                       init_distributed, reduce_dict, seed_everything)
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.engine.log import get_logger
@@ -180,6 +180,11 @@ class Trainer:
             removed = clear_run_files(self.run_dir)
             if removed:
                 log.info(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.run_dir}")
+        if elastic_launch() and not self.resume:
+            # a checkpoint before any other file: a job restarted before its first save then resumes this one,
+            # where it would find a folder that "holds a run" and be refused
+            self.train_seconds = 0.0
+            self._save("last", self.start_epoch, 0)
         self.logger = MetricsLogger(self.run_dir, enabled=di.is_main, resume=bool(self.resume))
         self._announce()
         try:
