@@ -3,7 +3,9 @@
 Launch with ``torchrun --nproc_per_node=N -m botnet.cli train ...``; ``torchrun`` sets the
 environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` that :func:`init_distributed` reads. Without them everything runs as a single
-process (``DistInfo(rank=0, world_size=1, ...)``) and every helper here is a no-op.
+process (``DistInfo(rank=0, world_size=1, ...)``) and every helper here is a no-op. Under
+``torchrun --max-restarts`` each generation of workers takes a key prefix of its own in torchrun's
+store (:func:`_generation_store`), so restarted workers never meet the keys of the killed ones.
 
 Typical use (also from the detection trainer)::
 
