@@ -249,3 +249,33 @@ def test_a_held_folder_stops_a_torchrun_job_at_once(tmp_path):
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and f"run folder {run} is in use" in lines[0] and f"pid {os.getpid()}" in lines[0], \
         p.stdout[-2000:] + p.stderr[-2000:]
+
+
+def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path):
+    """A DataLoader worker is a fork of its run and used to inherit the lock's descriptor: with the run killed,
+    the orphaned worker kept the folder locked until it noticed (seconds), long enough for the run torchrun
+    restarts at once to be refused its own folder."""
+    run = tmp_path / "run"
+    rd, wr = os.pipe()
+    run_pid = os.fork()
+    if run_pid == 0:  # the run: takes the lock, forks its worker, is killed
+        try:
+            lock = RunFolderLock(run).acquire()  # noqa: F841 (held while the run lives)
+            worker = os.fork()
+            if worker == 0:
+                time.sleep(60)
+                os._exit(0)
+            os.write(wr, str(worker).encode())
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.close(wr)
+    os.waitpid(run_pid, 0)
+    worker = int(os.read(rd, 32) or 0)
+    os.close(rd)
+    assert worker
+    try:
+        os.kill(worker, 0)  # the worker outlives its run ...
+        with RunFolderLock(run):  # ... and the folder is free at once
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)

@@ -16,7 +16,9 @@ __all__ = ["ENGINE_FLAGS", "CLASSIFICATION_FLAGS", "DETECTION_FLAGS", "BOOL_FLAG
 # flag dest -> (config key, type, help); an absent flag (None) leaves the recipe's value
 ENGINE_FLAGS: dict[str, tuple[str, object, str]] = {
     "epochs": ("train.epochs", positive_float, "number of epochs (fractional allowed for classification)"),
-    "batch_size": ("data.batch_size", positive_int, "batch size per process (global batch = this x processes)"),
+    "batch_size": ("data.batch_size", positive_int, "batch size per process (global batch = this x accumulation "
+                                                    "steps x processes)"),
+    "accum_steps": ("train.accum_steps", positive_int, "gradient accumulation: batches per optimizer step"),
     "lr": ("optim.lr", nonneg_float, "peak learning rate (scaled by global batch / optim.lr_base_batch when set)"),
     "opt": ("optim.name", str, "optimizer name for timm's create_optimizer_v2: sgd, adamw, lamb, ..."),
     "weight_decay": ("optim.weight_decay", nonneg_float,
@@ -120,8 +122,8 @@ def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe
     g = p.add_argument_group("checkpoints")
     g.add_argument("--resume", metavar="RUN|CKPT", default=None,
                    help="continue a run exactly from RUN/last.safetensors (+ last.state.safetensors); 'auto' resumes "
-                        "the output folder when it holds a checkpoint. The run's saved config is used unless --config "
-                        "is given")
+                        "the output folder when it holds a checkpoint (the default under torchrun --max-restarts). The "
+                        "run's saved config is used unless --config is given")
     g.add_argument("--init-weights", metavar="CKPT", default=None,
                    help="start from these weights (same architecture; mismatching keys are listed and refused)")
     g.add_argument("--overwrite", action="store_true",
@@ -143,11 +145,21 @@ def _schema(task: str) -> dict:
 def config_from_args(args: argparse.Namespace, sources: dict[str, str] | None = None) -> dict:
     """Recipe (or, for ``--resume`` without ``--config``, the run's saved config) + flags + ``--set``.
 
-    ``--resume auto`` becomes the output folder when it holds a checkpoint, else nothing. ``sources``
-    (when given) receives, for each key a layer set, where its value came from (``--print-config``).
+    ``--resume auto`` becomes the output folder when it holds a checkpoint, else nothing; it is the default
+    under an elastic launch (``torchrun --max-restarts N``), whose restarted workers must continue the run.
+    ``sources`` (when given) receives, for each key a layer set, where its value came from (``--print-config``).
     """
     from botnet.engine.config import apply_overrides, find_recipe, merge, recipe_chain, set_by_path
+    from botnet.engine.distributed import elastic_launch
 
+    if elastic_launch():
+        if getattr(args, "overwrite", False):
+            from botnet.engine.run_folder import RunFolderError
+
+            raise RunFolderError("--overwrite cannot be used under torchrun --max-restarts: the restarted workers "
+                                 "would replace the run they are to continue; remove the old run (or choose another "
+                                 "--output) and launch without --overwrite")
+        args.resume = args.resume or "auto"
     schema = _schema(args.task)
     sources = {} if sources is None else sources
     meta, recipe = None, None

@@ -32,7 +32,9 @@ class ResumableSampler(DistributedSampler):
 
     ``set_epoch(e)`` then ``skip(n)`` drops this rank's first ``n`` samples of epoch ``e``'s
     order once, so a resumed run sees exactly the batches the uninterrupted run would have.
-    Works with ``num_replicas=1`` for single-process training.
+    Works with ``num_replicas=1`` for single-process training. The ranks interleave one order, so
+    ``k`` steps of a global batch ``G`` took its first ``k * G`` samples whatever the number of
+    processes: ``skip(k * G / num_replicas)`` continues it on another number of processes.
     """
 
     def __init__(self, *args, **kwargs):

@@ -376,7 +376,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
                     ema=None, scaler=None, epoch: int = 0, step: int = 0, arch: str | None = None,
                     model_kwargs: dict | None = None, class_names: list[str] | None = None,
                     extra: dict | None = None, config: dict | None = None,
-                    save_state: bool = True, rng: bool = True, task: str = "classification") -> Path:
+                    save_state: bool = True, rng: bool = True, task: str = "classification",
+                    rank_rng: list[dict[str, Any]] | None = None) -> Path:
     """Write ``path`` (safetensors weights) and, if ``save_state``, ``path.state.safetensors`` atomically.
 
     Args:
@@ -390,6 +391,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
         extra: JSON-serialisable dict (e.g. best accuracy, position inside the epoch).
         config: the full run config (JSON-serialisable).
         rng: store python/numpy/torch/CUDA RNG states for an exact resume.
+        rank_rng: under DDP, every rank's RNG states (rank order), so each rank continues its own stream.
 
     Only call this on the main rank.
     """
@@ -417,6 +419,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
         if not save_state:  # best.safetensors: one file, replaced atomically
             return atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=meta), point="weights")
         state = _training_state(save_id, epoch, step, extra, meta["arch"], optimizer, scheduler, ema, scaler, rng)
+        if rng and rank_rng:
+            state["rng_ranks"] = list(rank_rng)
         tensors, smeta = _state_payload(state, save_id)
         sizes.append(_payload_bytes(tensors, smeta))
         _save_pair(path, lambda tmp: save_file(weights, tmp, metadata=meta),
@@ -819,13 +823,15 @@ def _check_optimizer_fits(optimizer, sd: dict[str, Any], spath: Path, meta: dict
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *, optimizer=None,
-                    scheduler=None, ema=None, scaler=None, restore_rng: bool = True,
+                    scheduler=None, ema=None, scaler=None, restore_rng: bool = True, rank: int = 0,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint` for resuming.
 
     Loads the weights into ``model`` (strict, see :func:`load_weights`) and, from the
     ``.state.safetensors`` beside them, the optimizer, scheduler, EMA, scaler and RNG states for each
-    object given. Returns ``{"epoch", "step", "extra", "metadata"}``.
+    object given. The RNG states restored are those of rank ``rank`` when the save holds every rank's;
+    a rank the save has none for is left as it is (``rng_restored`` False). Returns ``{"epoch", "step",
+    "extra", "metadata", "rng_restored"}``.
 
     Raises:
         CheckpointError: a file is missing/corrupt, or the two files come from different saves.
@@ -858,11 +864,13 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
             except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
                 raise CheckpointError(f"training state {spath}: its {name} state does not fit this run's {name} "
                                       f"({_short(e)})") from None
-    if restore_rng and "rng" in state:
+    streams = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
+    restored = restore_rng and rank < len(streams)
+    if restored:
         try:
-            set_rng_state(state["rng"])
+            set_rng_state(streams[rank])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
             raise CheckpointError(f"training state {spath}: field rng cannot be restored ({_short(e)}); the file "
                                   f"is damaged") from None
     return {"epoch": state.get("epoch", 0), "step": state.get("step", 0), "extra": state.get("extra", {}),
-            "metadata": meta}
+            "metadata": meta, "rng_restored": restored}

@@ -52,6 +52,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 10,
         "max_steps": None,          # stop after this many optimizer steps
+        "accum_steps": 1,           # batches per optimizer step (global batch = batch_size x this x processes)
         "time_budget": None,        # wall-clock seconds for the run; then stop and evaluate
         "ema": False,
         "ema_decay": 0.9999,
@@ -433,6 +434,7 @@ def validate_engine_config(cfg: dict) -> dict:
     check_typed(cfg, "output.dir", Str(min_len=1, nullable=True))
     _num(cfg, "train.epochs", low=0, low_open=True)
     _num(cfg, "train.max_steps", kind=int, low=1, optional=True)
+    _num(cfg, "train.accum_steps", kind=int, low=1)
     _num(cfg, "train.time_budget", low=0, low_open=True, optional=True)
     _num(cfg, "train.ema_decay", low=0, high=1)
     _num(cfg, "train.grad_clip", low=0, low_open=True, optional=True)

@@ -3,7 +3,9 @@
 Launch with ``torchrun --nproc_per_node=N -m botnet.cli train ...``; ``torchrun`` sets the
 environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` that :func:`init_distributed` reads. Without them everything runs as a single
-process (``DistInfo(rank=0, world_size=1, ...)``) and every helper here is a no-op.
+process (``DistInfo(rank=0, world_size=1, ...)``) and every helper here is a no-op. Under
+``torchrun --max-restarts`` each generation of workers takes a key prefix of its own in torchrun's
+store (:func:`_generation_store`), so restarted workers never meet the keys of the killed ones.
 
 Typical use (also from the detection trainer)::
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +42,9 @@ __all__ = [
     "all_reduce_mean",
     "reduce_dict",
     "all_gather_object",
+    "gather_object",
     "broadcast_object",
+    "elastic_launch",
     "any_rank_true",
     "cleanup",
     "seed_everything",
@@ -112,6 +118,9 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
         kwargs: dict[str, Any] = {}
         if dev.type == "cuda" and backend == "nccl":
             kwargs["device_id"] = dev
+        store = _generation_store(rank, world_size, timeout_s)
+        if store is not None:
+            kwargs["store"] = store
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     if dist.is_initialized():
@@ -119,6 +128,57 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     _INFO = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
                      is_main=(rank == 0))
     return _INFO
+
+
+_HANDSHAKE = "botnet/elastic/"
+
+
+def _generation_store(rank: int, world_size: int, timeout_s: float):
+    """A key space of its own for this generation of workers in torchrun's shared store (None: not under one).
+
+    torchrun's c10d rendezvous hands its workers the agent's own TCPStore (``TORCHELASTIC_USE_AGENT_STORE``)
+    and keeps that store, at the same port, across restarts. The process group of the killed generation left its
+    keys there (each rank's gloo/NCCL address); restarted workers read them at once and connect to dead
+    processes: "connectFullMesh ... connection refused", or a hang. The restart counter cannot name the
+    generation, since each agent counts its own restarts. So rank 0 draws a fresh token and hands it to every
+    rank through keys no earlier generation can have written.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not os.environ.get("MASTER_PORT"):
+        return None
+    timeout = datetime.timedelta(seconds=timeout_s)
+    client = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
+                           is_master=False, timeout=timeout)
+    token = _agree_on_token(client, rank, world_size, timeout_s)
+    return dist.PrefixStore(f"{_HANDSHAKE}gen/{token}/", client)
+
+
+def _agree_on_token(store, rank: int, world_size: int, timeout_s: float) -> str:
+    """Rank 0 answers each rank's fresh nonce with its fresh token until every rank confirms under that token.
+
+    Rank r writes ``req/r = nonce`` and waits for ``ack/<nonce>``; a stale ``req/r`` of a dead worker gets
+    an answer nobody reads, and the live one's is answered as soon as its nonce appears."""
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"{_HANDSHAKE}req/{rank}", nonce)
+        store.wait([f"{_HANDSHAKE}ack/{nonce}"])
+        token = store.get(f"{_HANDSHAKE}ack/{nonce}").decode()
+        store.set(f"{_HANDSHAKE}done/{token}/{rank}", "1")
+        return token
+    token, served = uuid.uuid4().hex, {}
+    pending, deadline = set(range(1, world_size)), time.monotonic() + timeout_s
+    while pending:
+        for r in sorted(pending):
+            if store.check([f"{_HANDSHAKE}done/{token}/{r}"]):
+                pending.discard(r)
+            elif store.check([f"{_HANDSHAKE}req/{r}"]):
+                nonce = store.get(f"{_HANDSHAKE}req/{r}")
+                if served.get(r) != nonce:
+                    store.set(f"{_HANDSHAKE}ack/{nonce.decode()}", token)
+                    served[r] = nonce
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"ranks {sorted(pending)[:8]} did not join within {timeout_s:.0f} s")
+        time.sleep(0.01 if pending else 0)
+    return token
 
 
 def get_dist_info() -> DistInfo:
@@ -189,6 +249,22 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's picklable ``obj`` as a list on rank ``dst`` (None elsewhere; ``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    rank = dist.get_rank()
+    out: list[Any] | None = [None] * dist.get_world_size() if rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def elastic_launch() -> bool:
+    """True under ``torchrun --max-restarts N`` with N > 0: torchrun restarts a failed worker group, and the new
+    workers must continue the run (``--resume auto`` is their default)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and _env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 
 from botnet.errors import ConfigError
@@ -101,6 +102,23 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
+_HELD: "weakref.WeakSet[RunFolderLock]" = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) closes its copy of a held lock's descriptor. Else, when the run is
+    killed, the child's copy keeps the ``flock`` until the child notices and exits (seconds), and the run that
+    ``torchrun --max-restarts`` starts at once finds its own folder busy. The parent's lock is not affected."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None  # and the child never removes the lock file
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class RunFolderLock:
     """An exclusive ``flock`` on ``FOLDER/.botnet.lock``; :meth:`release` removes the file again.
 
@@ -134,6 +152,7 @@ class RunFolderLock:
                 same = False
             if same:
                 self.fd = fd
+                _HELD.add(self)
                 self._write_holder()
                 return self
             os.close(fd)  # the previous holder removed the file after we opened it: take the new one

@@ -25,7 +25,8 @@ _BEST = Dict({"value": Num(finite=False, nullable=True), "which": Str(nullable=T
 
 
 EXTRA = Dict({"epoch": Int(low=0), "batch_in_epoch": Int(low=0), "best": _BEST, "train_seconds": Num(low=0),
-              "weights": Str(), "val": Dict(nullable=True), "class_names": List(Str(), nullable=True)})
+              "weights": Str(), "val": Dict(nullable=True), "class_names": List(Str(), nullable=True),
+              "world_size": Int(low=1), "global_batch": Int(low=1)})
 
 METADATA = Dict({
     "format": Str(), "task": Str(min_len=1), "save_id": Str(), "arch": Str(min_len=1),
@@ -44,6 +45,8 @@ _OPT_STATE = Dict({
                          what="a non-empty list of parameter groups"),
 }, what="an optimizer state")
 
+_RNG = Dict({"python": _PY_RNG, "numpy": _NP_RNG, "torch": _BYTES, "cuda": List(_BYTES)}, what="RNG states")
+
 TRAINING_STATE = Dict({
     "save_id": Str(), "epoch": Int(low=0), "step": Int(low=0), "arch": Str(), "extra": EXTRA,
     "optimizer": _OPT_STATE,
@@ -51,7 +54,8 @@ TRAINING_STATE = Dict({
                        "sched": Dict()}),
     "ema": Dict(item=Tensor()),
     "scaler": Dict(),
-    "rng": Dict({"python": _PY_RNG, "numpy": _NP_RNG, "torch": _BYTES, "cuda": List(_BYTES)}),
+    "rng": _RNG,
+    "rng_ranks": List(_RNG, what="a list of RNG states, one per rank"),
 })
 
 

@@ -24,14 +24,15 @@ import torch
 import torch.nn as nn
 
 from botnet.engine import checkpoint as ckpt
-from botnet.engine.distributed import DistInfo, barrier, cleanup, init_distributed, reduce_dict, seed_everything
+from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, elastic_launch, gather_object,
+                                       init_distributed, reduce_dict, seed_everything)
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.engine.log import get_logger, progress_enabled
 from botnet.engine.logger import MetricsLogger
-from botnet.engine.task import Task, TaskSetup
+from botnet.engine.task import StepOutput, Task, TaskSetup
 
-__all__ = ["Trainer", "autocast", "run_dir_of", "train"]
+__all__ = ["Trainer", "autocast", "fit_global_batch", "run_dir_of", "train"]
 
 log = get_logger("engine")
 
@@ -63,6 +64,23 @@ def _write_json(path: Path, data: dict) -> None:
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")}
+
+
+def fit_global_batch(global_batch: int, world_size: int, max_batch: int, what: str = "run") -> tuple[int, int]:
+    """``(batch per process, accumulation steps)`` whose product with ``world_size`` is ``global_batch``, the batch
+    no larger than ``max_batch`` and the accumulation steps as few as that allows. Raises ``ConfigError`` when
+    ``global_batch`` does not split evenly over ``world_size`` processes."""
+    if global_batch % world_size:
+        from botnet.errors import ConfigError
+
+        ok = [n for n in range(1, min(global_batch, 64) + 1) if global_batch % n == 0]
+        raise ConfigError(f"cannot {what} on {world_size} processes: its global batch of {global_batch} does not "
+                          f"split evenly over them; use {', '.join(map(str, ok))} processes")
+    per = global_batch // world_size
+    accum = -(-per // max(int(max_batch), 1))
+    while per % accum:
+        accum += 1
+    return per // accum, accum
 
 
 def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: DistInfo | None = None,
@@ -142,9 +160,18 @@ class Trainer:
                                                        di.world_size).items():
             if di.is_main:
                 log.info(f"{key}: {was} -> {now} on {di.device.type}")
+        if self.resume:
+            self._keep_global_batch()
         self.setup = self.task.setup(self.cfg, di)
         self._build()
-        if self.resume and self._restore():
+        finished = bool(self.resume) and self._restore()
+        # a run killed between its last save and its summary (e.g. an elastic restart then) still gets its final
+        # evaluation; one that has its summary is left as it is
+        if finished and broadcast_object((self.run_dir / "summary.json").is_file()):
+            if di.is_main:
+                log.info(f"run {self.run_dir} is already finished ({self.step} steps = {self.step / self.spe:g} epochs "
+                         f"of {self.spe} steps); nothing was changed. To train longer, start a new run from its "
+                         f"weights: --init-weights {self.resume_path} --output NEW_DIR")
             return {"status": "already_finished", "steps": self.step, "epochs": float(tc["epochs"]),
                     "run_dir": str(self.run_dir)}
         self._wrap()
@@ -154,10 +181,15 @@ class Trainer:
             removed = clear_run_files(self.run_dir)
             if removed:
                 log.info(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.run_dir}")
+        if elastic_launch() and not self.resume:
+            # a checkpoint before any other file: a job restarted before its first save then resumes this one,
+            # where it would find a folder that "holds a run" and be refused
+            self.train_seconds = 0.0
+            self._save("last", self.start_epoch, 0)
         self.logger = MetricsLogger(self.run_dir, enabled=di.is_main, resume=bool(self.resume))
         self._announce()
         try:
-            status = self._loop()
+            status = self._loop(finished)
         except NonFiniteLossError:
             self.logger.close()
             raise
@@ -186,10 +218,11 @@ class Trainer:
         from botnet.engine.schedule import build_scheduler
 
         oc = cfg["optim"]
-        self.global_batch = int(cfg["data"]["batch_size"]) * di.world_size
+        self.accum = int(tc.get("accum_steps") or 1)
+        self.global_batch = int(cfg["data"]["batch_size"]) * self.accum * di.world_size
         lr = float(oc["lr"]) * (self.global_batch / float(oc["lr_base_batch"]) if oc.get("lr_base_batch") else 1.0)
         self.optimizer = build_optimizer(model, oc, lr)
-        self.spe = len(s.train_loader)
+        self.spe = len(s.train_loader) // self.accum  # optimizer steps per epoch: floor(items / global batch)
         self.epochs = float(tc["epochs"])
         self.planned_steps = int(round(self.epochs * self.spe))
         self.scheduler = build_scheduler(self.optimizer, cfg["sched"], self.spe, self.epochs)
@@ -204,10 +237,30 @@ class Trainer:
         self.best: dict[str, Any] = {"value": -math.inf, "which": None, "step": 0, "metric": self.task.key_metric}
         self.history_seconds = 0.0
 
+    def _keep_global_batch(self) -> None:
+        """A run resumed on another number of processes keeps the global batch it was saved with: the
+        per-process batch and the accumulation steps are refitted (the batch never above ``data.batch_size``),
+        so the steps, the schedule and the order of the samples stay those of the run (docs/classification.md)."""
+        ex = (getattr(self, "resume_meta", None) or {}).get("extra") or {}
+        saved, was = ex.get("global_batch"), ex.get("world_size")
+        world, batch = self.di.world_size, int(self.cfg["data"]["batch_size"])
+        accum = int(self.tc.get("accum_steps") or 1)
+        if not saved or was == world or batch * accum * world == saved:
+            return  # same processes (a batch given anew is the user's), or a checkpoint older than these fields
+        batch, accum = fit_global_batch(saved, world, batch, what=f"resume {self.run_dir}")
+        self.cfg["data"]["batch_size"], self.tc["accum_steps"] = batch, accum
+        if self.di.is_main:
+            log.info(f"resuming on {world} process(es) (saved on {was}): global batch {saved} kept as {world} x "
+                     f"batch {batch} x {accum} accumulation step(s)")
+
     def _restore(self) -> bool:
-        """Load the checkpoint to resume; True when that run is already finished (nothing is touched)."""
+        """Load the checkpoint to resume; True when all of that run's steps are done."""
         st = ckpt.load_checkpoint(self.resume_path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  ema=self.ema, scaler=self.scaler if self.scaler.is_enabled() else None)
+                                  ema=self.ema, scaler=self.scaler if self.scaler.is_enabled() else None,
+                                  rank=self.di.rank)
+        if not st["rng_restored"]:  # a rank the save had no stream for (more processes now): a seeded one
+            seed_everything(int(self.tc["seed"]) + int(st["step"]), self.di.rank,
+                            deterministic=bool(self.tc["deterministic"]))
         ex = st["extra"]
         self.start_epoch, self.step = int(ex.get("epoch", st["epoch"])), int(st["step"])
         self.skip_batches = int(ex.get("batch_in_epoch", 0))
@@ -219,11 +272,8 @@ class Trainer:
                 f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
                 f"data changed since the save: resume with the same data, or start from its weights with "
                 f"--init-weights {self.resume_path}")
-        if self.step >= self.planned_steps:
-            if self.di.is_main:
-                log.info(f"run {self.run_dir} is already finished ({self.step} steps = {self.epochs:g} epochs of "
-                         f"{self.spe} steps); nothing was changed. To train longer, start a new run from its "
-                         f"weights: --init-weights {self.resume_path} --output NEW_DIR")
+        max_steps = int(self.tc["max_steps"] or 0)
+        if self.step >= self.planned_steps or (max_steps and self.step >= max_steps):
             return True
         if self.di.is_main:
             log.info(f"resumed from {self.resume_path}: epoch {self.start_epoch}, step {self.step}"
@@ -249,7 +299,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"{self.task.name}: {s.arch} ({n_params / 1e6:.3f} M parameters) | "
                  f"{len(s.train_loader.dataset)} train / {s.num_val} val items | {di.world_size} process(es) x batch "
-                 f"{self.cfg['data']['batch_size']} | {self.spe} steps/epoch | device {di.device} | run dir "
+                 f"{self.cfg['data']['batch_size']}{f' x {self.accum} accumulation steps' if self.accum > 1 else ''} | "
+                 f"{self.spe} steps/epoch | device {di.device} | run dir "
                  f"{self.run_dir}")
         if s.skipped_train:
             log.warning(f"left out {len(s.skipped_train)} unreadable training file(s), e.g. {s.skipped_train[0]}")
@@ -257,10 +308,14 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and evaluation
     def _save(self, name: str, epoch_idx: int, batch_in_epoch: int, weights_only: nn.Module | None = None,
               extra_more: dict | None = None) -> None:
+        rank_rng = None
+        if weights_only is None and self.di.distributed:  # every rank calls a resumable save: each keeps its stream
+            rank_rng = gather_object(ckpt.get_rng_state())
         if not self.di.is_main:
             return
         extra = {"epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, "best": self.best,
-                 "train_seconds": self.history_seconds + self.train_seconds, **self.setup.meta, **(extra_more or {})}
+                 "train_seconds": self.history_seconds + self.train_seconds, "world_size": self.di.world_size,
+                 "global_batch": self.global_batch, **self.setup.meta, **(extra_more or {})}
         common = dict(epoch=epoch_idx, step=self.step, arch=self.setup.arch, model_kwargs=self.setup.model_kwargs,
                       class_names=self.setup.class_names, config=self.cfg, extra=extra, task=self.task.name)
         path = self.run_dir / f"{name}.safetensors"
@@ -268,7 +323,7 @@ class Trainer:
             ckpt.save_checkpoint(path, weights_only, save_state=False, **common)
         else:
             ckpt.save_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema,
-                                 scaler=self.scaler if self.scaler.is_enabled() else None, **common)
+                                 scaler=self.scaler if self.scaler.is_enabled() else None, rank_rng=rank_rng, **common)
 
     def _evaluate(self, epoch_value: float) -> dict[str, dict[str, Any]]:
         t0 = time.monotonic()
@@ -297,7 +352,8 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the loop
-    def _loop(self) -> str:
+    def _loop(self, finished: bool = False) -> str:
+        """The epochs; ``finished``: every step was done before a restart, only the final evaluation is left."""
         from botnet.engine.budget import BudgetFitter
 
         tc = self.tc
@@ -317,6 +373,8 @@ class Trainer:
         if self.di.device.type == "cpu":
             self._cpu_threads()
         status = "completed"
+        if finished:
+            return status if self.step >= self.planned_steps else "max_steps"
         with GracefulInterrupt() as interrupt:
             self.interrupt = interrupt
             for epoch in range(self.start_epoch, math.ceil(self.epochs)):
@@ -356,7 +414,9 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         batch_in_epoch = 0
         if self.skip_batches:
-            loader.sampler.skip(self.skip_batches * int(self.cfg["data"]["batch_size"]))
+            # this rank's share of the samples the run's steps took (global batch / processes each): the same
+            # place in the epoch's order on any number of processes (ResumableSampler)
+            loader.sampler.skip(self.skip_batches * self.accum * int(self.cfg["data"]["batch_size"]))
             batch_in_epoch, self.skip_batches = self.skip_batches, 0
         self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
         _set_train_mode(self.train_model, bool(tc["freeze_bn"]))
@@ -364,13 +424,20 @@ class Trainer:
                         dynamic_ncols=True, disable=not self.show_bar, leave=di.is_main)
         self.meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}
         self.window = {"t": time.monotonic(), "n": 0, "loss": 0.0}
-        reason = None
+        reason, micro = None, 0
         for batch in loader:
-            t_step = time.monotonic()
-            out = self.task.train_step(self.train_model, batch, di.device, self.setup)
-            if out is None:
+            if micro == 0:
+                t_step = time.monotonic()
+            with self._grad_sync(micro + 1 == self.accum):  # DDP reduces the gradients once per step
+                out = self.task.train_step(self.train_model, batch, di.device, self.setup)
+                if out is None:
+                    continue
+                self.skipped += out.skipped
+                micro += 1
+                out = self._backward(out, micro)
+            if micro < self.accum:
                 continue
-            self.skipped += out.skipped
+            micro = 0
             reason = self._optimizer_step(out, epoch, t_step)
             batch_in_epoch += 1
             self._after_step(out, epoch, batch_in_epoch, t_step)
@@ -384,10 +451,38 @@ class Trainer:
             self.logger.log(rec, step=self.step, phase="train_epoch", epoch=round(epoch + batch_in_epoch / self.spe, 4))
         return reason, batch_in_epoch
 
-    def _optimizer_step(self, out, epoch: int, t_step: float) -> str | None:
-        """Backward and update; the stop decision (Ctrl-C, budget, max steps) is taken on every rank alike."""
+    def _grad_sync(self, sync: bool):
+        """DDP's ``no_sync`` for the batches of a step but its last (nothing to do in a single process)."""
+        ddp = getattr(self.train_model, "_orig_mod", self.train_model)
+        if sync or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    def _backward(self, out: StepOutput, micro: int) -> StepOutput:
+        """Backward of one batch of the step (``micro`` = 1 .. accum): the gradients add up to those of the mean
+        loss over the step's batches; returns the step's counts (the batch itself when there is no accumulation)."""
         loss = out.losses["loss"]
-        self._loss_value = loss_v = float(loss.detach().float())
+        loss_v = float(loss.detach().float())
+        if micro == 1:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss / self.accum if self.accum > 1 else loss).backward()
+        if self.accum == 1:
+            self._loss_value = loss_v
+            return out
+        if micro == 1:
+            self._acc = {"loss": 0.0, "n": 0, "correct": 0 if out.correct is not None else None}
+        acc = self._acc
+        acc["loss"] += loss_v
+        acc["n"] += out.batch_size
+        if acc["correct"] is not None and out.correct is not None:
+            acc["correct"] += out.correct
+        self._loss_value = acc["loss"] / self.accum  # NaN / inf in any batch stays in the mean
+        return StepOutput(out.losses, batch_size=acc["n"], correct=acc["correct"])
+
+    def _optimizer_step(self, out, epoch: int, t_step: float) -> str | None:
+        """The update after the step's backward passes; the stop decision (Ctrl-C, budget, max steps) is taken on
+        every rank alike."""
+        loss_v = self._loss_value
         flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested),
                  "budget": float(self.budget is not None and self.budget.exhausted())}
         if self.di.distributed:
@@ -395,8 +490,6 @@ class Trainer:
         if flags["nonfinite"]:
             self._nonfinite(loss_v, epoch)
         opt, scaler = self.optimizer, self.scaler
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         if self.tc["grad_clip"]:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tc["grad_clip"]))
