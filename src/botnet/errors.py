@@ -7,7 +7,7 @@ traceback. Any other exception is a bug in botnet and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["UserInputError", "ConfigError", "resolve_device"]
+__all__ = ["UserInputError", "ConfigError", "CheckpointError", "resolve_device", "one_line"]
 
 
 class UserInputError(Exception):
@@ -16,6 +16,15 @@ class UserInputError(Exception):
 
 class ConfigError(UserInputError, ValueError):
     """A config value or command-line option is out of range or unknown."""
+
+
+class CheckpointError(UserInputError, RuntimeError):
+    """A checkpoint is missing, unreadable or inconsistent."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (library messages may span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def resolve_device(spec: str | None) -> "torch.device":  # noqa: F821

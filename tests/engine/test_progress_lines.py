@@ -13,7 +13,7 @@ import pytest
 import botnet.engine.budget as budget_mod
 from botnet.data import fashion_mnist as fm
 from botnet.engine import Trainer
-from botnet.engine.log import progress_enabled
+from botnet.log import progress_enabled
 from test_trainer import Regression, _cfg
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

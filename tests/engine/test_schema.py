@@ -11,7 +11,7 @@ import torch
 import botnet
 from botnet.engine import checkpoint as ckpt
 from botnet.errors import UserInputError
-from botnet.hub.source import PublishedModelError, read_config
+from botnet.hub import PublishedModelError, read_config
 from botnet.validation import (MAX_JSON_DEPTH, AnyOf, Dict, Int, List, Num, Str, json_depth, loads_json, problem,
                                validate)
 from helpers import rewrite_safetensors, set_extra

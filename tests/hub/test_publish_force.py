@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from botnet.cli import main
-from botnet.engine import dirswap
+from botnet.io import dirswap
 from helpers import assert_one_line_error, run, tree
 
 

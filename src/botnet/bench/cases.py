@@ -107,9 +107,9 @@ def _build_module(cfg: dict) -> nn.Module:
             return theirs
     torch.manual_seed(cfg["seed"])
     if kind == "botnet":
-        import botnet
+        from botnet.models import create_model
 
-        return botnet.create_model(name, **cfg.get("model_kwargs", {}))
+        return create_model(name, **cfg.get("model_kwargs", {}))
     if kind == "tv":
         import torchvision
 

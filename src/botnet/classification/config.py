@@ -149,10 +149,10 @@ def _attention_grids(arch: str, kw: dict, size) -> list[tuple[tuple[int, int], s
     """(H, W) tokens and position kind of each BoT block's attention when ``arch`` sees ``size`` px."""
     import torch
 
-    import botnet
+    from botnet.models import create_model
 
     with torch.device("meta"):  # the grids come from the constructor: no memory, no compute
-        model = botnet.create_model(arch, **{**kw, "img_size": size})
+        model = create_model(arch, **{**kw, "img_size": size})
     layers = model.attention_layers() if hasattr(model, "attention_layers") else []
     return [(tuple(mod.feat_size), mod.pos) for _, mod in layers]
 

@@ -33,9 +33,9 @@ def _unpack(batch):
 
 
 def _build_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    import botnet
+    from botnet.models import create_model
 
-    return botnet.create_model(arch, **kwargs)
+    return create_model(arch, **kwargs)
 
 
 class ClassificationTask(Task):
@@ -57,7 +57,7 @@ class ClassificationTask(Task):
         dc = cfg["data"]
         warning = attention_grid_warning(cfg) if dist.is_main else None  # before the data is read
         if warning:
-            from botnet.engine.log import get_logger
+            from botnet.log import get_logger
 
             get_logger("classification").warning(warning)
         train_ds, val_ds, info = build_datasets(cfg, train=True, val=True)
@@ -156,7 +156,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
     from tqdm import tqdm
 
     from botnet.engine.distributed import all_reduce_tensor, get_dist_info, is_distributed, reduce_dict
-    from botnet.engine.log import progress_enabled
+    from botnet.log import progress_enabled
     from botnet.engine.trainer import autocast
 
     model.eval()

@@ -12,6 +12,8 @@ import importlib
 import pkgutil
 import sys
 
+from botnet.errors import one_line
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse whose errors are one line (``error: ...``, exit code 2) naming the command's help."""
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from botnet.engine.devices import set_command_line
-    from botnet.engine.log import setup_cli_logging
     from botnet.errors import UserInputError
+    from botnet.log import setup_cli_logging
 
     setup_cli_logging()
     set_command_line(["botnet", *(sys.argv[1:] if argv is None else argv)])  # runs record how they were started
@@ -94,11 +96,6 @@ def out_of_memory_line(e: BaseException) -> str | None:
         size = f" of {m.group(1)}" if m else ""
     return (f"out of memory: an allocation{size} failed ({type(e).__name__}); lower --batch-size, --img-size "
             f"(or --scale for detect predict), or use a machine with more memory")
-
-
-def one_line(e: BaseException) -> str:
-    """An error message on one line (library messages may span several)."""
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,10 +53,10 @@ def _build(args: argparse.Namespace):
     """The model to export: rebuilt from a botnet checkpoint, or MODEL (+ a .pt/.pth state dict)."""
     from pathlib import Path
 
-    import botnet
     from botnet.engine import checkpoint as ckpt
     from botnet.engine.rebuild import load_model
     from botnet.errors import ConfigError
+    from botnet.models import create_model
 
     p = Path(args.checkpoint) if args.checkpoint else None
     if p is not None and p.suffix not in (".pt", ".pth", ".bin"):
@@ -79,7 +79,7 @@ def _build(args: argparse.Namespace):
     if state is not None and "conv1.weight" in state and "in_chans" not in kwargs:
         kwargs["in_chans"] = state["conv1.weight"].shape[1]
     try:
-        model = botnet.create_model(args.model, **kwargs)
+        model = create_model(args.model, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {args.model!r}: {' '.join(str(e).split())}") from None
     if state is not None:

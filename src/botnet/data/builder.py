@@ -191,8 +191,8 @@ def num_workers(cfg: dict, world_size: int = 1) -> int:
     ``num_workers: 48`` from another machine would start 48 processes here)."""
     import os
 
-    from botnet.engine.devices import resolve_num_workers
-    from botnet.engine.log import get_logger
+    from botnet.data.workers import resolve_num_workers
+    from botnet.log import get_logger
 
     nw = resolve_num_workers(cfg["data"]["num_workers"], world_size=world_size)
     try:
@@ -217,7 +217,7 @@ def _collate(cfg: dict):
 def build_train_loader(ds: Dataset, cfg: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled, drop-last loader over this rank's shard (``ResumableSampler``, seeded by ``train.seed``)."""
     from botnet.data.shard_stream import ShardSplit, shard_train_loader
-    from botnet.engine.distributed import seed_worker
+    from botnet.data.workers import seed_worker
 
     if isinstance(ds, ShardSplit):  # tar shards: the stream plans each rank's and worker's part itself
         return shard_train_loader(ds, cfg, rank, world_size, num_workers(cfg, world_size), _collate(cfg))

@@ -229,7 +229,7 @@ def scan_image_files(paths: list[str], *, progress: bool = True, desc: str = "ch
 
     from tqdm import tqdm
 
-    from botnet.engine.log import progress_enabled
+    from botnet.log import progress_enabled
 
     bad: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as ex:

@@ -171,7 +171,7 @@ def _write_split(out_dir: str, split: str, num: int, cfg: MosaicConfig, images, 
     split_code = {"train": 0, "val": 1}[split]
     coco_images, coco_anns = [], []
     it = range(num)
-    from botnet.engine.log import progress_enabled
+    from botnet.log import progress_enabled
 
     if progress_enabled(progress):  # a bar on a terminal only, never into a log file
         from tqdm import tqdm
@@ -309,7 +309,7 @@ def generate_fashion_mosaic(
     if state == "reuse":
         stamp = _read_json(os.path.join(out_dir, _STAMP)) or {"settings": asdict(cfg)}
         return {**stamp, "reused": True}
-    from botnet.engine.checkpoint import check_output_dir
+    from botnet.io.folders import check_output_dir
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     check_output_dir(parent, f"the folder of {what}")
@@ -333,9 +333,9 @@ def _write_set(tmp: str, out_dir: str, cfg: MosaicConfig, source: str | None, pr
         summary[split]["instances_json"] = mosaic_paths(out_dir, split)[1]  # its final place, not the temporary one
     with open(os.path.join(tmp, _STAMP), "w") as f:
         json.dump(summary, f, indent=1)
-    import botnet
+    from botnet import __version__
 
-    marker = {"generator": GENERATOR, "botnet_version": botnet.__version__, "settings": asdict(cfg)}
+    marker = {"generator": GENERATOR, "botnet_version": __version__, "settings": asdict(cfg)}
     with open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(marker, f, indent=1)
     umask = os.umask(0)
@@ -345,7 +345,7 @@ def _write_set(tmp: str, out_dir: str, cfg: MosaicConfig, source: str | None, pr
 
 
 def _swap(tmp: str, out_dir: str, state: str) -> None:
-    from botnet.engine.dirswap import swap_into_place
+    from botnet.io.dirswap import swap_into_place
 
     now, _ = folder_state(out_dir)
     if now != state or now not in ("missing", "empty", "generated"):  # changed while generating
@@ -379,7 +379,7 @@ def _foreign_file(d: str) -> str | None:
 
 def _remove_set(d: str) -> None:
     """Remove the files the generator writes (and nothing else) from a folder it wrote."""
-    from botnet.engine.dirswap import remove_written
+    from botnet.io.dirswap import remove_written
 
     if not os.path.isdir(d):
         return

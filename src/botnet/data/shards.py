@@ -12,7 +12,7 @@ shards are a few large files read front to back. Layout written by :func:`write_
     OUT/.botnet-generated.json    the marker (written last): botnet wrote this folder, from which source
 
 The shards are written with webdataset's ``ShardWriter`` into a temporary folder beside OUT, then
-swapped into place (:mod:`botnet.engine.dirswap`). OUT must be new or empty, or hold shards botnet
+swapped into place (:mod:`botnet.io.dirswap`). OUT must be new or empty, or hold shards botnet
 wrote (replaced only with ``overwrite``); nothing else is ever written into or deleted. Reading is
 :mod:`botnet.data.shard_stream`.
 """
@@ -110,7 +110,7 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, *, splits: tupl
     _check_args(src, out, splits, max_count, max_size)
     state = _check_out(out, overwrite)
     samples, classes, bad = _collect(src, splits, skip_bad, progress)
-    from botnet.engine.checkpoint import check_output_dir
+    from botnet.io.folders import check_output_dir
 
     parent = out.absolute().parent
     check_output_dir(str(parent), "the folder of OUT")
@@ -235,10 +235,10 @@ def _fsync(fname: str) -> str:
 
 def _finish(tmp: Path, info: dict, src: Path, settings: dict) -> None:
     """The index, then the marker, last: a folder without the marker is never taken as botnet's."""
-    import botnet
+    from botnet import __version__
 
     (tmp / INDEX).write_text(json.dumps(info, indent=1) + "\n")
-    marker = {"generator": GENERATOR, "botnet_version": botnet.__version__, "source": str(src.resolve()),
+    marker = {"generator": GENERATOR, "botnet_version": __version__, "source": str(src.resolve()),
               "settings": settings}
     (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     umask = os.umask(0)
@@ -247,7 +247,7 @@ def _finish(tmp: Path, info: dict, src: Path, settings: dict) -> None:
 
 
 def _swap(tmp: Path, out: Path, state: str) -> None:
-    from botnet.engine.dirswap import swap_into_place
+    from botnet.io.dirswap import swap_into_place
 
     now = _folder_state(out)
     if now != state:  # the folder changed while the shards were written
@@ -270,7 +270,7 @@ def _foreign_file(d: Path) -> str | None:
 
 
 def _remove_shards(d: Path) -> None:
-    from botnet.engine.dirswap import remove_written
+    from botnet.io.dirswap import remove_written
 
     if Path(d).is_dir():
         remove_written(d, _written_names(Path(d)))

@@ -45,7 +45,7 @@ def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "py
     net.eval()
     results, seen = [], set()
     it = loader
-    from botnet.engine.log import progress_enabled
+    from botnet.log import progress_enabled
 
     if info.is_main and progress_enabled(progress):  # a bar on a terminal only, never into a log file
         from tqdm import tqdm

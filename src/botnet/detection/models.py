@@ -113,18 +113,19 @@ def botnet_fpn_backbone(
     in the model's timm-style ``feature_info`` (level 0 is the stem, not used by the FPN).
     ``model_kwargs`` go to ``create_model`` (architecture overrides, e.g. ``layers=(1, 1, 1, 3)``).
     """
-    import botnet
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    from botnet.models import create_model, load_resnet_weights
 
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
     if norm not in ("bn", "frozen", "sync"):
         raise ValueError(f"norm must be 'bn', 'frozen' or 'sync', got {norm!r}")
-    model = botnet.create_model(backbone, num_classes=0, img_size=img_size, **model_kwargs)
+    model = create_model(backbone, num_classes=0, img_size=img_size, **model_kwargs)
     if backbone_weights:
-        report = botnet.load_resnet_weights(model, backbone_weights, verbose=False)  # logged once, below
-        from botnet.engine.log import get_logger
+        report = load_resnet_weights(model, backbone_weights, verbose=False)  # logged once, below
+        from botnet.log import get_logger
 
         get_logger("detection").info(f"backbone weights {backbone_weights}: {report}")
     if norm == "frozen":

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from botnet.detection.config import DETECTION_DEFAULTS, detector_kwargs, validate_detection_config
-from botnet.engine.log import get_logger
+from botnet.log import get_logger
 from botnet.engine.task import StepOutput, Task, TaskSetup
 
 __all__ = ["DetectionTask", "data_paths", "build_datasets", "build_detector_from_kwargs", "train", "check_data_root"]
@@ -131,7 +131,8 @@ class DetectionTask(Task):
         from botnet.data.coco import detection_collate
         from botnet.data.errors import DataError
         from botnet.detection.models import build_detector
-        from botnet.engine.distributed import barrier, seed_worker
+        from botnet.data.workers import seed_worker
+        from botnet.engine.distributed import barrier
 
         if dist.is_main:
             data_paths(cfg, generate=True)  # generate the mosaic once, on rank 0

@@ -52,9 +52,14 @@ from typing import Any, Callable
 
 import torch
 
-from botnet.engine.dirswap import fsync_dir
-from botnet.engine.log import get_logger
-from botnet.errors import UserInputError
+from botnet.errors import CheckpointError
+from botnet.io.dirswap import fsync_dir
+from botnet.io.weights import (LEGACY_STATE_SUFFIX, STATE_SUFFIX, WEIGHTS_SUFFIX, CheckpointMismatchError,
+                               check_state_dict, read_weights_file, resolve_checkpoint, unwrap_model)
+from botnet.io.weights import clean_key as _clean_key
+from botnet.io.weights import read_weights as _read_weights
+from botnet.io.weights import short_error as _short
+from botnet.log import get_logger
 
 __all__ = [
     "CheckpointError",
@@ -71,7 +76,6 @@ __all__ = [
     "read_training_state",
     "write_training_state",
     "remove_stale_temp_files",
-    "check_output_dir",
     "check_resumable",
     "select_resume_pair",
     "previous_path",
@@ -83,50 +87,8 @@ __all__ = [
 ]
 
 log = get_logger("checkpoint")
-WEIGHTS_SUFFIX = ".safetensors"
-STATE_SUFFIX = ".state.safetensors"
-LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
 STATE_FORMAT = "botnet-state-v1"
 _TEMP_NAME = re.compile(r"^\..+\.(safetensors|json|jsonl|csv|md|yaml|png|txt|onnx|pt2|ts)\.[a-z0-9_]{8}\.tmp$")
-
-
-class CheckpointError(UserInputError, RuntimeError):
-    """A checkpoint is missing, unreadable or inconsistent."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's weights do not fit the model (other architecture / number of classes).
-
-    Attributes ``missing``, ``unexpected`` and ``shape_mismatch`` list the offending keys.
-    """
-
-    def __init__(self, path: str | os.PathLike, missing: list[str], unexpected: list[str],
-                 shape_mismatch: list[tuple[str, tuple, tuple]], arch: str | None = None,
-                 model_arch: str | None = None, dtype_mismatch: list[tuple[str, str, str]] | None = None):
-        self.path, self.missing, self.unexpected, self.shape_mismatch = str(path), missing, unexpected, shape_mismatch
-        self.dtype_mismatch = dtype_mismatch or []
-
-        def _fmt(keys: list[str], limit: int = 4) -> str:
-            more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
-
-        head = f"checkpoint {path} does not match the model"
-        if arch or model_arch:
-            head += f" (checkpoint architecture: {arch or '?'}, model: {model_arch or '?'})"
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} keys missing from the checkpoint: {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}")
-        if shape_mismatch:
-            shown = [f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in shape_mismatch]
-            parts.append(f"{len(shape_mismatch)} keys with another shape: {_fmt(shown)}")
-        if self.dtype_mismatch:  # e.g. int8 weights would load (cast) and predict the same for every class
-            shown = [f"{k} (checkpoint {a} vs model {b})" for k, a, b in self.dtype_mismatch]
-            parts.append(f"{len(shown)} keys not floating point where the model's are: {_fmt(shown)}")
-        # one line: the user sees which file, which architectures and the first offending keys
-        super().__init__(head + ": " + "; ".join(parts) + ". Use a checkpoint of the same architecture and "
-                         "number of classes")
 
 
 # ----------------------------------------------------------------------------- fault injection (test-only)
@@ -217,24 +179,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 # ----------------------------------------------------------------------------- helpers
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Strip ``DistributedDataParallel`` / ``torch.compile`` / EMA wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
-def _clean_key(k: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while k.startswith(prefix):
-            k = k[len(prefix):]
-    return k.replace("._orig_mod.", ".")
-
-
 def state_path_for(weights_path: str | os.PathLike) -> Path:
     """``x/last.safetensors`` -> ``x/last.state.safetensors``."""
     p = Path(weights_path)
@@ -252,72 +196,6 @@ def _legacy_state_error(p: Path) -> CheckpointError:
     return CheckpointError(f"{p} is a pickle training state from an earlier botnet version; it is not read, because "
                            f"unpickling a file can run arbitrary code. Retrain, or start from its weights with "
                            f"--init-weights {p.with_name(p.name[: -len(LEGACY_STATE_SUFFIX)] + WEIGHTS_SUFFIX)}")
-
-
-def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "last")) -> Path:
-    """Accept a weights file, a ``.state.safetensors`` file or a run directory (-> ``best``, else
-    ``last``; resuming passes ``prefer=("last",)``), or a published model folder / ``hf-hub:`` id
-    (-> its ``model.safetensors``, once its config.json and model card are checked)."""
-    from botnet.hub.source import published_folder, read_config  # lazy: botnet.hub imports this module
-
-    folder = published_folder(path)
-    if folder is not None:
-        read_config(folder)
-        return folder / "model.safetensors"
-    p = Path(path)
-    if p.is_dir():
-        for name in prefer:
-            for cand in (p / f"{name}{WEIGHTS_SUFFIX}", p / "checkpoints" / f"{name}{WEIGHTS_SUFFIX}"):
-                if cand.is_file():
-                    return cand
-        raise CheckpointError(f"no checkpoint ({' or '.join(n + WEIGHTS_SUFFIX for n in prefer)}) in directory {p}")
-    if not p.exists() and not p.name.endswith(WEIGHTS_SUFFIX):
-        raise CheckpointError(f"checkpoint not found: {p} does not exist (give a run directory or a "
-                              f".safetensors file)")
-    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)] + WEIGHTS_SUFFIX)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file not found: {p}")
-    return p
-
-
-def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
-    """Make sure ``path`` is (or can become) a folder this process can write into, before any work.
-
-    Creates it if needed and writes/removes a probe file. Raises :class:`CheckpointError` naming
-    the path (:class:`botnet.errors.ConfigError`) when it is a file, lies under a file, or cannot
-    be written.
-    """
-    from botnet.errors import ConfigError
-
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{what} {p} is a file, not a folder; choose another run directory")
-    anc = p
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ConfigError(f"{what} {p} cannot be created: {anc} is a file")
-    created = []  # folders made only for the probe are removed again: a failed run leaves nothing
-    try:
-        for d in reversed([p, *p.parents]):
-            if not d.exists():
-                d.mkdir()
-                created.append(d)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(p))
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"{what} {p} is not writable ({e.strerror or e}); choose a folder you can "
-                              f"write to") from None
-    finally:
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-    return p
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
@@ -646,12 +524,6 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
     return state
 
 
-def _short(e: BaseException) -> str:
-    """An exception as one short line (library messages can span lines)."""
-    msg = " ".join(str(e).split())
-    return (msg[:200] + "...") if len(msg) > 200 else (msg or type(e).__name__)
-
-
 def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """Find the ``last`` checkpoint of ``path`` and check both of its files can be read, cheaply
     (headers only), so a bad ``--resume`` fails before any work. Returns ``(weights, metadata)``."""
@@ -710,55 +582,6 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
                 raise CheckpointError(f"checkpoint {path} has a corrupt metadata field {k}={raw[k]!r}") from None
     return validate(out, METADATA, source=f"checkpoint {path}", error=CheckpointError,
                     hint="the file's metadata is damaged; use another checkpoint")
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.name.endswith(WEIGHTS_SUFFIX):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {_short(e)} (truncated, or not a "
-                                  f"safetensors file)") from e
-    try:  # .pt / .pth: a state_dict or a dict holding one (torchvision / timm files); never unpickles objects
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as tensors only: {_short(e).split('. ')[0]}. Accepted: "
-                              f".safetensors, or a .pt/.pth file holding only tensors (a state dict)") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    return {_clean_key(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: ``.safetensors`` (or a run directory) or a ``.pt``/``.pth``
-    state dict read with ``weights_only=True``. Raises :class:`CheckpointError` naming the file."""
-    p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin"):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file not found: {p}")
-        return _read_weights(p)
-    return _read_weights(resolve_checkpoint(p))
-
-
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "<state_dict>",
-                     arch: str | None = None) -> None:
-    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly the model's keys and shapes."""
-    own = unwrap_model(model).state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    shape = sorted((k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-                   if k in state and tuple(state[k].shape) != tuple(own[k].shape))
-    dtype = sorted((k, str(state[k].dtype).replace("torch.", ""), str(own[k].dtype).replace("torch.", ""))
-                   for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point())
-    if missing or unexpected or shape or dtype:
-        model_arch = getattr(unwrap_model(model), "botnet_arch", None)
-        raise CheckpointMismatchError(path, missing, unexpected, shape, arch=arch, model_arch=model_arch,
-                                      dtype_mismatch=dtype)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> dict[str, Any]:

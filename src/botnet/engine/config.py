@@ -401,16 +401,16 @@ def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> No
     """Build ``arch`` with ``kwargs`` on the meta device (no memory, no time) to find bad options now."""
     import torch
 
-    import botnet
     from botnet.errors import ConfigError
+    from botnet.models import create_model, list_models
 
-    if arch not in botnet.list_models():
-        raise ConfigError(f"model.name = {arch!r} is not a botnet model; known: {', '.join(botnet.list_models())}")
+    if arch not in list_models():
+        raise ConfigError(f"model.name = {arch!r} is not a botnet model; known: {', '.join(list_models())}")
     from botnet.models.limits import ModelTooLargeError
 
     try:
         with torch.device("meta"):
-            botnet.create_model(arch, **kwargs)
+            create_model(arch, **kwargs)
     except ModelTooLargeError as e:  # already names the model, the value and the option to lower
         raise ConfigError(f"{key}: {' '.join(str(e).split())}") from None
     except (TypeError, ValueError) as e:

@@ -23,22 +23,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device_defaults", "resolve_num_workers", "bf16_supported", "describe_machine", "command_line",
+from botnet.data.workers import resolve_num_workers
+
+__all__ = ["resolve_device_defaults", "bf16_supported", "describe_machine", "command_line",
            "set_command_line"]
 
 
 def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def resolve_num_workers(value: Any, device: torch.device | None = None, world_size: int = 1) -> int:
-    """``data.num_workers`` as a number: ``auto`` is 0 on the CPU, ``min(8, cores per process)`` on CUDA."""
-    if value != "auto":
-        return int(value)
-    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-    if not on_cuda:
-        return 0
-    return max(min(8, (os.cpu_count() or 1) // max(world_size, 1) - 1), 0)
 
 
 def resolve_device_defaults(cfg: dict, cuda_defaults: dict[str, Any], device: torch.device,

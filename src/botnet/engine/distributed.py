@@ -48,7 +48,6 @@ __all__ = [
     "any_rank_true",
     "cleanup",
     "seed_everything",
-    "seed_worker",
 ]
 
 
@@ -307,12 +306,3 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-
-
-def seed_worker(worker_id: int) -> None:
-    """``DataLoader(worker_init_fn=...)``: derive numpy/python seeds from the torch worker seed."""
-    import numpy as np
-
-    s = torch.initial_seed() % (2**32)
-    np.random.seed(s)
-    random.seed(s)

@@ -71,7 +71,7 @@ class MetricsLogger:
 
                 self.writer = SummaryWriter(log_dir=str(self.log_dir / "tb"))
             except Exception as e:  # pragma: no cover - tensorboard is a dependency
-                from botnet.engine.log import get_logger
+                from botnet.log import get_logger
 
                 get_logger("engine").warning(f"TensorBoard disabled ({e})")
 

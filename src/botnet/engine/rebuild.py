@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from botnet.engine import checkpoint as ckpt
 
-__all__ = ["register_builder", "build_from_metadata", "load_model", "task_of"]
+__all__ = ["register_builder", "build_from_metadata", "load_model", "load_published", "task_of"]
 
 _BUILDERS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {}
 
@@ -63,7 +64,7 @@ def load_model(path: str | os.PathLike, *, use_ema: bool = False, device: str | 
     ``task`` (optional) makes a checkpoint of another task a clear error instead of a surprise.
     """
     from botnet.errors import resolve_device
-    from botnet.hub.source import load_published, published_folder  # lazy: hub reads through this module
+    from botnet.io.published import published_folder
 
     device = resolve_device(str(device))
     folder = published_folder(path)
@@ -75,4 +76,30 @@ def load_model(path: str | os.PathLike, *, use_ema: bool = False, device: str | 
         raise ckpt.CheckpointError(f"{wpath} is a {task_of(meta)} checkpoint ({meta.get('arch')}), not a {task} one")
     model = build_from_metadata(meta, str(wpath))
     ckpt.load_weights(model, wpath, use_ema=use_ema)
+    return model.to(device).eval(), meta
+
+
+def load_published(folder: Path, *, use_ema: bool = False, device: Any = "cpu",
+                   task: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode, metadata)`` of a published folder of any task; every mismatch is one line."""
+    from botnet.io.published import CONFIG_NAME, WEIGHTS_NAME, PublishedModelError, read_config
+    from botnet.models.pretrained import apply_preprocessing, published_meta
+
+    cfg = read_config(folder)
+    meta = published_meta(folder, cfg)
+    if use_ema:
+        raise PublishedModelError(f"{folder} holds one set of weights ({meta['extra']['weights']}, chosen when it "
+                                  f"was published); leave out --ema")
+    if task is not None and meta["task"] != task:
+        raise PublishedModelError(f"{folder / CONFIG_NAME} describes a {meta['task']} model ({meta['arch']}), "
+                                  f"not a {task} one")
+    model = build_from_metadata(meta, str(folder / CONFIG_NAME))
+    wpath = folder / WEIGHTS_NAME
+    state = ckpt.read_weights_file(wpath)
+    try:
+        ckpt.check_state_dict(model, state, wpath, arch=meta["arch"])
+    except ckpt.CheckpointMismatchError as e:
+        raise PublishedModelError(f"{wpath} does not match {CONFIG_NAME} beside it: {e}") from None
+    model.load_state_dict(state, strict=True)
+    apply_preprocessing(model, cfg)
     return model.to(device).eval(), meta

@@ -66,7 +66,7 @@ def existing_run_files(folder: str | os.PathLike) -> list[str]:
 
 def clear_run_files(folder: str | os.PathLike) -> list[str]:
     """Remove what a previous run wrote in ``folder`` (``--overwrite``); every other file stays."""
-    from botnet.engine.dirswap import remove_written
+    from botnet.io.dirswap import remove_written
 
     d, removed = Path(folder), []
     for name in existing_run_files(d):
@@ -195,7 +195,7 @@ def claim_run_folder(folder: str | os.PathLike, *, resume: bool = False, overwri
     path, :class:`RunFolderBusy` when another process holds it, :class:`RunFolderError` when a new
     run (neither ``resume`` nor ``overwrite``) would write into a folder that already holds a run.
     """
-    from botnet.engine.checkpoint import check_output_dir
+    from botnet.io.folders import check_output_dir
 
     if resume and overwrite:
         raise RunFolderError(f"--overwrite and --resume contradict each other: --resume continues the run in "

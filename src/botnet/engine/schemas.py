@@ -12,13 +12,10 @@ from typing import Any
 
 import torch
 
+from botnet.io.published import RUN_CONFIG
 from botnet.validation import Array, Dict, Int, List, Num, Spec, Str, Tensor, Tuple
 
-__all__ = ["METADATA", "TRAINING_STATE", "CONFIG", "EXTRA", "optimizer_fit_problem", "consistency_problem"]
-
-# the sections of a run config; each must be a mapping when present
-CONFIG = Dict({k: Dict() for k in ("model", "data", "optim", "sched", "train", "eval", "output")},
-              what="a mapping (the run config)")
+__all__ = ["METADATA", "TRAINING_STATE", "EXTRA", "optimizer_fit_problem", "consistency_problem"]
 
 _BEST = Dict({"value": Num(finite=False, nullable=True), "which": Str(nullable=True), "step": Int(low=0),
               "epoch": Num(low=0), "metric": Str()}, nullable=True)
@@ -32,7 +29,7 @@ METADATA = Dict({
     "format": Str(), "task": Str(min_len=1), "save_id": Str(), "arch": Str(min_len=1),
     "model_kwargs": Dict({"num_classes": Int(low=1), "in_chans": Int(low=1)}, what="a mapping of model options"),
     "class_names": List(Str(), nullable=True, max_len=1_000_000),
-    "epoch": Int(low=0), "step": Int(low=0), "extra": EXTRA, "config": CONFIG,
+    "epoch": Int(low=0), "step": Int(low=0), "extra": EXTRA, "config": RUN_CONFIG,
 })
 
 _PY_RNG = Tuple(Int(), Spec("tuple", "a tuple of 625 integers", item=Int(low=0), min_len=625, max_len=625),

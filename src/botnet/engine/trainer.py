@@ -28,7 +28,7 @@ from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, clea
                                        init_distributed, reduce_dict, seed_everything)
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
-from botnet.engine.log import get_logger, progress_enabled
+from botnet.log import get_logger, progress_enabled
 from botnet.engine.logger import MetricsLogger
 from botnet.engine.task import StepOutput, Task, TaskSetup
 

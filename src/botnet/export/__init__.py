@@ -43,9 +43,9 @@ _MAX_MARKER = 1 << 16
 
 
 def _marker_text(fmt: str) -> str:
-    import botnet
+    from botnet import __version__
 
-    return json.dumps({"producer": "botnet export", "format": fmt, "botnet_version": botnet.__version__})
+    return json.dumps({"producer": "botnet export", "format": fmt, "botnet_version": __version__})
 
 
 def _parse_marker(raw: bytes | str) -> dict[str, Any] | None:

@@ -7,8 +7,10 @@
 pretrained="OUT_DIR")``, :func:`load_detector`, and every botnet command that takes a run directory.
 See docs/sharing.md.
 """
-from botnet.hub.load import check_weights, create_pretrained, load_detector
-from botnet.hub.source import PublishedModelError, load_published, published_folder, read_config
+from botnet.engine.rebuild import load_published
+from botnet.hub.load import check_weights, load_detector
+from botnet.io.published import PublishedModelError, published_folder, read_config
+from botnet.models.pretrained import create_pretrained
 
 
 def publish_run(*args, **kwargs):

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from botnet.engine import checkpoint as ckpt
-from botnet.engine.dirswap import remove_written, swap_into_place
-from botnet.engine.log import get_logger
-from botnet.errors import ConfigError, UserInputError
-from botnet.hub.source import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
+from botnet.errors import ConfigError, UserInputError, one_line
+from botnet.io.dirswap import remove_written, swap_into_place
+from botnet.io.folders import check_output_dir
+from botnet.io.published import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
+from botnet.log import get_logger
 
 __all__ = ["publish_run", "WEIGHT_CHOICES", "run_preprocessing", "is_previous_publish"]
 
@@ -85,7 +86,7 @@ def _check_paths(run: Path, out: Path, force: bool) -> None:
             raise ConfigError(f"OUT_DIR {out} is not a folder written by botnet publish (it holds "
                               f"{_first_other(out)}); --force replaces only an earlier publish: choose a new or "
                               f"empty folder")
-    ckpt.check_output_dir(out.parent, "OUT_DIR's parent folder")
+    check_output_dir(out.parent, "OUT_DIR's parent folder")
 
 
 def is_previous_publish(folder: Path) -> bool:
@@ -179,7 +180,7 @@ def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hard
     """What the card says about where the weights come from, for any task."""
     import yaml
 
-    import botnet
+    from botnet import __version__
     from botnet.engine.rebuild import task_of
 
     summary = _json(run / "summary.json")
@@ -201,7 +202,7 @@ def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hard
         "world_size": summary.get("world_size", 1), "device": (cfg.get("train") or {}).get("device", "auto"),
         "trained_date": _trained_date(run),
         "published_date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "hardware": hardware or summary.get("hardware") or _publishing_machine(), "botnet_version": botnet.__version__, "summary": summary,
+        "hardware": hardware or summary.get("hardware") or _publishing_machine(), "botnet_version": __version__, "summary": summary,
     }
 
 
@@ -264,9 +265,6 @@ def _dataset_text(cfg: dict[str, Any]) -> str:
 
 def _classifier_metrics(model, cfg, names, meta, info, evaluate: bool) -> dict[str, Any]:
     """Accuracy of the published weights: measured now on the run's validation data, else recorded."""
-    from botnet.cli import one_line
-    from botnet.errors import UserInputError
-
     if evaluate:
         try:
             return _measure(model, cfg, names)

@@ -1,4 +1,8 @@
-"""Model registry: ``@register_model`` entry points, ``create_model`` and ``list_models``.
+"""Model registry: ``@register_model`` entry points, ``build_model`` and ``list_models``.
+
+The registry knows nothing above it: :func:`build_model` builds a registered name from its options.
+Published folders (``pretrained=FOLDER``, ``local-dir:``, ``hf-hub:``) are the factory's
+(:mod:`botnet.models._factory`), as in timm, whose ``_registry`` only registers and looks up.
 
 Every model also joins timm's registry through timm's public API (``timm.models.register_model``),
 so ``timm.create_model("botnet50", ...)`` works after ``import botnet``, with its pretrained config
@@ -10,14 +14,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import os
 import sys
 import warnings
 from typing import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "resolve_name", "TIMM_NAMES"]
+__all__ = ["register_model", "build_model", "list_models", "is_model", "resolve_name", "TIMM_NAMES"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 TIMM_NAMES: dict[str, str] = {}  # our name -> the name it has in timm's registry
@@ -99,44 +102,20 @@ def is_model(name: str) -> bool:
     return resolve_name(name) in _MODELS
 
 
-def create_model(
+def build_model(
     name: str | None,
     *,
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     in_chans: int | None = None,
-    pretrained: bool | str | os.PathLike = False,
+    pretrained: bool = False,
     **overrides,
 ) -> nn.Module:
-    """Build a registered model (the same model ``timm.create_model`` builds under the timm name).
-
-    Args:
-        name: one of :func:`list_models` (or its timm name, e.g. ``botnet_resnet50``), or a published
-            model as ``local-dir:PATH`` / ``hf-hub:ORG/NAME`` (then ``pretrained`` is implied).
-        num_classes: classifier outputs (default 1000, or the published model's); 0 removes the
-            classifier (``fc`` becomes Identity).
-        img_size: image size the attention tables are built for (``None``: the model's default
-            resolution). It does not restrict the input: every model accepts any size.
-        in_chans: input channels (default 3, or the published model's).
-        pretrained: a folder written by ``botnet publish`` (or ``hf-hub:ORG/NAME``): the model is
-            built with the options stored there and loaded with its weights by timm's loader; any
-            option given here overrides the stored one (another ``num_classes`` gets a new head).
-        **overrides: any architecture option of :class:`botnet.models.ResNet` (e.g. ``pos="none"``,
-            ``shortcut_act=True``, ``se_in_attn=True``, ``drop_path_rate=0.1``), ``global_pool``
-            (timm's pooling types, ``""`` for none), or timm's ``features_only=True`` with
-            ``out_indices`` for a feature extractor. The levels are numbered as in timm's ResNets:
-            0 the stem (``act1``, stride 2), 1-4 ``layer1``..``layer4`` (strides 4-32 for
-            botnet50); the default is all five, as timm's.
-    """
-    if isinstance(name, str) and name.startswith(("local-dir:", "hf-hub:")):
-        name, pretrained = None, name
-    if pretrained and not isinstance(pretrained, bool):
-        from botnet.hub.load import create_pretrained  # lazy: botnet.hub builds through this registry
-
-        return create_pretrained(name, pretrained, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
-                                 **overrides)
+    """The registered model ``name`` (or its timm name) built with these options, untrained: the
+    registry half of :func:`botnet.create_model`, which documents the options. ``pretrained=True``
+    has timm's meaning (registry weights): the entry point explains there are none."""
     if pretrained:
-        overrides["pretrained"] = True  # timm's meaning (registry weights): the entry point explains there are none
+        overrides["pretrained"] = True
     key = resolve_name(str(name))
     if key not in _MODELS:
         close = fnmatch.filter(_MODELS, f"*{name.split('_')[0]}*")[:8]

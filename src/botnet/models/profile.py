@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from botnet.layers import RelPosMHSA
-from botnet.models._registry import create_model
+from botnet.models._registry import build_model
 
 __all__ = ["ModelProfile", "profile_model", "count_params"]
 
@@ -47,7 +47,7 @@ def profile_model(
     """Parameters (with a ``num_classes`` head) and GMACs of one image at ``img_size``."""
     with torch.device("meta"):
         # eval mode: counting is the same, and BatchNorm accepts a 1x1 map (a stride-32 model at 28 px)
-        model = create_model(name, num_classes=num_classes, img_size=img_size, **overrides).eval()
+        model = build_model(name, num_classes=num_classes, img_size=img_size, **overrides).eval()
         hw = model.pretrained_cfg["img_size"]
         x = torch.empty(1, model.conv1.in_channels, *hw)
         layers = [m for m in model.modules() if isinstance(m, RelPosMHSA)]

@@ -18,6 +18,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from botnet.errors import CheckpointError
+from botnet.io.weights import read_weights, resolve_checkpoint
+
 __all__ = ["TransferReport", "load_resnet_weights", "read_state_dict"]
 
 _log = logging.getLogger(__name__)
@@ -67,16 +70,12 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
-        from botnet.engine.checkpoint import _read_weights
-
         path = Path(source)
         if not path.is_file():
-            from botnet.engine.checkpoint import resolve_checkpoint
-
             # a run directory (best, else last) or a published folder / hf-hub id (its model.safetensors)
             path = resolve_checkpoint(source)
         # safetensors, or torch.load(weights_only=True): pickles with arbitrary objects are refused
-        sd = _read_weights(path)
+        sd = read_weights(path)
     for key in _NESTED_KEYS:
         if key in sd and isinstance(sd[key], Mapping):
             sd = dict(sd[key])
@@ -85,8 +84,6 @@ def read_state_dict(source: str | PathLike | Mapping[str, torch.Tensor]) -> dict
         sd = {k[len("module."):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        from botnet.engine.checkpoint import CheckpointError
-
         raise CheckpointError(f"checkpoint entries that are not tensors: {_summarise(bad)}")
     return sd
 
@@ -154,8 +151,6 @@ def load_resnet_weights(
         report.transferred.append(name)
     report.fresh = [k for k in own if k not in new_sd]
     if not report.transferred:
-        from botnet.engine.checkpoint import CheckpointError
-
         raise CheckpointError(
             "no tensor of the checkpoint matches the model by name and shape; is it a ResNet "
             f"state dict? first checkpoint keys: {_summarise(list(sd), 5)}"

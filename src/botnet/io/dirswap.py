@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from botnet.engine.log import get_logger
+from botnet.log import get_logger
 
 __all__ = ["swap_into_place", "remove_written", "fsync_dir"]
 
-log = get_logger("engine")
+log = get_logger("io")
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 

@@ -1,4 +1,5 @@
-"""Reading a published model folder (``config.json`` + ``model.safetensors`` + ``README.md``).
+"""The published model folder (``config.json`` + ``model.safetensors`` + ``README.md``): finding one
+and reading its config.
 
 The layout is timm's (``timm.create_model("local-dir:PATH" | "hf-hub:ORG/NAME", pretrained=True)``
 reads it); botnet adds a ``botnet`` block to ``config.json`` with the task, the exact model
@@ -14,13 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from botnet.engine.checkpoint import CheckpointError
-from botnet.engine.schemas import CONFIG
-from botnet.errors import UserInputError
+from botnet.errors import CheckpointError, UserInputError
 from botnet.validation import Dict, Int, List, Num, Str, loads_json, validate
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "FORMAT", "PublishedModelError", "published_folder",
-           "read_config", "published_meta", "load_published"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "FORMAT", "RUN_CONFIG", "CONFIG_SCHEMA", "PublishedModelError",
+           "published_folder", "require_published", "read_config"]
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 FORMAT = "botnet-published-v1"
@@ -30,6 +29,10 @@ _RUN_WEIGHTS = ("best.safetensors", "last.safetensors")
 class PublishedModelError(CheckpointError):
     """A published model folder (or hub id) is missing a file, or its files disagree."""
 
+
+# the sections of a run config (as a checkpoint and a published folder store it); each must be a mapping
+RUN_CONFIG = Dict({k: Dict() for k in ("model", "data", "optim", "sched", "train", "eval", "output")},
+                  what="a mapping (the run config)")
 
 # config.json as timm and botnet publish write it; other keys are allowed (timm adds its own)
 CONFIG_SCHEMA = Dict({
@@ -43,7 +46,7 @@ CONFIG_SCHEMA = Dict({
         "interpolation": Str(), "crop_mode": Str(), "num_classes": Int(low=0)}, nullable=True),
     "botnet": Dict({
         "format": Str(), "task": Str(("classification", "detection")), "arch": Str(min_len=1),
-        "model_kwargs": Dict({"num_classes": Int(low=1)}), "weights": Str(), "run_config": CONFIG,
+        "model_kwargs": Dict({"num_classes": Int(low=1)}), "weights": Str(), "run_config": RUN_CONFIG,
         "class_names": List(Str(), nullable=True)}, nullable=True),
 })
 
@@ -79,6 +82,17 @@ def published_folder(spec: str | os.PathLike) -> Path | None:
     if p.is_file() and p.name == WEIGHTS_NAME and _looks_published(p.parent):
         return p.parent
     return p if _looks_published(p) else None
+
+
+def require_published(source: str | os.PathLike) -> Path:
+    """The published folder ``source`` names; one line saying what it is instead when it is none."""
+    folder = published_folder(source)
+    if folder is None:
+        p = Path(os.fspath(source))
+        what = "does not exist" if not p.exists() else "is not a published model folder (config.json, " \
+                                                       "model.safetensors, README.md)"
+        raise PublishedModelError(f"{p} {what}; write one with botnet publish RUN_DIR OUT_DIR")
+    return folder
 
 
 def _download(repo: str) -> Path:
@@ -121,95 +135,3 @@ def read_config(folder: Path) -> dict[str, Any]:
         if not (folder / name).is_file():
             raise PublishedModelError(f"{folder / name} is missing ({what}); re-publish the run with botnet publish")
     return cfg
-
-
-def _classifier(cfg: dict[str, Any], where: Path) -> tuple[str, dict[str, Any]]:
-    """Our registry name and create_model options of a timm-style classification config."""
-    from botnet.models import is_model, list_models, resolve_name
-
-    name = str(cfg["architecture"])
-    if not is_model(name):
-        raise PublishedModelError(f"{where} names architecture {name!r}, which botnet does not know "
-                                  f"(known: {', '.join(list_models())})")
-    kwargs = dict(cfg.get("model_args") or {})
-    if not isinstance(cfg.get("model_args", {}), dict):
-        raise PublishedModelError(f"{where}: model_args must be a JSON object")
-    kwargs["num_classes"] = int(cfg.get("num_classes", kwargs.get("num_classes", 1000)))
-    return resolve_name(name), kwargs
-
-
-def _data_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """A classification recipe whose evaluation transform is the folder's pretrained_cfg (used when
-    config.json carries no botnet block, e.g. a folder timm wrote)."""
-    pc = cfg.get("pretrained_cfg") or {}
-    size = (pc.get("input_size") or (3, 224, 224))[-1]
-    data = {"dataset": "folder", "img_size": int(size), "crop_pct": float(pc.get("crop_pct", 0.875)),
-            "interpolation": pc.get("interpolation", "bicubic")}
-    if pc.get("mean") and pc.get("std"):
-        data.update(mean=list(pc["mean"]), std=list(pc["std"]))
-    return {"model": {"name": arch}, "data": data}
-
-
-def published_meta(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint-style metadata (task, arch, model_kwargs, class_names, config) of a published
-    folder, in the shape ``botnet.engine.rebuild`` reads from a checkpoint."""
-    where = folder / CONFIG_NAME
-    b = cfg.get("botnet") if isinstance(cfg.get("botnet"), dict) else {}
-    task = str(b.get("task") or "classification")
-    if task == "classification":
-        arch, kwargs = _classifier(cfg, where)
-    else:
-        arch, kwargs = b.get("arch"), b.get("model_kwargs")
-        if not arch or not isinstance(kwargs, dict):
-            raise PublishedModelError(f"{where}: the botnet block of a {task} model needs arch and model_kwargs")
-        backbone = kwargs.get("backbone")
-        from botnet.models import is_model
-
-        if backbone is not None and not is_model(str(backbone)):
-            raise PublishedModelError(f"{where} names backbone {backbone!r}, which botnet does not know")
-    names = cfg.get("label_names") or b.get("class_names")
-    return {"format": "botnet-checkpoint-v1", "task": task, "arch": arch, "model_kwargs": kwargs,
-            "class_names": list(names) if names else None,
-            "config": b.get("run_config") or (_data_config(cfg, arch) if task == "classification" else {}),
-            "extra": {"weights": b.get("weights", "raw"), "class_names": list(names) if names else None,
-                      **({"label_to_cat_id": b["label_to_cat_id"]} if b.get("label_to_cat_id") else {})},
-            "published": str(folder)}
-
-
-def _apply_preprocessing(model, cfg: dict[str, Any]) -> None:
-    """The model's pretrained_cfg takes the folder's preprocessing and labels, as timm's loader does."""
-    pc = getattr(model, "pretrained_cfg", None)
-    if not isinstance(pc, dict):
-        return
-    src = cfg.get("pretrained_cfg") or {}
-    for k in ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation"):
-        if k in src:
-            pc[k] = tuple(src[k]) if isinstance(src[k], list) else src[k]
-    if cfg.get("label_names"):
-        pc["label_names"] = list(cfg["label_names"])
-
-
-def load_published(folder: Path, *, use_ema: bool = False, device: Any = "cpu",
-                   task: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(model in eval mode, metadata)`` of a published folder; every mismatch is one line."""
-    from botnet.engine import checkpoint as ckpt
-    from botnet.engine.rebuild import build_from_metadata
-
-    cfg = read_config(folder)
-    meta = published_meta(folder, cfg)
-    if use_ema:
-        raise PublishedModelError(f"{folder} holds one set of weights ({meta['extra']['weights']}, chosen when it "
-                                  f"was published); leave out --ema")
-    if task is not None and meta["task"] != task:
-        raise PublishedModelError(f"{folder / CONFIG_NAME} describes a {meta['task']} model ({meta['arch']}), "
-                                  f"not a {task} one")
-    model = build_from_metadata(meta, str(folder / CONFIG_NAME))
-    wpath = folder / WEIGHTS_NAME
-    state = ckpt.read_weights_file(wpath)
-    try:
-        ckpt.check_state_dict(model, state, wpath, arch=meta["arch"])
-    except ckpt.CheckpointMismatchError as e:
-        raise PublishedModelError(f"{wpath} does not match {CONFIG_NAME} beside it: {e}") from None
-    model.load_state_dict(state, strict=True)
-    _apply_preprocessing(model, cfg)
-    return model.to(device).eval(), meta
