@@ -32,6 +32,7 @@ OP = "RelPosAttention"
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``: ``botnet::rel_pos_attention`` -> one
     ``botnet.RelPosAttention`` node, for :func:`lower_rel_pos_attention`."""
+    import onnx_ir
     import torch
     from onnx.defs import OpSchema
     from onnxscript.values import Op, Opset
@@ -46,12 +47,12 @@ def translation_table() -> dict:
         outputs=[param("out", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"], "")],
         attributes=[OpSchema.Attribute("heads", OpSchema.AttrType.INT, ""),
-                    OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "")],
+                    OpSchema.Attribute("scale", OpSchema.AttrType.TENSOR, "")],  # float64: exact for double models
     )
     op = Op(Opset(DOMAIN, 1), OP, schema)
 
     def rel_pos_attention(x, weight, R_h=None, R_w=None, E=None, heads: int = 1, scale: float = 1.0):
-        return op(x, weight, R_h, R_w, E, heads=heads, scale=scale)
+        return op(x, weight, R_h, R_w, E, heads=heads, scale=onnx_ir.tensor(np.array(scale, dtype=np.float64)))
 
     return {torch.ops.botnet.rel_pos_attention.default: rel_pos_attention}
 
@@ -118,7 +119,7 @@ def _qkv(g: _Builder, x: str, w: str, heads: int, scale: float, n_tok: str, elem
     w2 = g.op("Reshape", w, g.const([0, -1]))
     c3 = g.op("Shape", w2, start=0, end=1)
     c = g.op("Div", c3, g.const([3]))
-    w_q = g.op("Mul", g.op("Slice", w2, g.const([0]), c, g.const([0])), g.op("Cast", g.const(scale, np.float32), to=elem_type))
+    w_q = g.op("Mul", g.op("Slice", w2, g.const([0]), c, g.const([0])), g.op("Cast", g.const(scale, np.float64), to=elem_type))
     w2 = g.op("Concat", w_q, g.op("Slice", w2, c, c3, g.const([0])), axis=0)
     qkv = g.op("MatMul", w2, g.op("Reshape", x, g.const([0, 0, -1])))
     qkv = g.op("Reshape", qkv, g.op("Concat", g.const([0, 3, heads, -1]), n_tok, axis=0))  # (B, 3, nh, d, N)
@@ -128,13 +129,16 @@ def _qkv(g: _Builder, x: str, w: str, heads: int, scale: float, n_tok: str, elem
 
 def _lower_node(node, prefix: str, elem_type: int, block: int) -> list:
     """The nodes replacing one RelPosAttention node (same inputs, same output name)."""
+    from onnx import numpy_helper
+
     names = list(node.input) + [""] * (5 - len(node.input))
     x, w, r_h, r_w, e = (n or None for n in names[:5])
     attrs = {attr.name: attr for attr in node.attribute}
     relative = r_h is not None and r_w is not None
     g = _Builder(prefix)
     n_tok = g.op("Mul", g.op("Shape", x, start=2, end=3), g.op("Shape", x, start=3, end=4))
-    q, k, v = _qkv(g, x, w, attrs["heads"].i, attrs["scale"].f, n_tok, elem_type)
+    scale = float(numpy_helper.to_array(attrs["scale"].t))
+    q, k, v = _qkv(g, x, w, attrs["heads"].i, scale, n_tok, elem_type)
     if e is not None:
         k = g.op("Add", k, g.op("Transpose", e, perm=[1, 0]))  # absolute key embedding (N, d)
     q = g.op("Transpose", q, perm=[0, 1, 3, 2])  # (B, heads, N, d)
@@ -167,9 +171,11 @@ def _elem_type(graph, name: str) -> int:
     return TensorProto.FLOAT
 
 
-def lower_rel_pos_attention(model, *, block: int = BLOCK) -> int:
+def lower_rel_pos_attention(model, *, block: int | None = None) -> int:
     """Replace every ``botnet.RelPosAttention`` node of ``model`` (a ModelProto, changed in place) by
-    standard ops (see the module docstring); returns how many were replaced."""
+    standard ops (see the module docstring), with at most ``block`` (default :data:`BLOCK`) queries per
+    Scan step; returns how many were replaced."""
+    block = block or BLOCK
     graph = model.graph
     nodes, count = [], 0
     for node in graph.node:
