@@ -10,7 +10,7 @@ from pathlib import Path
 
 from botnet.bench.runner import markdown_table, plot
 
-ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile"]
+ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile", "export"]
 
 
 def main(argv: list[str]) -> int:
