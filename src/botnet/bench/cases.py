@@ -183,7 +183,8 @@ def _onnx_step(cfg: dict) -> Callable[[], None]:
     so.intra_op_num_threads = int(cfg.get("threads") or torch.get_num_threads())
     sess = ort.InferenceSession(cfg["onnx_path"], so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(cfg["seed"] + 1)
-    feeds = {sess.get_inputs()[0].name: rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)}
+    x = rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)
+    feeds = {sess.get_inputs()[0].name: x}
     return lambda: sess.run(None, feeds)
 
 
@@ -485,7 +486,8 @@ def suite_export(preset="cpu", attention="scan", opset=None, models=("botnet50",
                     threads=threads, measure_first_step=True)
 
     size0, batch0 = (cases or PRESETS["cpu"]["export"])[0][:2]
-    out = [_pair("export (ONNX Runtime)", f"control: {size0}px b{batch0}", cfg(base, size0, batch0), cfg(base, size0, batch0),
+    control = cfg(base, size0, batch0)
+    out = [_pair("export (ONNX Runtime)", f"control: {size0}px b{batch0}", control, control,
                  f"{base} ({tag})", f"{base} ({tag})", memory=False,
                  note="the same file twice: the distance of this ratio from 1 shows the measurement noise")]
     for size, batch, targets in cases or PRESETS["cpu"]["export"]:
