@@ -20,4 +20,5 @@ run efficientnet --suite efficientnet --warmup 1 --repeats 5
 run options      --suite options      --warmup 1 --repeats 5
 run compile      --suite compile      --warmup 2 --repeats 5 --no-memory
 run data         --suite data         --warmup 1 --repeats 7
+run export       --suite export       --warmup 1 --repeats 7
 $PY benchmarks/summarize.py "$OUT"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from botnet.bench.report import markdown_table, plot
 
-ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile", "data"]
+ORDER = ["attention", "backbone", "maskrcnn", "maskrcnn-rerun", "efficientnet", "options", "compile", "data", "export"]
 
 
 def main(argv: list[str]) -> int:

@@ -174,3 +174,74 @@ def test_data_suite_refuses_a_set_the_batches_do_not_cover():
     step = build_data_step(dict(model="data:folder", mode="train", images=40, batch=32, size=32))
     with pytest.raises(ValueError, match="loaded 32 of 40 images"):
         step()
+
+
+# --------------------------------------------------------------------------- the export suite (ONNX Runtime)
+def _tiny_onnx(path, quadratic: bool):
+    """images (B, 3, S, S) -> (B,); with ``quadratic`` the run also builds a (3S^2, 3S^2) tensor, as an
+    export that materialises N x N logits would."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["out"], keepdims=0)]
+    consts = [numpy_helper.from_array(np.array([1, 2, 3]), "axes")]
+    if quadratic:  # (B, 3S^2)^T @ (B, 3S^2)
+        consts.append(numpy_helper.from_array(np.array([0, -1]), "flat"))
+        nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=0),
+                 helper.make_node("Reshape", ["images", "flat"], ["x2"]),
+                 helper.make_node("Transpose", ["x2"], ["x2t"]),
+                 helper.make_node("MatMul", ["x2t", "x2"], ["big"]),
+                 helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+                 helper.make_node("Add", ["mean", "total"], ["out"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_onnx_memory_is_the_first_run_above_the_loaded_session(tmp_path):
+    # 2 images of 3x32x32 -> a (3072, 3072) float32 intermediate: 36 MiB, which the first run holds
+    cfg = dict(mode="infer", size=32, batch=2, threads=1, measure_first_step=True)
+    big = measure_peak_memory(dict(cfg, model="onnx:tiny", onnx_path=_tiny_onnx(tmp_path / "q.onnx", True)))
+    small = measure_peak_memory(dict(cfg, model="onnx:tiny", onnx_path=_tiny_onnx(tmp_path / "l.onnx", False)))
+    assert big["peak_bytes"] >= 3072 * 3072 * 4, big
+    assert small["peak_bytes"] < 3072 * 3072, small
+
+
+def test_export_suite_compares_botnet50_with_resnet50_in_onnx_runtime(tmp_path, monkeypatch):
+    from botnet.bench import cases
+    from botnet.bench.runner import run_comparisons
+
+    exported = []
+
+    def fake_export(names, *, attention, opset):  # the real export is tested in tests/export
+        exported.append((tuple(names), attention, opset))
+        return {n: _tiny_onnx(tmp_path / f"{n}.onnx", n == "botnet50") for n in names}
+
+    monkeypatch.setattr(cases, "export_onnx_files", fake_export)
+    comps = cases.make_suite("export")
+    assert exported == [(("botnet50", "resnet50"), "scan", None)]
+    assert [c.name for c in comps] == ["control: 224px b8", "224px b8", "640px b1", "1024px b1"]
+    assert [c.targets for c in comps] == [{}, {"time": 1.05}, {}, {"time": 1.25, "mem": 1.3}]
+    assert comps[0].ours["model"] == comps[0].baseline["model"] == "onnx:resnet50" and not comps[0].memory
+    for c in comps[1:]:
+        assert (c.ours["model"], c.baseline["model"]) == ("onnx:botnet50", "onnx:resnet50")
+        assert c.ours["measure_first_step"] and c.ours["threads"] == torch.get_num_threads()
+    # another route has no targets (they are set for the scan export)
+    assert all(not c.targets for c in cases.make_suite("export", attention="sdpa", opset=23))
+    # the steps run (memory: previous test)
+    res = run_comparisons(cases.make_suite("export", cases=((32, 2, {"time": 5.0}),)), warmup=1, repeats=2,
+                          memory=False, log=lambda *_: None)
+    assert [r["name"] for r in res] == ["control: 32px b2", "32px b2"] and all("error" not in r for r in res)
+    assert res[1]["target_met"] == {"time": res[1]["time_ratio"] <= 5.0} and len(res[1]["ours"]["times_s"]) == 2
+
+
+def test_cli_bench_refuses_an_opset_the_exporter_cannot_write(tmp_path, capsys):
+    rc = botnet.cli.main(["bench", "--suite", "export", "--onnx-opset", "30", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--onnx-opset 30" in err[0] and not any(tmp_path.iterdir())

@@ -1,4 +1,5 @@
-"""Exported models (ONNX via onnxruntime, TorchScript, torch.export) match eager at two sizes."""
+"""Exported models (ONNX via onnxruntime, TorchScript, torch.export) match eager at three sizes, one of
+them with a non-square attention grid."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,10 @@ from torch import nn
 
 import botnet
 import botnet.cli
-from botnet.export import export_model, verify
+from botnet.export import export_model, verify, verify_inputs
 
-SIZES = [(2, 1, 28, 28), (3, 1, 40, 36)]  # the trace size and another batch/height/width
+# the trace size, another batch/height/width, and one whose attention grid is not square (7 x 9)
+SIZES = [(2, 1, 28, 28), (3, 1, 40, 36), (1, 1, 28, 36)]
 
 
 def _model() -> nn.Module:
@@ -53,6 +55,33 @@ def test_test_model_depends_on_attention_and_positions(model, inputs):
     assert (ref - changed).abs().max() > 1e-2, name
 
 
+def _attention_grids(model, x) -> list:
+    grids = []
+    hooks = [a.register_forward_pre_hook(lambda _m, inp: grids.append(tuple(inp[0].shape[2:])))
+             for _, a in model.attention_layers()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return grids
+
+
+def test_sizes_include_a_non_square_attention_grid(model, inputs):
+    grids = _attention_grids(model, inputs[2])
+    assert grids and all(h != w for h, w in grids), grids
+
+
+@pytest.mark.parametrize("name, kw", [("botnet_mini", dict(num_classes=10, in_chans=1)), ("botnet50", {})])
+def test_verify_inputs_give_every_attention_layer_a_non_square_grid(name, kw):
+    with torch.device("meta"):
+        m = botnet.create_model(name, **kw).eval()
+    xs = verify_inputs(m, batch=2)
+    assert [tuple(x.shape[:2]) for x in xs] == [(2, m.pretrained_cfg["input_size"][0]), (3, xs[0].shape[1]), (1, xs[0].shape[1])]
+    assert xs[0].shape[2] == xs[0].shape[3] == m.pretrained_cfg["img_size"][0]
+    grids = _attention_grids(m, xs[2].to("meta"))
+    assert len(grids) == len(m.attention_layers()) and all(h != w for h, w in grids), grids
+
+
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     """Export each format once per session (the ONNX export takes ~15 s on 2 cores)."""
@@ -71,7 +100,7 @@ def exported(model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "export"])
-def test_export_matches_eager_at_two_sizes(fmt, model, inputs, exported):
+def test_export_matches_eager_at_three_sizes(fmt, model, inputs, exported):
     path = exported(fmt)
     assert path.is_file() and path.stat().st_size > 0
     errs = verify(model, fmt, path, inputs)
@@ -84,6 +113,27 @@ def test_onnx_graph_declares_dynamic_batch_height_width(exported):
     dims = [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1] == 1 and isinstance(dims[2], str) and isinstance(dims[3], str), dims
     assert len({dims[0], dims[2], dims[3]}) == 3, dims
+
+
+def test_onnx_attention_is_one_scan_per_layer(model, exported):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(exported("onnx")))
+    ops = [(n.domain, n.op_type) for n in proto.graph.node]
+    assert ops.count(("", "Scan")) == len(model.attention_layers()) == 2
+    assert ("", "Softmax") not in ops and all(d in ("", "ai.onnx") for d, _ in ops)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--format", "onnx", "--opset", "17"], "--opset 17"),
+    (["--format", "onnx", "--opset", "24"], "--opset 24"),
+    (["--format", "torchscript", "--opset", "20"], "--opset"),
+    (["--format", "export", "--onnx-attention", "sdpa"], "--onnx-attention"),
+])
+def test_cli_export_refuses_onnx_options_that_do_not_apply(argv, culprit, tmp_path, capsys):
+    out = tmp_path / "m.file"
+    rc = botnet.cli.main(["export", "botnet_mini", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists() and len(err) == 1 and culprit in err[0], err
 
 
 def test_export_program_has_symbolic_dims(exported):

@@ -13,7 +13,9 @@ A *configuration* is a plain JSON-able dict, so the memory worker process can re
 - ``tv:NAME``      - ``torchvision.models.NAME(weights=None)``,
 - ``timm:NAME``    - ``timm.create_model(NAME, pretrained=False)``,
 - ``det:botnet50`` - ``botnet.detection.maskrcnn_botnet50_fpn`` at ``size`` px,
-- ``det:torchvision`` - ``torchvision...maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``.
+- ``det:torchvision`` - ``torchvision...maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``,
+- ``onnx:NAME``    - the ONNX file ``onnx_path`` (``botnet export NAME --format onnx``) in an ONNX Runtime
+  session on the CPU provider (``threads`` intra-op threads, otherwise default options); mode ``infer``.
 
 ``mode``: ``fwd`` (no grad), ``fwdbwd`` (forward + backward to the input and the weights),
 ``infer`` (eval mode, no grad), ``train`` (train mode, loss, backward, SGD step).
@@ -170,12 +172,30 @@ def build_step(cfg: dict) -> Callable[[], None]:
     return synced_step
 
 
+def _onnx_step(cfg: dict) -> Callable[[], None]:
+    """One ONNX Runtime run of the exported model on a fixed random batch (CPU provider)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if cfg["mode"] != "infer":
+        raise ValueError("ONNX configurations support mode='infer' only")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(cfg.get("threads") or torch.get_num_threads())
+    sess = ort.InferenceSession(cfg["onnx_path"], so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(cfg["seed"] + 1)
+    x = rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)
+    feeds = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feeds)
+
+
 def _build_step(cfg: dict) -> Callable[[], None]:
     mode = cfg["mode"]
     if cfg["model"].startswith("data:"):  # a data loader, not a model (botnet.bench.data)
         from botnet.bench.data import build_data_step
 
         return build_data_step(cfg)
+    if cfg["model"].startswith("onnx:"):
+        return _onnx_step(cfg)
     model = _build_module(cfg)
     g = torch.Generator().manual_seed(cfg["seed"] + 1)
     kind = cfg["model"].split(":")[0]
@@ -308,6 +328,8 @@ PRESETS = {
         "maskrcnn": (512, 2),
         "efficientnet": (("botnet_s1_59", 224, "efficientnet_b3", 300), ("botnet_s1_59", 224, "efficientnet_b4", 380)),
         "efficientnet_batches": (("infer", 8), ("train", 4)),
+        # ONNX Runtime, CPU provider: (size, batch, targets)
+        "export": ((224, 8, {"time": 1.05}), (640, 1, {}), (1024, 1, {"time": 1.25, "mem": 1.3})),
     },
     "gpu": {
         "attention": ((14, 128), (32, 32), (64, 8), ((50, 84), 4), (72, 4)),
@@ -450,6 +472,54 @@ def suite_data(images=256, batch=32, size=224, **_):
     ]
 
 
+def export_onnx_files(names, *, attention: str = "scan", opset: int | None = None) -> dict[str, str]:
+    """``botnet export NAME --format onnx`` for each name (seeded weights), into a folder removed when
+    the process ends; returns {name: path}."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import botnet
+    from botnet.export import export_model
+
+    folder = tempfile.mkdtemp(prefix="botnet-bench-onnx-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    paths = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = botnet.create_model(name)
+        paths[name] = str(export_model(model, "onnx", f"{folder}/{name}.onnx", batch=1, opset=opset,
+                                       onnx_attention=attention))
+    return paths
+
+
+def suite_export(preset="cpu", attention="scan", opset=None, models=("botnet50", "resnet50"), cases=None, **_flags):
+    """botnet50 against resnet50, both exported to ONNX and run by ONNX Runtime (CPU provider, as many
+    intra-op threads as torch uses), plus a control row of resnet50 against itself. Peak memory: the
+    first run at the size, above the loaded session (``measure_first_step``). Device flags do not apply."""
+    import onnxruntime as ort
+
+    ours, base = models
+    paths = export_onnx_files(dict.fromkeys(models), attention=attention, opset=opset)
+    threads = torch.get_num_threads()
+    tag = f"ONNX Runtime {ort.__version__}"
+
+    def cfg(name, size, batch):
+        return dict(model=f"onnx:{name}", mode="infer", size=size, batch=batch, onnx_path=paths[name],
+                    threads=threads, measure_first_step=True)
+
+    size0, batch0 = (cases or PRESETS["cpu"]["export"])[0][:2]
+    control = cfg(base, size0, batch0)
+    out = [_pair("export (ONNX Runtime)", f"control: {size0}px b{batch0}", control, control,
+                 f"{base} ({tag})", f"{base} ({tag})", memory=False,
+                 note="the same file twice: the distance of this ratio from 1 shows the measurement noise")]
+    for size, batch, targets in cases or PRESETS["cpu"]["export"]:
+        out.append(_pair("export (ONNX Runtime)", f"{size}px b{batch}", cfg(ours, size, batch), cfg(base, size, batch),
+                         f"{ours} ({tag}, {attention} attention)", f"{base} ({tag})",
+                         targets=targets if (ours, base, attention) == ("botnet50", "resnet50", "scan") else {}))
+    return out
+
+
 SUITES: dict[str, Callable[..., list[Comparison]]] = {
     "attention": suite_attention,
     "backbone": suite_backbone,
@@ -458,6 +528,7 @@ SUITES: dict[str, Callable[..., list[Comparison]]] = {
     "options": suite_options,
     "compile": suite_compile,
     "data": suite_data,
+    "export": suite_export,
 }
 
 

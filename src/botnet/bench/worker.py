@@ -1,8 +1,9 @@
 """Peak-memory worker: ``python -m botnet.bench.worker '<config json>'`` prints one JSON line.
 
-Builds the configuration (imports, model, inputs), runs one warm-up step, returns freed memory
-to the OS, resets the resident-set high-water mark, runs one more step, and reports how far
-above the pre-step resident set the process went. See :mod:`botnet.bench.core`.
+Builds the configuration (imports, model, inputs), runs one warm-up step (not with
+``measure_first_step``), returns freed memory to the OS, resets the resident-set high-water mark,
+runs one more step, and reports how far above the pre-step resident set the process went. See
+:mod:`botnet.bench.core`.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def main(argv: list[str]) -> int:
     from botnet.bench.core import read_status_kib, reset_peak_rss, trim_heap
 
     step = build_step(cfg)
-    step()  # warm-up: one-time allocations (kernel caches, lazy modules) are not the step's peak
-    trim_heap()
+    if not cfg.get("measure_first_step"):
+        step()  # warm-up: one-time allocations (kernel caches, lazy modules) are not the step's peak
+    trim_heap()  # (measure_first_step: an ONNX Runtime session keeps the first run's peak in its arena)
     rss_before = read_status_kib("VmRSS")
     if reset_peak_rss() and rss_before is not None:
         step()

@@ -7,7 +7,7 @@ import sys
 
 from botnet.cli.argtypes import nonneg_int, positive_int
 
-SUITE_NAMES = ("attention", "backbone", "maskrcnn", "efficientnet", "options", "compile", "data")
+SUITE_NAMES = ("attention", "backbone", "maskrcnn", "efficientnet", "options", "compile", "data", "export")
 IMPL_NAMES = ("auto", "sdpa", "flex", "explicit")
 MODE_NAMES = ("fwd", "fwdbwd")
 
@@ -51,7 +51,8 @@ def register(subparsers) -> None:
             "(botnet50 vs torchvision resnet50), maskrcnn (BoT50-FPN vs torchvision R50-FPN Mask R-CNN), "
             "efficientnet (botnet_s1_59 vs timm EfficientNet-B3/B4), options (channels_last, bf16 "
             "autocast), compile (torch.compile vs eager), data (training-loader images/s per CPU core: tar shards "
-            "vs image folder, ImageNet augmentation at 224 px, on generated 500x375 JPEGs)."
+            "vs image folder, ImageNet augmentation at 224 px, on generated 500x375 JPEGs), export (botnet50 vs resnet50 exported to ONNX, "
+            "in ONNX Runtime on the CPU)."
         ),
     )
     p.add_argument("--suite", action="append", choices=SUITE_NAMES + ("all",),
@@ -70,6 +71,10 @@ def register(subparsers) -> None:
                    help="comma list of RelPosMHSA implementations, each against timm (default auto)")
     p.add_argument("--data-images", type=positive_int, default=256,
                    help="data suite: how many 500x375 JPEGs to generate and load per pass (default 256)")
+    p.add_argument("--onnx-attention", choices=("scan", "sdpa"), default="scan",
+                   help="export suite: how botnet50's attention is exported (botnet export --onnx-attention)")
+    p.add_argument("--onnx-opset", type=positive_int, default=None,
+                   help="export suite: ONNX opset of both exports, 18 to 23 (botnet export --opset)")
     p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds per variant (default 1)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per variant (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory runs")
@@ -93,6 +98,10 @@ def handler(args: argparse.Namespace) -> int:
     from botnet.errors import resolve_device
 
     device = resolve_device(args.device).type  # no GPU: one-line error, exit 2, before any work
+    if args.onnx_opset is not None and not 18 <= args.onnx_opset <= 23:
+        from botnet.errors import ConfigError
+
+        raise ConfigError(f"--onnx-opset {args.onnx_opset}: the exporter writes opsets 18 to 23; choose one of them")
     if args.threads:
         torch.set_num_threads(args.threads)
     if device == "cuda":
@@ -145,6 +154,8 @@ def _comparisons(args: argparse.Namespace, device: str) -> tuple[list, list[str]
             comps += make_suite(s)
         elif s == "data":
             comps += make_suite(s, images=args.data_images)
+        elif s == "export":
+            comps += make_suite(s, preset=preset, attention=args.onnx_attention, opset=args.onnx_opset)
         else:
             comps += make_suite(s, preset=preset, **flags)
     return comps, suites

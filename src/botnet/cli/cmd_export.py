@@ -16,9 +16,13 @@ def register(subparsers) -> None:
             "Export MODEL (a name from `botnet.list_models()`) with dynamic batch, height and width. "
             "onnx: dynamo exporter (needs onnxscript), input 'images', output 'logits'. "
             "torchscript: torch.jit.trace (runs at other sizes too). export: torch.export program (.pt2). "
-            "With --verify (default on) the file is reloaded and compared with the eager model at the "
-            "trace size and a second size. A detection checkpoint (Mask/Faster R-CNN) exports to onnx or export: "
-            "one image (3, H, W) of any size in, boxes, labels, scores (and masks) out; see docs/export.md."
+            "ONNX attention: each BoT attention layer becomes a Scan over blocks of 512 queries (standard "
+            "ops, opset >= 15; checked with onnxruntime 1.32), so ONNX Runtime's memory stays linear in "
+            "the number of tokens; --onnx-attention sdpa keeps the exporter's translation instead. "
+            "Unless --no-verify, the file is reloaded and compared with the eager model at the trace size, "
+            "a second size and a size whose attention grid is not square. A detection checkpoint (Mask/Faster R-CNN) exports to "
+            "onnx or export: one image (3, H, W) of any size in, boxes, labels, scores (and masks) out; see "
+            "docs/export.md."
         ),
     )
     p.add_argument("model", nargs="?", default=None,
@@ -42,6 +46,13 @@ def register(subparsers) -> None:
     p.add_argument("--min-size", type=positive_int, default=None,
                    help="smallest height/width the dynamic dims allow (default: the model's stride + 1, so its "
                         "last feature map is at least 2x2; a detector: 2)")
+    p.add_argument("--onnx-attention", choices=("scan", "sdpa"), default="scan",
+                   help="ONNX only: scan (default) = a Scan over query blocks, memory-linear in ONNX Runtime; "
+                        "sdpa = the exporter's own translation of scaled_dot_product_attention: MatMul/Softmax/"
+                        "MatMul below opset 23, the ONNX Attention op from --opset 23 (needs onnxruntime >= "
+                        "1.23); ONNX Runtime 1.32's CPU kernels hold the N x N logits for both")
+    p.add_argument("--opset", type=positive_int, default=None,
+                   help="ONNX only: opset version, 18 to 23 (default: the exporter's, 20 with torch 2.14)")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     p.add_argument("--verify-image", default=None, metavar="IMG",
                    help="detectors: check on this image and on it transposed and cropped (default: random images, "
@@ -88,10 +99,18 @@ def _build(args: argparse.Namespace):
     return model
 
 
-def handler(args: argparse.Namespace) -> int:
-    import torch
+def _check_onnx_options(args: argparse.Namespace) -> None:
+    from botnet.errors import ConfigError
 
-    from botnet.export import check_out_path, export_model, verify
+    onnx_only = [f for f, v in (("--opset", args.opset), ("--onnx-attention", args.onnx_attention != "scan")) if v]
+    if args.format != "onnx" and onnx_only:
+        raise ConfigError(f"{onnx_only[0]} applies to --format onnx only")
+    if args.opset is not None and not 18 <= args.opset <= 23:
+        raise ConfigError(f"--opset {args.opset}: the exporter writes opsets 18 to 23; choose one of them")
+
+
+def handler(args: argparse.Namespace) -> int:
+    from botnet.export import check_out_path, export_model, verify, verify_inputs
 
     check_out_path(args.out, args.format, overwrite=args.overwrite)  # before the model is built
     if args.verify_image is not None:  # a look at its header, before the model is built
@@ -103,6 +122,7 @@ def handler(args: argparse.Namespace) -> int:
         why = check_image_header(args.verify_image) if os.path.exists(args.verify_image) else "no such file"
         if why is not None:
             raise DataError(f"--verify-image {args.verify_image}: {why}; give an image file")
+    _check_onnx_options(args)
     model = _build(args)
     model.eval()
     from botnet.export.detection import is_detector
@@ -122,13 +142,11 @@ def handler(args: argparse.Namespace) -> int:
 
     args.min_size = args.min_size or smallest_dynamic_size(model)
     path = export_model(model, args.format, args.out, img_size=args.img_size, batch=args.batch,
-                        min_size=args.min_size, overwrite=args.overwrite)
+                        min_size=args.min_size, overwrite=args.overwrite, opset=args.opset,
+                        onnx_attention=args.onnx_attention)
     print(f"wrote {path} ({args.format}, dynamic batch/height/width)")
     if not args.no_verify:
-        h = args.img_size or model.pretrained_cfg["img_size"][0]
-        c = model.pretrained_cfg["input_size"][0]
-        h2 = max(args.min_size, h + 32 if h >= 32 else h + 8)
-        inputs = [torch.randn(args.batch, c, h, h), torch.randn(args.batch + 1, c, h2, h2 - 4)]
+        inputs = verify_inputs(model, img_size=args.img_size, batch=args.batch, min_size=args.min_size)
         errs = verify(model, args.format, path, inputs)
         for x, e in zip(inputs, errs):
             print(f"verify {tuple(x.shape)}: max |exported - eager| = {e:.3g}")

@@ -2,7 +2,8 @@
 
 - :func:`export_onnx`: the dynamo exporter (``torch.onnx.export(..., dynamo=True,
   dynamic_shapes=...)``, needs ``onnxscript``); input ``images`` (batch, C, height, width) and
-  output ``logits`` with symbolic batch/height/width.
+  output ``logits`` with symbolic batch/height/width. Each RelPosMHSA becomes a Scan over query
+  blocks (:mod:`botnet.export.onnx_attention`), so ONNX Runtime never holds the N x N logits.
 - :func:`export_torchscript`: ``torch.jit.trace``. RelPosMHSA takes its table-resize path whenever
   it is traced, and the tracer records the shape arithmetic, so the traced graph runs at other
   batch sizes and image sizes too (checked by the tests at two sizes).
@@ -19,6 +20,7 @@ temporary name beside the target and renamed into place, so a failed export leav
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -31,10 +33,11 @@ from torch import nn
 
 from botnet.errors import ConfigError
 
-__all__ = ["FORMATS", "export_model", "export_onnx", "export_torchscript", "export_program",
-           "load_exported", "run_exported", "verify", "dynamic_shapes", "check_out_path", "read_export_marker"]
+__all__ = ["FORMATS", "ONNX_ATTENTION", "export_model", "export_onnx", "export_torchscript", "export_program",
+           "load_exported", "run_exported", "verify", "verify_inputs", "dynamic_shapes", "check_out_path", "read_export_marker"]
 
 FORMATS = ("onnx", "torchscript", "export")
+ONNX_ATTENTION = ("scan", "sdpa")  # how export_onnx writes RelPosMHSA
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2"}
 MARKER_FILE = "botnet-export.json"  # TorchScript / torch.export extra file (stored as ARCHIVE/extra/NAME)
 ONNX_KEY = "botnet.export"           # ONNX model metadata_props key
@@ -205,16 +208,33 @@ def _example(model: nn.Module, img_size: int | Sequence[int] | None, batch: int)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, min_size: int = 8,
-                opset: int | None = None) -> Path:
+                opset: int | None = None, attention: str = "scan") -> Path:
+    """``attention``: "scan" (default) writes each RelPosMHSA as a Scan over query blocks, memory-linear
+    in ONNX Runtime (:mod:`botnet.export.onnx_attention`); "sdpa" leaves its scaled_dot_product_attention
+    to the exporter (MatMul/Softmax/MatMul below opset 23, the Attention op from 23: ONNX Runtime
+    1.32's CPU kernels materialise the N x N logits for both)."""
+    import onnx
+
+    from botnet.export.onnx_attention import lower_rel_pos_attention, translation_table
+    from botnet.layers.rel_pos_mhsa import attention_as_op
+
+    if attention not in ONNX_ATTENTION:
+        raise ValueError(f"attention must be one of {ONNX_ATTENTION}, got {attention!r}")
     path = Path(path)
     model = model.eval()
     kw = {} if opset is None else {"opset_version": opset}
-    prog = torch.onnx.export(
-        model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes(min_size),
-        input_names=["images"], output_names=["logits"], verbose=False, **kw,
-    )
-    prog.model.metadata_props[ONNX_KEY] = _marker_text("onnx")
-    return _write_atomic(path, lambda tmp: prog.save(tmp))
+    scan = attention == "scan"
+    with attention_as_op() if scan else contextlib.nullcontext():
+        prog = torch.onnx.export(
+            model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes(min_size),
+            input_names=["images"], output_names=["logits"], verbose=False,
+            custom_translation_table=translation_table() if scan else None, **kw,
+        )
+    proto = prog.model_proto
+    lower_rel_pos_attention(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_KEY, _marker_text("onnx")
+    return _write_atomic(path, lambda tmp: onnx.save_model(proto, tmp))
 
 
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
@@ -246,17 +266,19 @@ def smallest_dynamic_size(model: nn.Module) -> int:
 
 
 def export_model(model: nn.Module, fmt: str, path: str | Path, *, img_size=None, batch: int = 2,
-                 min_size: int | None = None, overwrite: bool = False) -> Path:
+                 min_size: int | None = None, overwrite: bool = False, opset: int | None = None,
+                 onnx_attention: str = "scan") -> Path:
     """Export ``model`` in ``fmt`` (onnx, torchscript, export), tracing at ``img_size``; dynamic sizes
     from ``min_size`` (default: :func:`smallest_dynamic_size`) up. An existing ``path`` is replaced
-    only when it is an earlier botnet export and ``overwrite`` is set (:func:`check_out_path`)."""
+    only when it is an earlier botnet export and ``overwrite`` is set (:func:`check_out_path`).
+    ``opset`` and ``onnx_attention`` apply to ONNX (:func:`export_onnx`)."""
     min_size = min_size or smallest_dynamic_size(model)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     check_out_path(path, fmt, overwrite=overwrite, what="export path")
     example = _example(model, img_size, batch)
     if fmt == "onnx":
-        return export_onnx(model, path, example, min_size=min_size)
+        return export_onnx(model, path, example, min_size=min_size, opset=opset, attention=onnx_attention)
     if fmt == "torchscript":
         return export_torchscript(model, path, example)
     return export_program(model, path, example, min_size=min_size)
@@ -287,6 +309,21 @@ def load_exported(fmt: str, path: str | Path):
 def run_exported(fmt: str, path: str | Path, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return load_exported(fmt, path)(x)
+
+
+def verify_inputs(model: nn.Module, *, img_size: int | None = None, batch: int = 2,
+                  min_size: int | None = None) -> list[torch.Tensor]:
+    """Three inputs for :func:`verify`: the trace size, another batch and size, and a size whose
+    attention grid is not square (width + 2 x the model's stride, so every stage's map has two or more
+    columns more than rows: a lowering that mixed up rows and columns would fail there)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    c = cfg.get("input_size", (3,))[0]
+    h = img_size or cfg.get("img_size", (224,))[0]
+    stride = smallest_dynamic_size(model) - 1
+    h2 = max(min_size or stride + 1, h + 32 if h >= 32 else h + 8)
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, c, h, h, generator=g), torch.randn(batch + 1, c, h2, h2 - 4, generator=g),
+            torch.randn(1, c, h, h + 2 * stride, generator=g)]
 
 
 def verify(model: nn.Module, fmt: str, path: str | Path, inputs: Sequence[torch.Tensor]) -> list[float]:

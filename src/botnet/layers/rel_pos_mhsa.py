@@ -23,6 +23,7 @@ Any input size works: tables trained at ``feat_size`` are linearly resized to th
 (2L'-1 for relative, L' for absolute) on the fly, and a checkpoint made at another ``feat_size``
 is resized the same way when loaded.
 """
+import contextlib
 import logging
 import warnings
 from typing import List, Optional, Tuple
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["RelPosMHSA", "resize_pos_table", "rel_pos_attention", "choose_impl", "sdpa_head_size",
-           "sdpa_kernel_name", "IMPLS"]
+           "sdpa_kernel_name", "IMPLS", "attention_as_op"]
 
 _log = logging.getLogger(__name__)
 
@@ -153,12 +154,18 @@ def _project(x: torch.Tensor, weight: torch.Tensor, heads: int) -> Tuple[torch.T
     return parts[0], parts[1], parts[2]
 
 
-def _rel_terms(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _rel_tables(x: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """R_h (H, H, d) and R_w (W, W, d) in x's dtype: R_h[r, j] = r_h[j - r + H - 1], the table row for
+    query row r and key row j (likewise for columns), from the tables resized to this map."""
+    R_h = _fit_table(r_h, 2 * H - 1)[_rel_index(H, x.device)].to(x.dtype)
+    R_w = _fit_table(r_w, 2 * W - 1)[_rel_index(W, x.device)].to(x.dtype)
+    return R_h, R_w
+
+
+def _rel_terms(q: torch.Tensor, R_h: torch.Tensor, R_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """a (B, heads, N, H) and b (B, heads, N, W): the unscaled relative logits per key row / column."""
     B, nh, N, d = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
-    # R_h[r, x] = r_h[x - r + H - 1]: the table row for query row r and key row x.
-    R_h = _fit_table(r_h, 2 * H - 1)[_rel_index(H, q.device)].to(q.dtype)  # (H, H, d)
-    R_w = _fit_table(r_w, 2 * W - 1)[_rel_index(W, q.device)].to(q.dtype)  # (W, W, d)
+    H, W = R_h.shape[0], R_w.shape[0]
     qg = q.reshape(B, nh, H, W, d)
     a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H)
     b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, W)
@@ -196,6 +203,39 @@ def _attend_sdpa(q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], 
         qa, ka = F.pad(qa, [0, pad]), F.pad(ka, [0, pad])
     va = F.pad(v, [0, H + W + pad])  # one head size for q, k and v; the extra outputs are dropped
     return F.scaled_dot_product_attention(qa, ka, va, scale=scale)[..., :d]
+
+
+# ---------------------------------------------------------------------- one op for exporters
+# While an exporter traces the model inside :func:`attention_as_op`, the layer (projection and
+# attention, after the position tables are fitted to the map) runs as the custom op
+# ``botnet::rel_pos_attention`` (eager: the same function, through SDPA), so the export keeps it as
+# one node and can lower it to a memory-linear graph of its own (botnet.export.onnx_attention)
+# instead of SDPA's decomposition, which materialises the N x N logits.
+_AS_OP = [False]
+
+
+@torch.library.custom_op("botnet::rel_pos_attention", mutates_args=())
+def _attention_op(x: torch.Tensor, weight: torch.Tensor, R_h: Optional[torch.Tensor], R_w: Optional[torch.Tensor],
+                  E: Optional[torch.Tensor], heads: int, scale: float) -> torch.Tensor:
+    """The layer given its position terms (:func:`_position_terms`); the output is NCHW-contiguous."""
+    return _layer(x, weight, R_h, R_w, E, heads, scale, "sdpa").contiguous()
+
+
+@_attention_op.register_fake
+def _(x, weight, R_h, R_w, E, heads, scale):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@contextlib.contextmanager
+def attention_as_op():
+    """Inside the block, every RelPosMHSA runs as the one op ``botnet::rel_pos_attention`` (for
+    exporters; not re-entrant across threads)."""
+    before = _AS_OP[0]
+    _AS_OP[0] = True
+    try:
+        yield
+    finally:
+        _AS_OP[0] = before
 
 
 # ---------------------------------------------------------------------- flex
@@ -266,6 +306,52 @@ def resolve_impl(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
     return chosen
 
 
+def _attend(chosen: str, q, k, v, a: Optional[torch.Tensor], b: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    if chosen == "explicit":
+        return _attend_explicit(q, k, v, a, b, scale)
+    if chosen == "sdpa":
+        return _attend_sdpa(q, k, v, a, b, scale)
+    if chosen == "flex":
+        if torch.jit.is_scripting():
+            raise RuntimeError("RelPosMHSA impl='flex' cannot run in TorchScript; use 'sdpa' or 'explicit'")
+        else:
+            return _attend_flex(q, k, v, a, b, scale)
+    raise ValueError("RelPosMHSA: unknown impl '" + chosen + "'; choose from auto, sdpa, flex, explicit")
+
+
+def _position_terms(x: torch.Tensor, table_h: Optional[torch.Tensor], table_w: Optional[torch.Tensor], pos: str,
+                    d: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(R_h, R_w, E) for an input x: relative tables (:func:`_rel_tables`) for pos "relative", the
+    (H*W, d) key embedding E_h[row] + E_w[col] for "absolute"; None where they do not apply."""
+    H, W = x.shape[2], x.shape[3]
+    if table_h is None or table_w is None:
+        return None, None, None
+    if pos == "relative":
+        R_h, R_w = _rel_tables(x, table_h, table_w, H, W)
+        return R_h, R_w, None
+    if pos == "absolute":
+        e = _fit_table(table_h, H)[:, None, :] + _fit_table(table_w, W)[None, :, :]
+        return None, None, e.reshape(H * W, d).to(x.dtype)
+    return None, None, None
+
+
+def _layer(x: torch.Tensor, weight: torch.Tensor, R_h: Optional[torch.Tensor], R_w: Optional[torch.Tensor],
+           E: Optional[torch.Tensor], heads: int, scale: float, chosen: str) -> torch.Tensor:
+    B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    q, k, v = _project(x, weight, heads)
+    if E is not None:
+        k = k + E  # key position embedding: q̂·(k_j + E_h[x] + E_w[y])
+    a: Optional[torch.Tensor] = None
+    b: Optional[torch.Tensor] = None
+    if R_h is not None and R_w is not None:
+        a, b = _rel_terms(q, R_h, R_w)
+    out = _attend(chosen, q, k, v, a, b, scale)
+    # -> (B, C, H, W) with channel = head*d + i, in the input's memory format (one copy either way)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+    return out.transpose(-1, -2).reshape(B, C, H, W)
+
+
 def rel_pos_attention(x: torch.Tensor, weight: torch.Tensor, table_h: Optional[torch.Tensor],
                       table_w: Optional[torch.Tensor], heads: int, pos: str, impl: str,
                       scale: float) -> torch.Tensor:
@@ -277,32 +363,14 @@ def rel_pos_attention(x: torch.Tensor, weight: torch.Tensor, table_h: Optional[t
     """
     if not torch.jit.is_tracing():  # a trace would record the check as a constant (and warn)
         _check_input(x, weight.shape[1])
-    B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    d = C // heads
     chosen = resolve_impl(impl, x, weight)
-    q, k, v = _project(x, weight, heads)
-    a: Optional[torch.Tensor] = None
-    b: Optional[torch.Tensor] = None
-    if pos == "relative" and table_h is not None and table_w is not None:
-        a, b = _rel_terms(q, table_h, table_w, H, W)
-    elif pos == "absolute" and table_h is not None and table_w is not None:
-        e = _fit_table(table_h, H)[:, None, :] + _fit_table(table_w, W)[None, :, :]
-        k = k + e.reshape(H * W, d).to(k.dtype)  # key position embedding: q̂·(k_j + E_h[x] + E_w[y])
-    if chosen == "explicit":
-        out = _attend_explicit(q, k, v, a, b, scale)
-    elif chosen == "sdpa":
-        out = _attend_sdpa(q, k, v, a, b, scale)
-    elif chosen == "flex":
-        if torch.jit.is_scripting():
-            raise RuntimeError("RelPosMHSA impl='flex' cannot run in TorchScript; use 'sdpa' or 'explicit'")
-        else:
-            out = _attend_flex(q, k, v, a, b, scale)
-    else:
-        raise ValueError("RelPosMHSA: unknown impl '" + impl + "'; choose from auto, sdpa, flex, explicit")
-    # -> (B, C, H, W) with channel = head*d + i, in the input's memory format (one copy either way)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-    return out.transpose(-1, -2).reshape(B, C, H, W)
+    R_h, R_w, E = _position_terms(x, table_h, table_w, pos, x.shape[1] // heads)
+    as_op = False
+    if not torch.jit.is_scripting():  # (TorchScript skips this block: it cannot read _AS_OP)
+        as_op = _AS_OP[0]
+    if as_op:
+        return torch.ops.botnet.rel_pos_attention(x, weight, R_h, R_w, E, heads, scale)
+    return _layer(x, weight, R_h, R_w, E, heads, scale, chosen)
 
 
 torch.fx.wrap("rel_pos_attention")
@@ -441,14 +509,14 @@ class RelPosMHSA(nn.Module):
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
         """The explicit softmax weights, (B, heads, N, N). For visualisation and tests only."""
-        H, W = x.shape[2], x.shape[3]
         q, k, _ = _project(x, self.qkv.weight, self.heads)
+        tables = self._pos_tables()
+        R_h, R_w, E = _position_terms(x, *(tables or [None, None]), self.pos, self.dim_head)
         a = b = None
-        if self.pos == "relative":
-            a, b = _rel_terms(q, self.rel_h, self.rel_w, H, W)
-        elif self.pos == "absolute":
-            e = _fit_table(self.abs_h, H)[:, None, :] + _fit_table(self.abs_w, W)[None, :, :]
-            k = k + e.reshape(H * W, self.dim_head).to(k.dtype)
+        if R_h is not None and R_w is not None:
+            a, b = _rel_terms(q, R_h, R_w)
+        if E is not None:
+            k = k + E
         logits = _explicit_logits(q, k, a, b, self.scale)
         return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
