@@ -245,3 +245,17 @@ def test_cli_bench_refuses_an_opset_the_exporter_cannot_write(tmp_path, capsys):
     rc = botnet.cli.main(["bench", "--suite", "export", "--onnx-opset", "30", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--onnx-opset 30" in err[0] and not any(tmp_path.iterdir())
+
+
+def test_cli_export_suite_writes_results_without_the_temporary_folder(tmp_path, monkeypatch):
+    from botnet.bench import cases
+
+    monkeypatch.setattr(cases, "export_onnx_files",
+                        lambda names, **_: {n: _tiny_onnx(tmp_path / f"{n}.onnx", False) for n in names})
+    rc = botnet.cli.main(["bench", "--suite", "export", "--repeats", "1", "--warmup", "0", "--no-memory",
+                          "--out", str(tmp_path / "out"), "--name", "export"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["control: 224px b8", "224px b8", "640px b1", "1024px b1"]
+    assert {r[w]["onnx_path"] for r in doc["results"] for w in ("ours", "baseline")} == {"botnet50.onnx", "resnet50.onnx"}
+    assert "| export (ONNX Runtime) | 1024px b1 | botnet50 (ONNX Runtime" in (tmp_path / "out" / "export.md").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -127,6 +128,10 @@ def handler(args: argparse.Namespace) -> int:
         eq = doc["meta"]["attention_equivalence"]
         print(f"attention vs timm (copied weights, float64): max |diff| {eq['max_abs_diff']:.3g}")
     doc["results"] = run_comparisons(comps, warmup=args.warmup, repeats=args.repeats, memory=not args.no_memory)
+    for r in doc["results"]:  # the export suite's files lived in a temporary folder: keep their names only
+        for who in ("ours", "baseline"):
+            if "onnx_path" in r.get(who, {}):
+                r[who]["onnx_path"] = os.path.basename(r[who]["onnx_path"])
     from botnet.bench.runner import _load
 
     doc["meta"]["load_after"] = _load()
