@@ -456,15 +456,15 @@ def export_onnx_files(names, *, attention: str = "scan", opset: int | None = Non
     import shutil
     import tempfile
 
-    import botnet
     from botnet.export import export_model
+    from botnet.models import create_model
 
     folder = tempfile.mkdtemp(prefix="botnet-bench-onnx-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     paths = {}
     for name in names:
         torch.manual_seed(0)
-        model = botnet.create_model(name)
+        model = create_model(name)
         paths[name] = str(export_model(model, "onnx", f"{folder}/{name}.onnx", batch=1, opset=opset,
                                        onnx_attention=attention))
     return paths
