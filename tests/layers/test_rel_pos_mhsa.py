@@ -366,3 +366,23 @@ def test_channels_last_model_keeps_the_qkv_weight_in_the_layout_of_its_gradient(
     # the convolutions stay channels_last (3x3 weights: the strides differ from the default)
     conv = model.layer1[0].conv2.weight
     assert conv.stride() != torch.empty(conv.shape).stride() and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("pos", ["relative", "absolute", "none"])
+def test_autocast_keeps_q_k_v_in_one_dtype(pos, monkeypatch):
+    # the position terms are built in the input's dtype; under bf16 autocast they must follow q / k
+    # (an fp32 key embedding used to promote k alone to fp32)
+    from botnet.layers import rel_pos_mhsa
+
+    seen = []
+    real = rel_pos_mhsa._attend_sdpa
+
+    def spy(q, k, v, a, b, scale):
+        seen.append({t.dtype for t in (q, k, v, a, b) if t is not None})
+        return real(q, k, v, a, b, scale)
+
+    monkeypatch.setattr(rel_pos_mhsa, "_attend_sdpa", spy)
+    m = RelPosMHSA(32, 2, (4, 4), pos=pos, impl="sdpa")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(1, 32, 4, 5))
+    assert seen == [{torch.bfloat16}] and out.dtype == torch.bfloat16

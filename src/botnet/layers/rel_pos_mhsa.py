@@ -166,6 +166,7 @@ def _rel_terms(q: torch.Tensor, R_h: torch.Tensor, R_w: torch.Tensor) -> Tuple[t
     """a (B, heads, N, H) and b (B, heads, N, W): the unscaled relative logits per key row / column."""
     B, nh, N, d = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
     H, W = R_h.shape[0], R_w.shape[0]
+    R_h, R_w = R_h.to(q.dtype), R_w.to(q.dtype)  # (under autocast q is in the lower precision)
     qg = q.reshape(B, nh, H, W, d)
     a = torch.einsum("bnhwd,hxd->bnhwx", qg, R_h).reshape(B, nh, N, H)
     b = torch.einsum("bnhwd,wyd->bnhwy", qg, R_w).reshape(B, nh, N, W)
@@ -340,7 +341,7 @@ def _layer(x: torch.Tensor, weight: torch.Tensor, R_h: Optional[torch.Tensor], R
     B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     q, k, v = _project(x, weight, heads)
     if E is not None:
-        k = k + E  # key position embedding: q̂·(k_j + E_h[x] + E_w[y])
+        k = k + E.to(k.dtype)  # key position embedding: q̂·(k_j + E_h[x] + E_w[y]) (k may be autocast's dtype)
     a: Optional[torch.Tensor] = None
     b: Optional[torch.Tensor] = None
     if R_h is not None and R_w is not None:
@@ -516,7 +517,7 @@ class RelPosMHSA(nn.Module):
         if R_h is not None and R_w is not None:
             a, b = _rel_terms(q, R_h, R_w)
         if E is not None:
-            k = k + E
+            k = k + E.to(k.dtype)
         logits = _explicit_logits(q, k, a, b, self.scale)
         return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
