@@ -42,9 +42,15 @@ class ClassificationTask(Task):
     name = "classification"
     key_metric = "top1"
     loss_label = "cross-entropy"
-    schema = CLASSIFICATION_DEFAULTS
+    config_defaults = CLASSIFICATION_DEFAULTS
     # fixed shapes: cudnn.benchmark tunes once; bf16 + channels_last are what GPUs run fastest
     cuda_defaults = {"amp": "bf16", "channels_last": True, "cudnn_benchmark": True}
+
+    def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
+        return _build_model(arch, model_kwargs)
+
+    def resolve_config(self, cfg: dict, recipe: str | None = None) -> dict[str, str]:
+        return resolve_classification_config(cfg, recipe)
 
     def validate(self, cfg: dict) -> None:
         validate_classification_config(cfg)
@@ -107,7 +113,8 @@ class ClassificationTask(Task):
         out = model(x)
         loss = self.criterion(out.float(), y)
         correct = None if self.mixup is not None else int((out.detach().argmax(1) == y_hard).sum())
-        return StepOutput({"loss": loss}, batch_size=int(y_hard.shape[0]), correct=correct, skipped=list(bad))
+        return StepOutput({"loss": loss}, batch_size=int(y_hard.shape[0]),
+                          metrics={} if correct is None else {"correct": correct}, skipped=list(bad))
 
     def evaluate(self, model, setup, cfg, dist, desc: str = "eval") -> dict[str, Any]:
         tc = cfg["train"]
@@ -202,8 +209,6 @@ def train(cfg: dict, resume=None, init_weights=None, dist_info=None, overwrite: 
     ``cfg``: :data:`CLASSIFICATION_DEFAULTS` with the run's values; the ones left ``None`` are filled
     first (:func:`~botnet.classification.config.resolve_classification_config`), the run's name too."""
     from botnet.engine.trainer import Trainer
-
-    resolve_classification_config(cfg)  # before the trainer names the run folder after cfg["name"]
 
     return Trainer(ClassificationTask(), cfg, resume=resume, init_weights=init_weights, dist_info=dist_info,
                    overwrite=overwrite).run()

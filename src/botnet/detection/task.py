@@ -117,12 +117,16 @@ class DetectionTask(Task):
     # bf16 is not the CUDA default here until a detection run has been measured with it
     cuda_defaults = {"amp": "none", "channels_last": False, "cudnn_benchmark": False}
 
-    def __init__(self, cfg: dict | None = None):
-        self.key_metric = "mask_AP" if (cfg or DETECTION_DEFAULTS)["model"]["kind"] == "maskrcnn" else "box_AP"
+    key_metric = "mask_AP"
+    config_defaults = DETECTION_DEFAULTS
+
+    def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> torch.nn.Module:
+        return build_detector_from_kwargs(arch, model_kwargs)
 
     def validate(self, cfg: dict) -> None:
         validate_detection_config(cfg)
         check_data_root(cfg)
+        self.key_metric = "mask_AP" if cfg["model"]["kind"] == "maskrcnn" else "box_AP"
 
     def setup(self, cfg: dict, dist) -> TaskSetup:
         from torch.utils.data import DataLoader
@@ -237,6 +241,6 @@ def train(cfg: dict, resume=None, init_weights=None, dist_info=None, overwrite: 
     """Run one detection job; returns the summary (also in ``RUN/summary.json``)."""
     from botnet.engine.trainer import Trainer
 
-    task = DetectionTask(cfg)
+    task = DetectionTask()
     return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info,
                    overwrite=overwrite).run()

@@ -1,9 +1,11 @@
-"""What a task gives the training engine: its model, its data, one step and one evaluation.
+"""What a task gives the training engine: its model, its config, its data, one step and one evaluation.
 
 The engine (:class:`botnet.engine.Trainer`) owns everything else: devices and processes, autocast
 and gradient scaling, clipping, the optimizer and schedule, EMA, the wall-clock budget, threads,
 checkpoints and exact resume, Ctrl-C and non-finite losses, logging and ``summary.json``. A new
-task (say, semantic segmentation) subclasses :class:`Task` and fills in these methods only.
+task (say, semantic segmentation) subclasses :class:`Task`, fills in these methods, and registers
+itself once (:func:`botnet.tasks.register_task`); the command line (``botnet NAME train|eval``),
+``load_model`` and ``botnet publish`` then serve it like botnet's own tasks (CONTRIBUTING.md).
 """
 from __future__ import annotations
 
@@ -35,11 +37,14 @@ class TaskSetup:
 
 @dataclass
 class StepOutput:
-    """One training step's losses (``losses["loss"]`` is minimised) and counts for the meters."""
+    """One training step's losses (``losses["loss"]`` is minimised) and what the meters count.
+
+    ``metrics`` holds counts that add up over a step's batches and over an epoch (classification:
+    ``correct``, the right top-1 answers, which the epoch record turns into ``train_top1``)."""
 
     losses: dict[str, torch.Tensor]
     batch_size: int
-    correct: int | None = None             # classification: right top-1 answers (None: not tracked)
+    metrics: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -47,6 +52,7 @@ class Task:
     """Base class; see the module doc. ``key_metric`` decides ``best.safetensors`` (higher is better)."""
 
     name = "task"
+    config_defaults: dict[str, Any] = {}  # the task's whole config: engine_sections() merged with its own
     key_metric = "loss"
     loss_label = "training loss"  # what losses["loss"] is, for the plots (classification: cross-entropy)
     find_unused_parameters = False  # DDP: True when some parameters get no gradient in a step
@@ -56,6 +62,31 @@ class Task:
 
     def validate(self, cfg: dict) -> None:
         """Raise :class:`botnet.errors.ConfigError` for a bad value, before any work."""
+
+    def resolve_config(self, cfg: dict, recipe: str | None = None) -> dict[str, str]:
+        """Fill, in place, the values the config leaves open (``None``) from the model or the data; returns
+        ``{key: where its value came from}`` for ``--print-config``."""
+        return {}
+
+    def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
+        """The (untrained) model a checkpoint records as ``arch`` + ``model_kwargs`` (``load_model`` calls this)."""
+        raise NotImplementedError
+
+    def evaluate_checkpoint(self, model: nn.Module, meta: dict[str, Any], cfg: dict, device: torch.device
+                            ) -> dict[str, Any]:
+        """Metrics of a trained ``model`` on the validation data ``cfg`` names (``botnet NAME eval``): by default
+        the task's own :meth:`setup` and :meth:`evaluate`, in one process."""
+        from botnet.engine.distributed import DistInfo
+
+        dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+        return self.evaluate(model.to(device).eval(), self.setup(cfg, dist), cfg, dist, desc="eval")
+
+    def publish(self, model: nn.Module, meta: dict[str, Any], info: dict[str, Any], folder: Path) -> None:
+        """Write ``folder/config.json`` and ``folder/README.md`` for ``botnet publish`` (the weights are written
+        beside them). ``info``: what the run recorded (``weights``, ``config``, ``summary``, ``command`` ...)."""
+        from botnet.io.published import write_generic_publish
+
+        write_generic_publish(folder, task=self.name, meta=meta, info=info)
 
     def setup(self, cfg: dict, dist) -> TaskSetup:
         raise NotImplementedError

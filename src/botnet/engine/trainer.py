@@ -24,13 +24,15 @@ import torch
 import torch.nn as nn
 
 from botnet.engine import checkpoint as ckpt
-from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, elastic_launch, gather_object,
+from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, gather_object,
                                        init_distributed, reduce_dict, seed_everything)
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
-from botnet.log import get_logger, progress_enabled
+from botnet.engine.hooks import (CheckpointHook, EvalHook, Hook, PlotsHook, ProgressHook, ThreadsHook, TimeBudgetHook,
+                                 scalars)
 from botnet.engine.logger import MetricsLogger
-from botnet.engine.task import StepOutput, Task, TaskSetup
+from botnet.engine.task import StepOutput, Task
+from botnet.log import get_logger
 
 __all__ = ["Trainer", "autocast", "fit_global_batch", "run_dir_of", "train"]
 
@@ -49,21 +51,8 @@ def run_dir_of(cfg: dict) -> Path:
     return Path(cfg["output"]["dir"] or os.path.join("runs", cfg["name"]))
 
 
-def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
 def _write_json(path: Path, data: dict) -> None:
     ckpt.atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")}
 
 
 def fit_global_batch(global_batch: int, world_size: int, max_batch: int, what: str = "run") -> tuple[int, int]:
@@ -84,21 +73,34 @@ def fit_global_batch(global_batch: int, world_size: int, max_batch: int, what: s
 
 
 def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: DistInfo | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, hooks: list[Hook] | None = None) -> dict[str, Any]:
     """Run one job; returns the summary (also written to ``RUN/summary.json``)."""
-    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info, overwrite=overwrite).run()
+    return Trainer(task, cfg, resume=resume, init_weights=init_weights, dist_info=dist_info, overwrite=overwrite,
+                   hooks=hooks).run()
+
+
+def default_hooks() -> list[Hook]:
+    """Everything a run does besides its steps, in the order the hooks are called (:mod:`botnet.engine.hooks`)."""
+    return [ThreadsHook(), ProgressHook(), CheckpointHook(), EvalHook(), TimeBudgetHook(), PlotsHook()]
 
 
 class Trainer:
+    """The run's state (model, optimizer, schedule, EMA, scaler, its place in the data) and its steps; all else is
+    a hook's (``hooks``, default :func:`default_hooks`; pass more to add to them, e.g. ``default_hooks() + [mine]``)."""
+
     def __init__(self, task: Task, cfg: dict, *, resume=None, init_weights=None, dist_info: DistInfo | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, hooks: list[Hook] | None = None):
         """``overwrite``: a new run may replace the run already in the output folder (docs/run-folder.md)."""
         self.task, self.cfg, self.resume, self.init_weights = task, cfg, resume, init_weights
+        task.resolve_config(cfg)  # the values left open (the run's name among them) before the folder is named
         self.tc = cfg["train"]
         self.run_dir = run_dir_of(cfg)
         self.overwrite, self.folder_lock = overwrite, None
         self._dist_given = dist_info
         self.di: DistInfo | None = None
+        self.hooks = default_hooks() if hooks is None else list(hooks)
+        for h in self.hooks:
+            h.trainer = self
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:
@@ -181,18 +183,16 @@ class Trainer:
             removed = clear_run_files(self.run_dir)
             if removed:
                 log.info(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.run_dir}")
-        if elastic_launch() and not self.resume:
-            # a checkpoint before any other file: a job restarted before its first save then resumes this one,
-            # where it would find a folder that "holds a run" and be refused
-            self.train_seconds = 0.0
-            self._save("last", self.start_epoch, 0)
+        self.call("before_train")  # (under an elastic launch the first checkpoint is written here, before any file)
         self.logger = MetricsLogger(self.run_dir, enabled=di.is_main, resume=bool(self.resume))
         self._announce()
         try:
-            status = self._loop(finished)
+            status = self.train_loop(finished)
         except NonFiniteLossError:
             self.logger.close()
             raise
+        finally:
+            self.call("close")
         return self._finish(status)
 
     # ------------------------------------------------------------------ building
@@ -222,6 +222,10 @@ class Trainer:
         self.global_batch = int(cfg["data"]["batch_size"]) * self.accum * di.world_size
         lr = float(oc["lr"]) * (self.global_batch / float(oc["lr_base_batch"]) if oc.get("lr_base_batch") else 1.0)
         self.optimizer = build_optimizer(model, oc, lr)
+        if s.train_loader.generator is None:
+            # each epoch's iterator draws a seed from the loader's generator, else from the global RNG: a resumed
+            # run would draw it mid-epoch and shift every random number after it (the task's augmentation)
+            s.train_loader.generator = torch.Generator().manual_seed(int(tc["seed"]))
         self.spe = len(s.train_loader) // self.accum  # optimizer steps per epoch: floor(items / global batch)
         self.epochs = float(tc["epochs"])
         self.planned_steps = int(round(self.epochs * self.spe))
@@ -233,9 +237,14 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(model, decay=float(tc["ema_decay"]), use_warmup=bool(tc["ema_warmup"]))
+        # where the run is: start_epoch / skip_batches come from a resumed checkpoint
         self.start_epoch, self.step, self.skip_batches = 0, 0, 0
-        self.best: dict[str, Any] = {"value": -math.inf, "which": None, "step": 0, "metric": self.task.key_metric}
-        self.history_seconds = 0.0
+        self.epoch, self.batch_in_epoch, self.epoch_steps = 0, 0, self.spe
+        self.total_steps = self.planned_steps  # a hook may refit it (the time budget)
+        self.max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
+        self.history_seconds, self.train_seconds, self.step_seconds = 0.0, 0.0, 0.0
+        self.loss_value, self.stop_reason = math.nan, None
+        self.skipped = list(s.skipped_train)
 
     def _keep_global_batch(self) -> None:
         """A run resumed on another number of processes keeps the global batch it was saved with: the
@@ -246,7 +255,7 @@ class Trainer:
         world, batch = self.di.world_size, int(self.cfg["data"]["batch_size"])
         accum = int(self.tc.get("accum_steps") or 1)
         if not saved or was == world or batch * accum * world == saved:
-            return  # same processes (a batch given anew is the user's), or a checkpoint older than these fields
+            return  # same processes (a batch given anew is the user's), or a checkpoint that does not record them
         batch, accum = fit_global_batch(saved, world, batch, what=f"resume {self.run_dir}")
         self.cfg["data"]["batch_size"], self.tc["accum_steps"] = batch, accum
         if self.di.is_main:
@@ -264,7 +273,8 @@ class Trainer:
         ex = st["extra"]
         self.start_epoch, self.step = int(ex.get("epoch", st["epoch"])), int(st["step"])
         self.skip_batches = int(ex.get("batch_in_epoch", 0))
-        self.best = ex.get("best", self.best)
+        for h in self.hooks:
+            h.load_state_dict(ex)
         self.history_seconds = float(ex.get("train_seconds", 0.0))
         if self.skip_batches > self.spe:  # the schema cannot know the epoch's length; the run does (== : epoch done)
             raise ckpt.CheckpointError(
@@ -305,17 +315,38 @@ class Trainer:
         if s.skipped_train:
             log.warning(f"left out {len(s.skipped_train)} unreadable training file(s), e.g. {s.skipped_train[0]}")
 
-    # ------------------------------------------------------------------ checkpoints and evaluation
-    def _save(self, name: str, epoch_idx: int, batch_in_epoch: int, weights_only: nn.Module | None = None,
-              extra_more: dict | None = None) -> None:
+    # ------------------------------------------------------------------ state, checkpoints, hooks
+    def hook(self, kind: type) -> Hook | None:
+        """The run's hook of this class, if it has one."""
+        return next((h for h in self.hooks if isinstance(h, kind)), None)
+
+    def call(self, event: str, *args) -> None:
+        for h in self.hooks:
+            getattr(h, event)(*args)
+
+    def stop(self, reason: str) -> None:
+        """Stop after the current step (or epoch end) with ``reason`` as the run's status."""
+        self.stop_reason = self.stop_reason or reason
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumable checkpoint records of the run besides model, optimizer, schedule, EMA and scaler:
+        the trainer's position and every hook's state (one ``extra`` mapping)."""
+        state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "train_seconds": self.history_seconds + self.train_seconds, "world_size": self.di.world_size,
+                 "global_batch": self.global_batch}
+        for h in self.hooks:
+            state.update(h.state_dict())
+        return state
+
+    def save(self, name: str, epoch_idx: int, batch_in_epoch: int, weights_only: nn.Module | None = None,
+             extra_more: dict | None = None) -> None:
         rank_rng = None
         if weights_only is None and self.di.distributed:  # every rank calls a resumable save: each keeps its stream
             rank_rng = gather_object(ckpt.get_rng_state())
         if not self.di.is_main:
             return
-        extra = {"epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, "best": self.best,
-                 "train_seconds": self.history_seconds + self.train_seconds, "world_size": self.di.world_size,
-                 "global_batch": self.global_batch, **self.setup.meta, **(extra_more or {})}
+        extra = {**self.state_dict(), "epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, **self.setup.meta,
+                 **(extra_more or {})}
         common = dict(epoch=epoch_idx, step=self.step, arch=self.setup.arch, model_kwargs=self.setup.model_kwargs,
                       class_names=self.setup.class_names, config=self.cfg, extra=extra, task=self.task.name)
         path = self.run_dir / f"{name}.safetensors"
@@ -325,111 +356,53 @@ class Trainer:
             ckpt.save_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema,
                                  scaler=self.scaler if self.scaler.is_enabled() else None, rank_rng=rank_rng, **common)
 
-    def _evaluate(self, epoch_value: float) -> dict[str, dict[str, Any]]:
-        t0 = time.monotonic()
-        out = {"raw": self.task.evaluate(self.model, self.setup, self.cfg, self.di, desc="eval")}
-        if self.ema is not None:
-            out["ema"] = self.task.evaluate(self.ema.module, self.setup, self.cfg, self.di, desc="eval EMA")
-        if self.budget is not None:
-            self.budget.add_eval(time.monotonic() - t0)
-        rec = _scalars(out["raw"])
-        if "ema" in out:
-            rec.update({f"ema_{k}": v for k, v in _scalars(out["ema"]).items()})
-        self.logger.log(rec, step=self.step, phase="val", epoch=epoch_value)
-        key = self.task.key_metric
-        cand = max(out, key=lambda k: out[k].get(key, -math.inf))
-        if out[cand].get(key, -math.inf) > self.best["value"]:
-            self.best = {"value": out[cand][key], "which": cand, "step": self.step, "epoch": epoch_value,
-                         "metric": key}
-            self._save("best", math.ceil(epoch_value), 0, weights_only=self.model if cand == "raw" else self.ema.module,
-                       extra_more={"weights": cand, "val": rec})
-        if self.di.is_main:
-            msg = f"epoch {epoch_value:.2f} step {self.step}: val " + self.task.describe(out["raw"])
-            if "ema" in out:
-                msg += " | EMA " + self.task.describe(out["ema"])
-            log.info(msg)
-        _set_train_mode(self.train_model, bool(self.tc["freeze_bn"]))
-        return out
+    def set_train_mode(self) -> None:
+        self.train_model.train()
+        if self.tc["freeze_bn"]:  # running statistics stay as they are; the affine parameters still train
+            for m in self.train_model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def epoch_value(self) -> float:
+        return round(self.epoch + self.batch_in_epoch / self.spe, 4) if self.spe else 0.0
+
+    def steps_to_run(self) -> int:
+        """Steps this run will take: the schedule's (fitted to the budget, if any), or --max-steps if fewer."""
+        return min(self.total_steps, self.max_steps) if self.max_steps else self.total_steps
+
+    def epoch_label(self, epoch: int) -> str:
+        """``epoch k/N``, N the epochs the run will reach (after a budget fit: the fitted ones, not the config's)."""
+        return f"epoch {epoch + 1}/{max(math.ceil(self.steps_to_run() / max(self.spe, 1)), epoch + 1)}"
 
     # ------------------------------------------------------------------ the loop
-    def _loop(self, finished: bool = False) -> str:
+    def train_loop(self, finished: bool = False) -> str:
         """The epochs; ``finished``: every step was done before a restart, only the final evaluation is left."""
-        from botnet.engine.budget import BudgetFitter
-
-        tc = self.tc
-        self.train_seconds, self.items_per_s = 0.0, 0.0
-        self.total_steps = self.planned_steps
-        self.max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
-        self.last_eval, self.last_eval_step = None, -1
-        self.skipped = list(self.setup.skipped_train)
-        self.budget, self.fitted = None, False
-        # a bar on a terminal; otherwise (a log file, a pipe, --no-progress) plain lines every log_every steps
-        self.show_bar = self.di.is_main and progress_enabled(tc["progress"])
-        if tc["time_budget"]:
-            self.budget = BudgetFitter(float(tc["time_budget"]), self.t_start, self.planned_steps, self.spe,
-                                       int(tc["eval_every"] or 0), self.setup.num_val * self.setup.eval_passes,
-                                       2 if self.ema else 1)
-        self.tuner = None
-        if self.di.device.type == "cpu":
-            self._cpu_threads()
-        status = "completed"
         if finished:
-            return status if self.step >= self.planned_steps else "max_steps"
-        with GracefulInterrupt() as interrupt:
-            self.interrupt = interrupt
+            return "completed" if self.step >= self.planned_steps else "max_steps"
+        with GracefulInterrupt() as self.interrupt:
             for epoch in range(self.start_epoch, math.ceil(self.epochs)):
                 if self.step >= self.total_steps:
                     break
-                reason, batch_in_epoch = self._train_epoch(epoch)
-                pos = (epoch + 1, 0) if batch_in_epoch >= self.spe else (epoch, batch_in_epoch)
-                self._save("last", *pos)  # a finished epoch continues with the next one
-                if reason:
-                    status = reason
+                self.epoch = epoch
+                self._start_epoch(epoch)
+                self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
+                self.call("before_epoch", epoch)
+                self.run_epoch(epoch)
+                self.call("after_epoch", epoch)
+                if self.stop_reason or self.step >= self.total_steps:
                     break
-                if self.step >= self.total_steps:
-                    break
-                if tc["eval_every"] and (epoch + 1) % int(tc["eval_every"]) == 0:
-                    self.last_eval = self._evaluate(round(epoch + batch_in_epoch / self.spe, 4))
-                    self.last_eval_step = self.step
-                    barrier()
-                    if self.budget is not None and self.budget.exhausted():
-                        status = "time_budget"
-                        break
-        return status
+        return self.stop_reason or "completed"
 
-    def _cpu_threads(self) -> None:
-        threads = str(self.tc.get("threads", "auto"))
-        if threads == "auto" and not self.tc["deterministic"]:  # a fixed count keeps runs bitwise repeatable
-            from botnet.engine.threads import ThreadTuner
-
-            self.tuner = ThreadTuner(verbose=self.di.is_main and bool(self.tc["progress"]))
-        elif threads != "auto":
-            torch.set_num_threads(int(threads))
-
-    def _train_epoch(self, epoch: int) -> tuple[str | None, int]:
-        """One epoch (or what is left of it); returns ``(stop reason or None, batches done in it)``."""
-        from tqdm import tqdm
-
-        tc, di, loader = self.tc, self.di, self.setup.train_loader
-        loader.sampler.set_epoch(epoch)
-        batch_in_epoch = 0
-        if self.skip_batches:
-            # this rank's share of the samples the run's steps took (global batch / processes each): the same
-            # place in the epoch's order on any number of processes (ResumableSampler)
-            loader.sampler.skip(self.skip_batches * self.accum * int(self.cfg["data"]["batch_size"]))
-            batch_in_epoch, self.skip_batches = self.skip_batches, 0
-        self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
-        _set_train_mode(self.train_model, bool(tc["freeze_bn"]))
-        self.bar = tqdm(total=self.epoch_steps, initial=batch_in_epoch, desc=self._epoch_label(epoch),
-                        dynamic_ncols=True, disable=not self.show_bar, leave=di.is_main)
-        self.meter = {"loss": 0.0, "n": 0, "correct": 0, "seen": 0}
-        self.window = {"t": time.monotonic(), "n": 0, "loss": 0.0}
-        reason, micro = None, 0
+    def run_epoch(self, epoch: int) -> None:
+        """The steps of one epoch (or of what is left of it)."""
+        loader = self.setup.train_loader
+        micro = 0
         for batch in loader:
             if micro == 0:
                 t_step = time.monotonic()
             with self._grad_sync(micro + 1 == self.accum):  # DDP reduces the gradients once per step
-                out = self.task.train_step(self.train_model, batch, di.device, self.setup)
+                with autocast(self.di.device, self.amp):
+                    out = self.task.train_step(self.train_model, batch, self.di.device, self.setup)
                 if out is None:
                     continue
                 self.skipped += out.skipped
@@ -438,18 +411,25 @@ class Trainer:
             if micro < self.accum:
                 continue
             micro = 0
-            reason = self._optimizer_step(out, epoch, t_step)
-            batch_in_epoch += 1
-            self._after_step(out, epoch, batch_in_epoch, t_step)
-            if reason or batch_in_epoch >= self.epoch_steps:
+            self._optimizer_step(epoch)
+            self.batch_in_epoch += 1
+            self.step_seconds = time.monotonic() - t_step
+            self.train_seconds += self.step_seconds
+            self.call("after_step", out)
+            if self.stop_reason or self.batch_in_epoch >= self.epoch_steps:
                 break
-        self.bar.close()
-        if self.meter["n"]:
-            rec = {"train_loss": self.meter["loss"] / self.meter["n"]}
-            if self.meter["seen"]:
-                rec["train_top1"] = 100.0 * self.meter["correct"] / self.meter["seen"]
-            self.logger.log(rec, step=self.step, phase="train_epoch", epoch=round(epoch + batch_in_epoch / self.spe, 4))
-        return reason, batch_in_epoch
+
+    def _start_epoch(self, epoch: int) -> None:
+        """Where the epoch starts: its shuffled order, and the batches a resumed run already took."""
+        loader = self.setup.train_loader
+        loader.sampler.set_epoch(epoch)
+        self.batch_in_epoch = 0
+        if self.skip_batches:
+            # this rank's share of the samples the run's steps took (global batch / processes each): the same
+            # place in the epoch's order on any number of processes (ResumableSampler)
+            loader.sampler.skip(self.skip_batches * self.accum * int(self.cfg["data"]["batch_size"]))
+            self.batch_in_epoch, self.skip_batches = self.skip_batches, 0
+        self.set_train_mode()
 
     def _grad_sync(self, sync: bool):
         """DDP's ``no_sync`` for the batches of a step but its last (nothing to do in a single process)."""
@@ -467,26 +447,27 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss / self.accum if self.accum > 1 else loss).backward()
         if self.accum == 1:
-            self._loss_value = loss_v
+            self.loss_value = loss_v
             return out
         if micro == 1:
-            self._acc = {"loss": 0.0, "n": 0, "correct": 0 if out.correct is not None else None}
+            self._acc = {"loss": 0.0, "n": 0, "metrics": {}}
         acc = self._acc
         acc["loss"] += loss_v
         acc["n"] += out.batch_size
-        if acc["correct"] is not None and out.correct is not None:
-            acc["correct"] += out.correct
-        self._loss_value = acc["loss"] / self.accum  # NaN / inf in any batch stays in the mean
-        return StepOutput(out.losses, batch_size=acc["n"], correct=acc["correct"])
+        for k, v in out.metrics.items():  # counts add up over the step's batches
+            acc["metrics"][k] = acc["metrics"].get(k, 0) + v
+        self.loss_value = acc["loss"] / self.accum  # NaN / inf in any batch stays in the mean
+        return StepOutput(out.losses, batch_size=acc["n"], metrics=dict(acc["metrics"]))
 
-    def _optimizer_step(self, out, epoch: int, t_step: float) -> str | None:
-        """The update after the step's backward passes; the stop decision (Ctrl-C, budget, max steps) is taken on
-        every rank alike."""
-        loss_v = self._loss_value
-        flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested),
-                 "budget": float(self.budget is not None and self.budget.exhausted())}
+    def _optimizer_step(self, epoch: int) -> None:
+        """The update after the step's backward passes; the stop decision (Ctrl-C, a hook's, max steps) is taken
+        on every rank alike."""
+        loss_v = self.loss_value
+        flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested)}
+        wanted = [r for r in (h.wants_stop() for h in self.hooks) if r]
+        flags.update({f"hook:{r}": 1.0 for r in wanted})
         if self.di.distributed:
-            flags = reduce_dict(flags, op="max")
+            flags = reduce_dict(flags, op="max")  # every rank sends the same keys: the hooks are the same
         if flags["nonfinite"]:
             self._nonfinite(loss_v, epoch)
         opt, scaler = self.optimizer, self.scaler
@@ -500,115 +481,50 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         if flags["interrupt"]:
-            return "interrupted"
-        if flags["budget"]:
-            return "time_budget"
+            self.stop("interrupted")
+        for key, v in flags.items():
+            if key.startswith("hook:") and v:
+                self.stop(key[5:])
         if self.max_steps and self.step >= self.max_steps:
-            return "max_steps"
-        return None
+            self.stop("max_steps")
 
     def _nonfinite(self, loss_v: float, epoch: int) -> None:
-        self.bar.close()
+        self.call("close")
         last = self.run_dir / "last.safetensors"
         hint = f"Last good checkpoint: {last}" if last.is_file() else "No checkpoint had been written yet."
         err = NonFiniteLossError(loss_v, self.step + 1, epoch + 1, hint=hint)
         if self.di.is_main:
             _write_json(self.run_dir / "summary.json", {"status": "nonfinite_loss", "message": str(err),
-                                                        "step": self.step, "epoch": epoch, "best": self.best})
+                                                        "step": self.step, "epoch": epoch,
+                                                        "best": self.hook(EvalHook).best if self.hook(EvalHook)
+                                                        else None})
         raise err
-
-    def _after_step(self, out, epoch: int, batch_in_epoch: int, t_step: float) -> None:
-        """Meters, progress, log records, step checkpoints and the budget fit."""
-        tc, bs, loss_v = self.tc, out.batch_size, self._loss_value
-        self.meter["loss"] += loss_v * bs
-        self.meter["n"] += bs
-        if out.correct is not None:
-            self.meter["correct"] += out.correct
-            self.meter["seen"] += bs
-        self.window["n"] += bs
-        self.window["loss"] += loss_v * bs
-        dt = time.monotonic() - t_step
-        self.train_seconds += dt
-        if self.budget is not None:
-            self.budget.add_step(dt)
-        if self.tuner is not None:
-            self.tuner.after_step(dt)
-        self.bar.update(1)
-        if self.step % max(int(tc["log_every"]), 1) == 0 or batch_in_epoch == self.epoch_steps:
-            self._log_window(out, epoch, batch_in_epoch)
-        if tc["save_every_steps"] and self.step % int(tc["save_every_steps"]) == 0:
-            self._save("last", epoch, batch_in_epoch)
-        if self.budget is not None and self.cfg["sched"].get("fit_time_budget", True) and self.items_per_s > 0 \
-                and self.budget.due(self.step):
-            self._fit_budget(epoch)
-
-    def _log_window(self, out, epoch: int, batch_in_epoch: int) -> None:
-        now = time.monotonic()
-        w = self.window
-        self.items_per_s = w["n"] * self.di.world_size / max(now - w["t"], 1e-9)
-        lr_now = self.optimizer.param_groups[0]["lr"]
-        win_loss = w["loss"] / max(w["n"], 1)  # mean over the steps since the last record
-        self.window = {"t": now, "n": 0, "loss": 0.0}
-        self.bar.set_postfix(loss=f"{win_loss:.4f}", lr=f"{lr_now:.3g}", it_s=f"{self.items_per_s:.0f}")
-        if self.di.is_main and not self.show_bar:
-            log.info(f"{self._epoch_label(epoch)} step {self.step}/{self._steps_to_run()}: loss {win_loss:.4f} | "
-                     f"lr {lr_now:.3g} | {self.items_per_s:.0f} img/s")
-        parts = {k: float(v.detach()) for k, v in out.losses.items() if k != "loss"}
-        self.logger.log({"loss": win_loss, **parts, "lr": lr_now, "items_per_s": self.items_per_s}, step=self.step,
-                        phase="train", epoch=round(epoch + batch_in_epoch / self.spe, 4))
-
-    def _fit_budget(self, epoch: int) -> None:
-        target = self.budget.target_steps(self.step, self.items_per_s)
-        if abs(target - self.total_steps) > max(0.02 * self.total_steps, 5) and self.scheduler.fit_total_steps(target):
-            self.total_steps = target
-            if self.di.is_main:  # one line; the refits that follow the step times show in the epoch counter
-                (log.debug if self.fitted else log.info)(
-                    f"time budget {self.budget.budget:.0f}s: schedule set to {self.total_steps} steps "
-                    f"({self.total_steps / self.spe:.2f} epochs; {self.budget.ms_per_step:.0f} ms/step)")
-            self.fitted = True
-            self.epoch_steps = min(self.spe, self.total_steps - epoch * self.spe)
-            self.bar.total = self.epoch_steps
-            self.bar.set_description(self._epoch_label(epoch), refresh=False)
-            self.bar.refresh()
-
-    def _steps_to_run(self) -> int:
-        """Steps this run will take: the schedule's (fitted to the budget, if any), or --max-steps if fewer."""
-        return min(self.total_steps, self.max_steps) if self.max_steps else self.total_steps
-
-    def _epoch_label(self, epoch: int) -> str:
-        """``epoch k/N``, N the epochs the run will reach (after a budget fit: the fitted ones, not the config's)."""
-        return f"epoch {epoch + 1}/{max(math.ceil(self._steps_to_run() / max(self.spe, 1)), epoch + 1)}"
 
     # ------------------------------------------------------------------ the end
     def _finish(self, status: str) -> dict[str, Any]:
         di, s = self.di, self.setup
         epoch_value = round(self.step / self.spe, 4) if self.spe else 0.0
-        if status == "interrupted":
-            if di.is_main:
-                log.info(f"interrupted at step {self.step}: checkpoint saved to {self.run_dir / 'last.safetensors'}; "
-                         f"continue with --resume {self.run_dir}")
-            final = None
-        elif self.last_eval is not None and self.last_eval_step == self.step:
-            final = self.last_eval
-        else:
-            final = self._evaluate(epoch_value)
+        if status == "interrupted" and di.is_main:
+            log.info(f"interrupted at step {self.step}: checkpoint saved to {self.run_dir / 'last.safetensors'}; "
+                     f"continue with --resume {self.run_dir}")
+        evals = self.hook(EvalHook)
+        self.call("after_train", status)  # the final evaluation (EvalHook), then the plots
+        final = evals.final if evals is not None else None
         summary: dict[str, Any] = {
             "status": status, "task": self.task.name, "arch": s.arch, "model_kwargs": s.model_kwargs,
             "steps": self.step, "epochs": epoch_value, "epochs_planned": self.epochs,
             "train_seconds": round(self.history_seconds + self.train_seconds, 2),
             "wall_seconds": round(time.monotonic() - self.t_start, 2), "world_size": di.world_size,
-            "global_batch": self.global_batch, "best": self.best, "run_dir": str(self.run_dir),
-            "skipped_train_files": len(self.skipped), "skipped_train_examples": self.skipped[:20],
-            "command": command_line(), "hardware": describe_machine(di.device), "device": str(di.device),
-            "threads": torch.get_num_threads(),
+            "global_batch": self.global_batch, "best": evals.best if evals is not None else None,
+            "run_dir": str(self.run_dir), "skipped_train_files": len(self.skipped),
+            "skipped_train_examples": self.skipped[:20], "command": command_line(),
+            "hardware": describe_machine(di.device), "device": str(di.device), "threads": torch.get_num_threads(),
         }
         if final is not None:
-            summary["final"] = {k: _scalars(v) for k, v in final.items()}
+            summary["final"] = {k: scalars(v) for k, v in final.items()}
         if di.is_main:
             if final is not None:
                 summary.update(self.task.finalize(self.run_dir, s, final, self.logger.records, self.cfg) or {})
-            if final is not None and self.tc["plots"]:
-                self.task.plot(self.logger.records, self.run_dir)
             _write_json(self.run_dir / "summary.json", summary)
             if self.skipped:
                 log.warning(f"skipped {len(self.skipped)} unreadable training files, e.g. {self.skipped[:3]}")
