@@ -1,8 +1,19 @@
-"""Image classification: the task for the training engine, evaluation and prediction."""
-from botnet.classification.config import CLASSIFICATION_DEFAULTS, validate_classification_config  # noqa: F401
-from botnet.classification.task import ClassificationTask, _build_model, evaluate, train  # noqa: F401
-from botnet.engine.rebuild import register_builder
+"""Image classification: the task for the training engine, evaluation and prediction.
 
-register_builder("classification", _build_model)
+``SPEC`` registers the task (:mod:`botnet.tasks`); the other names are imported on first use, so
+listing the tasks loads no torch.
+"""
+from botnet.lazy import lazy_names
+from botnet.tasks import TaskSpec
 
-__all__ = ["ClassificationTask", "CLASSIFICATION_DEFAULTS", "evaluate", "train", "validate_classification_config"]
+SPEC = TaskSpec(name="classification", task="botnet.classification.task:ClassificationTask", command="train",
+                help="image classification (botnet train | eval | predict | demo)", generated=False,
+                train_cmd="botnet train")
+_NAMES = {
+    "CLASSIFICATION_DEFAULTS": "botnet.classification.config",
+    "validate_classification_config": "botnet.classification.config",
+    "ClassificationTask": "botnet.classification.task", "evaluate": "botnet.classification.task",
+    "train": "botnet.classification.task",
+}
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
+__all__ = ["SPEC", *sorted(_NAMES)]

@@ -42,14 +42,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=handler)
 
 
-def _train_fn(task: str):
-    if task == "detection":
-        from botnet.detection import train
-    else:
-        from botnet.classification import train
-    return train
-
-
 def is_main_process() -> bool:
     """True in a single process and in rank 0 of a ``torchrun`` job: the one that reports and writes extras."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -61,10 +53,12 @@ def run_training(args, cfg: dict) -> tuple[int, dict | None]:
     Bad input raises ``UserInputError``, which ``botnet.cli.main`` reports in one line (exit 2).
     """
     from botnet.engine.guards import NonFiniteLossError
+    from botnet.engine.trainer import train
+    from botnet.tasks import load_task
 
     try:
-        summary = _train_fn(args.task)(cfg, resume=args.resume, init_weights=args.init_weights,
-                                       overwrite=bool(getattr(args, "overwrite", False)))
+        summary = train(load_task(args.task), cfg, resume=args.resume, init_weights=args.init_weights,
+                        overwrite=bool(getattr(args, "overwrite", False)))
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3, None

@@ -91,7 +91,7 @@ FLAG_ALSO_SETS: dict[str, tuple[str, ...]] = {"img_size": ("model.img_size",)}
 
 
 def _flags(task: str) -> tuple[dict, dict]:
-    own, own_bool = TASK_FLAGS[task]
+    own, own_bool = TASK_FLAGS.get(task, ({}, {}))  # a plug-in task: the engine's flags, and --set for its keys
     return {**ENGINE_FLAGS, **own}, {**BOOL_FLAGS, **own_bool}
 
 
@@ -133,13 +133,9 @@ def add_train_arguments(p: argparse.ArgumentParser, *, task: str, default_recipe
 
 
 def _schema(task: str) -> dict:
-    if task == "detection":
-        from botnet.detection.config import DETECTION_DEFAULTS
+    from botnet.tasks import load_task
 
-        return DETECTION_DEFAULTS
-    from botnet.classification.config import CLASSIFICATION_DEFAULTS
-
-    return CLASSIFICATION_DEFAULTS
+    return load_task(task).config_defaults
 
 
 def config_from_args(args: argparse.Namespace, sources: dict[str, str] | None = None) -> dict:
@@ -190,11 +186,10 @@ def config_from_args(args: argparse.Namespace, sources: dict[str, str] | None = 
     for item in args.set:
         apply_overrides(cfg, [item])
         _mark_set(sources, cfg, item, "--set")
-    if args.task == "classification":
-        from botnet.classification.config import resolve_classification_config
+    from botnet.tasks import load_task
 
-        for key, why in resolve_classification_config(cfg, recipe).items():
-            sources[key] = f"resolved: {why}"
+    for key, why in load_task(args.task).resolve_config(cfg, recipe).items():
+        sources[key] = f"resolved: {why}"
     if args.resume == "auto":
         from botnet.engine.checkpoint import has_checkpoint
         from botnet.engine.trainer import run_dir_of

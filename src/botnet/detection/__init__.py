@@ -1,28 +1,21 @@
 """Mask R-CNN / Faster R-CNN with a BoTNet-FPN backbone (torchvision detection models), COCO-format
-data, COCO evaluation and the detection task of the training engine. See docs/detection.md."""
-from botnet.detection.config import DETECTION_DEFAULTS, validate_detection_config  # noqa: F401
-from botnet.detection.models import (  # noqa: F401
-    CanvasRCNNTransform,
-    botnet_fpn_backbone,
-    build_detector,
-    convert_frozen_batchnorm,
-    fasterrcnn_botnet50_fpn,
-    maskrcnn_botnet50_fpn,
-)
-from botnet.detection.task import DetectionTask, build_detector_from_kwargs, train  # noqa: F401
-from botnet.engine.rebuild import register_builder
+data, COCO evaluation and the detection task of the training engine. See docs/detection.md.
 
-register_builder("detection", build_detector_from_kwargs)
+``SPEC`` registers the task (:mod:`botnet.tasks`); the other names are imported on first use.
+"""
+from botnet.lazy import lazy_names
+from botnet.tasks import TaskSpec
 
-__all__ = [
-    "CanvasRCNNTransform",
-    "DETECTION_DEFAULTS",
-    "DetectionTask",
-    "botnet_fpn_backbone",
-    "build_detector",
-    "convert_frozen_batchnorm",
-    "fasterrcnn_botnet50_fpn",
-    "maskrcnn_botnet50_fpn",
-    "train",
-    "validate_detection_config",
-]
+SPEC = TaskSpec(name="detection", task="botnet.detection.task:DetectionTask", command="detect",
+                help="object detection / instance segmentation (botnet detect train | eval | predict | demo)",
+                generated=False, train_cmd="botnet detect train")
+_NAMES = {
+    "DETECTION_DEFAULTS": "botnet.detection.config", "validate_detection_config": "botnet.detection.config",
+    **{name: "botnet.detection.models" for name in (
+        "CanvasRCNNTransform", "botnet_fpn_backbone", "build_detector", "convert_frozen_batchnorm",
+        "fasterrcnn_botnet50_fpn", "maskrcnn_botnet50_fpn")},
+    "DetectionTask": "botnet.detection.task", "build_detector_from_kwargs": "botnet.detection.task",
+    "train": "botnet.detection.task",
+}
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
+__all__ = ["SPEC", *sorted(_NAMES)]

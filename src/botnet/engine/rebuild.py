@@ -1,31 +1,23 @@
 """One way back from a checkpoint to a model: ``load_model(path)``.
 
 Every checkpoint stores its task, its architecture and every option the model was built with
-(``model_kwargs``). Each task registers how to build its models from those two; ``load_model``
+(``model_kwargs``). The registered task (:mod:`botnet.tasks`) builds its models from those two; ``load_model``
 reads the metadata, builds, and loads the weights strictly (raw, or EMA from the training
 state). ``eval``, ``predict``, ``attention``, ``export``, ``detect eval|predict`` and resuming all
 go through here, so an exported or evaluated model is always the model that was trained.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from botnet.engine import checkpoint as ckpt
 
-__all__ = ["register_builder", "build_from_metadata", "load_model", "load_published", "task_of"]
-
-_BUILDERS: dict[str, Callable[[str, dict[str, Any]], nn.Module]] = {}
-
-
-def register_builder(task: str, fn: Callable[[str, dict[str, Any]], nn.Module]) -> None:
-    """``fn(arch, model_kwargs) -> model`` builds the models of ``task`` (one per task)."""
-    _BUILDERS[task] = fn
+__all__ = ["build_from_metadata", "load_model", "load_published", "task_of"]
 
 
 def task_of(meta: dict[str, Any]) -> str:
@@ -42,15 +34,16 @@ def build_from_metadata(meta: dict[str, Any], where: str = "checkpoint") -> nn.M
     task, kwargs = task_of(meta), meta.get("model_kwargs")
     if not isinstance(kwargs, dict):
         raise ckpt.CheckpointError(f"{where} has corrupt model_kwargs metadata ({kwargs!r})")
-    if task not in _BUILDERS:
-        try:
-            importlib.import_module(f"botnet.{task}")  # registers its builder
-        except ImportError:
-            pass
-    if task not in _BUILDERS:
-        raise ckpt.CheckpointError(f"{where} was written by task {task!r}, which this botnet does not know")
+    from botnet.errors import CheckpointError
+    from botnet.tasks import load_task
+
     try:
-        return _BUILDERS[task](meta["arch"], dict(kwargs))
+        builder = load_task(task).build_model
+    except CheckpointError:
+        raise ckpt.CheckpointError(f"{where} was written by task {task!r}, which this botnet does not know "
+                                   f"(install or import the package that registers it)") from None
+    try:
+        return builder(meta["arch"], dict(kwargs))
     except (TypeError, ValueError, KeyError) as e:
         raise ckpt.CheckpointError(f"{where} describes a model this botnet cannot build ({meta['arch']}, "
                                    f"{kwargs}): {' '.join(str(e).split())}") from None

@@ -35,8 +35,7 @@ _MAX_CONFIG_BYTES = 16 << 20
 
 def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weights: str = "best",
                 force: bool = False, evaluate: bool = True, hardware: str | None = None) -> Path:
-    """Write ``OUT_DIR/{config.json, model.safetensors, README.md}`` for a classification or
-    detection run; ``weights`` is ``best`` (best.safetensors, else last), ``last`` or ``ema`` (the EMA
+    """Write ``OUT_DIR/{config.json, model.safetensors, README.md}`` for a run of any task; ``weights`` is ``best`` (best.safetensors, else last), ``last`` or ``ema`` (the EMA
     weights of the last checkpoint). ``evaluate`` re-measures a classifier on the run's validation
     data for the card (per-class accuracy); without it the card shows the run's recorded numbers."""
     from botnet.engine.rebuild import load_model, task_of
@@ -49,10 +48,15 @@ def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weigh
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
     try:
-        if task_of(meta) == "classification":
+        task = task_of(meta)
+        if task == "classification":  # timm's own format, so timm.create_model reads the folder
             _write_classifier(model, meta, info, tmp, evaluate)
-        else:
+        elif task == "detection":  # a detector's build options, label map and COCO results
             _write_detector(model, meta, info, tmp, run)
+        else:  # any other task writes its own files (by default botnet's generic config.json and card)
+            from botnet.tasks import load_task
+
+            load_task(task).publish(model, meta, info, tmp)
         _save_weights(model, tmp / WEIGHTS_NAME)
         _swap_in(tmp, out)
     except BaseException:
@@ -192,7 +196,9 @@ def _provenance(run: Path, wpath: Path, meta: dict[str, Any], weights: str, hard
                 if weights == "best" and best.get("value") is not None else "")
     desc = (f"{'EMA weights from the training state of ' if weights == 'ema' else ''}{wpath.name} "
             f"(step {meta.get('step', '?')}{best_txt})")
-    cmd = "botnet train" if task_of(meta) == "classification" else "botnet detect train"
+    from botnet.tasks import get_spec
+
+    cmd = get_spec(task_of(meta)).train_command
     command = summary.get("command") or f"{cmd} --config config.yaml"  # runs before summary.json kept it
     return {
         "which": which, "weights": desc, "config": cfg, "config_yaml": yaml.safe_dump(cfg, sort_keys=False),

@@ -19,7 +19,7 @@ from botnet.errors import CheckpointError, UserInputError
 from botnet.validation import Dict, Int, List, Num, Str, loads_json, validate
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "FORMAT", "RUN_CONFIG", "CONFIG_SCHEMA", "PublishedModelError",
-           "published_folder", "require_published", "read_config"]
+           "published_folder", "require_published", "read_config", "write_generic_publish"]
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 FORMAT = "botnet-published-v1"
@@ -45,7 +45,7 @@ CONFIG_SCHEMA = Dict({
         "std": List(Num(low=0, low_open=True), min_len=1), "crop_pct": Num(low=0, high=1, low_open=True),
         "interpolation": Str(), "crop_mode": Str(), "num_classes": Int(low=0)}, nullable=True),
     "botnet": Dict({
-        "format": Str(), "task": Str(("classification", "detection")), "arch": Str(min_len=1),
+        "format": Str(), "task": Str(min_len=1), "arch": Str(min_len=1),
         "model_kwargs": Dict({"num_classes": Int(low=1)}), "weights": Str(), "run_config": RUN_CONFIG,
         "class_names": List(Str(), nullable=True)}, nullable=True),
 })
@@ -131,7 +131,36 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise PublishedModelError(f"{cfg_path} has no architecture field; it is not a timm/botnet model config")
     validate(cfg, CONFIG_SCHEMA, source=str(cfg_path), error=PublishedModelError,
              hint="the file is damaged; re-publish the run with botnet publish")
+    task = (cfg.get("botnet") or {}).get("task")
+    if task is not None:
+        from botnet.tasks import is_task, task_specs
+
+        if not is_task(task):
+            raise PublishedModelError(f"{cfg_path}: botnet.task is {task!r}, a task this botnet does not know (known: "
+                                      f"{', '.join(s.name for s in task_specs())}); install or import the package "
+                                      f"that registers it")
     for name, what in ((WEIGHTS_NAME, "the weights"), (CARD_NAME, "the model card")):
         if not (folder / name).is_file():
             raise PublishedModelError(f"{folder / name} is missing ({what}); re-publish the run with botnet publish")
     return cfg
+
+
+def write_generic_publish(folder: Path, *, task: str, meta: dict[str, Any], info: dict[str, Any]) -> None:
+    """``config.json`` and a short ``README.md`` for a task without a format of its own: the botnet block (task,
+    architecture, every model option, the run's config) is all ``load_model`` needs to rebuild the model."""
+    import json
+
+    names = list(meta.get("class_names") or [])
+    block = {"format": FORMAT, "task": task, "arch": meta["arch"], "model_kwargs": dict(meta["model_kwargs"]),
+             "weights": info.get("which", "raw"), "run_config": info.get("config") or {},
+             "botnet_version": info.get("botnet_version")}
+    config = {"architecture": meta["arch"], "label_names": names or None, "botnet": block}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    final = (info.get("summary") or {}).get("final") or {}
+    rows = [f"| {which} | {name} | {value:.4g} |" for which, metrics in final.items() if isinstance(metrics, dict)
+            for name, value in metrics.items() if isinstance(value, (int, float))]
+    card = [f"# {meta['arch']} ({task})", "", f"Weights: {info.get('weights', '')}.", "",
+            f"Trained with `{info.get('command', '')}`; load with `botnet.engine.load_model({folder.name!r})`.", ""]
+    if rows:
+        card += ["| weights | metric | value |", "|---|---|---|", *rows, ""]
+    (folder / CARD_NAME).write_text("\n".join(card))
