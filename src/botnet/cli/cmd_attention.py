@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from botnet.errors import UserInputError
 
 HELP = """Draw, for one query position, the attention weights of every head of every BoT block
 (RelPosMHSA.attention_probs on the layer inputs captured with forward hooks). One row per BoT
@@ -70,6 +70,5 @@ def handler(args) -> int:
                                      f"x={args.query[1]:.2f}")
                 print(f"{out}: predicted {names[c]} {100 * float(pred[c]):.2f}% ({views(args.tta)})")
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        raise UserInputError(' '.join(str(e).split())) from None
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from botnet.errors import UserInputError
 
 
 def register(subparsers) -> None:
@@ -86,8 +87,7 @@ def _mosaic(args: argparse.Namespace) -> int:
             max_overlap=args.max_overlap, seed=args.seed,
         )
     except (ValueError, FileNotFoundError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserInputError(' '.join(str(e).split())) from None
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -6,6 +6,7 @@ import json
 import sys
 
 from botnet.cli.argtypes import positive_int, unit_float
+from botnet.errors import ConfigError
 
 DEMO_RECIPE = "detection-fashion-mosaic"
 
@@ -111,8 +112,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not (images and ann):
         cfg = meta.get("config") or {}
         if not cfg:
-            print("error: the checkpoint has no stored config; pass --images and --ann", file=sys.stderr)
-            return 2
+            raise ConfigError("the checkpoint has no stored config; pass --images and --ann")
         from botnet.detection.task import data_paths
 
         paths = data_paths(cfg, generate=False)
@@ -120,9 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
     ds = _annotated_set(model, meta, images, ann, strict=args.strict)
     print(ds.report.summary())
     if ds.report.num_annotations == 0:
-        print(f"error: {ann} has no (usable) annotations, so there is nothing to measure AP against; evaluate on "
-              f"an annotated split", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{ann} has no (usable) annotations, so there is nothing to measure AP against; evaluate "
+                          f"on an annotated split")
     metrics, results = evaluate_detector(model, ds, batch_size=args.batch_size, backend=args.backend,
                                          return_results=True)
     # a published folder is not written into (it may be a read-only Hub cache): ./NAME-eval instead

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from botnet.cli.argtypes import nonneg_int, positive_int, unit_float
+from botnet.errors import ConfigError, UserInputError
 
 HELP = """Evaluate a classification checkpoint written by `botnet train` / `botnet demo`.
 
@@ -45,8 +45,6 @@ def register(subparsers) -> None:
 def handler(args) -> int:
     import json
 
-    import torch
-
     from botnet.data.builder import build_datasets, build_eval_loader
     from botnet.engine import checkpoint as ckpt
     from botnet.classification import CLASSIFICATION_DEFAULTS, evaluate
@@ -55,8 +53,7 @@ def handler(args) -> int:
 
     path = args.checkpoint or args.checkpoint_opt
     if not path:
-        print("error: give a checkpoint (botnet eval RUN/best.safetensors)", file=sys.stderr)
-        return 2
+        raise ConfigError("give a checkpoint (botnet eval RUN/best.safetensors)")
     from botnet.cli.paths import check_output_file
     from botnet.errors import resolve_device
 
@@ -80,9 +77,8 @@ def handler(args) -> int:
         _, val_ds, info = build_datasets(cfg, train=False, val=True)
         names = meta.get("class_names") or info.classes
         if list(names) != list(info.classes):
-            print(f"error: the checkpoint's classes ({len(names)}) differ from the data's ({len(info.classes)}): "
-                  f"{sorted(set(names) ^ set(info.classes))[:10]}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"the checkpoint's classes ({len(names)}) differ from the data's ({len(info.classes)}): "
+                              f"{sorted(set(names) ^ set(info.classes))[:10]}")
         loader = build_eval_loader(val_ds, cfg)
         which = (meta.get("extra") or {}).get("weights", "raw")
         tta = d["eval_tta"]
@@ -93,8 +89,7 @@ def handler(args) -> int:
             results["ema"] = evaluate(ema_model, loader, device, len(names), args.amp, progress=not args.no_progress,
                                       desc="eval EMA", tta=tta)
     except FileNotFoundError as e:  # other bad input is a UserInputError, reported by botnet.cli.main
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        raise UserInputError(' '.join(str(e).split())) from None
     pre = [p for p, _ in getattr(val_ds, "bad_files", [])]  # left out by the header check (--skip-bad)
     for r in results.values():
         r["skipped"], r["n_skipped"] = pre + list(r["skipped"]), r["n_skipped"] + len(pre)

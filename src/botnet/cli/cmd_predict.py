@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from botnet.cli.argtypes import positive_int
+from botnet.errors import UserInputError
 
 HELP = """Classify image files with a checkpoint from `botnet train` / `botnet demo`.
 
@@ -60,8 +61,7 @@ def handler(args) -> int:
         results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
                                          args.invert, args.device, tta)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        raise UserInputError(' '.join(str(e).split())) from None
     for r in results:
         print(r["file"])
         for i, t in enumerate(r["top"], 1):
