@@ -61,17 +61,22 @@ def _copy_run(run_dir, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("zip_format", [False, True])
-def test_planted_legacy_state_pt_is_refused_by_resume_and_ema_eval(run_dir, tmp_path, capsys, zip_format):
+def test_a_planted_state_pt_is_never_read(run_dir, tmp_path, capsys, zip_format):
+    """A pickle named like a training state beside the weights: resume and EMA loading look only for
+    last.state.safetensors, and the pickle given by name is a file of the wrong kind."""
     run, marker = _copy_run(run_dir, tmp_path), tmp_path / "ran"
     (run / "last.state.safetensors").unlink()
-    _plant(run / "last.state.pt", marker, zip_format=zip_format)
-    for args in (["train", "--resume", str(run), "--no-progress"],
-                 ["eval", str(run / "last.safetensors"), "--ema", "--no-progress", "--limit", "8"],
-                 ["predict", str(run / "x.png"), "--checkpoint", str(run / "last.safetensors"), "--ema"]):
+    planted = _plant(run / "last.state.pt", marker, zip_format=zip_format)
+    for args, named in ((["train", "--resume", str(run), "--no-progress"], "last.state.safetensors"),
+                        (["eval", str(run / "last.safetensors"), "--ema", "--no-progress", "--limit", "8"],
+                         "last.state.safetensors"),
+                        (["predict", str(run / "x.png"), "--checkpoint", str(run / "last.safetensors"), "--ema"],
+                         "last.state.safetensors"),
+                        (["train", "--resume", str(planted), "--no-progress"], str(planted))):
         capsys.readouterr()
         assert main(args) == 2, args
         err = capsys.readouterr().err
-        assert "last.state.pt" in err and "pickle" in err and len(err.strip().splitlines()) == 1
+        assert named in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not marker.exists()
 
 

@@ -9,8 +9,7 @@ A checkpoint ``DIR/last.safetensors`` is a pair of files:
   scheduler, EMA weights, AMP grad scaler, epoch, step, RNG states (python, numpy, torch, CUDA)
   and the same ``save_id``; its tensors are safetensors entries and the rest a JSON skeleton in
   the file's metadata (:mod:`botnet.engine.safe_state`). Run directories get shared, so no
-  file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``
-  and the pickle-based ``.state.pt`` of earlier versions is refused.
+  file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``.
 
 Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
 moved into place with ``os.replace`` (atomic on POSIX). A pair is saved crash-consistently: both
@@ -54,7 +53,7 @@ import torch
 
 from botnet.errors import CheckpointError
 from botnet.io.dirswap import fsync_dir
-from botnet.io.weights import (LEGACY_STATE_SUFFIX, STATE_SUFFIX, WEIGHTS_SUFFIX, CheckpointMismatchError,
+from botnet.io.weights import (STATE_SUFFIX, WEIGHTS_SUFFIX, CheckpointMismatchError,
                                check_state_dict, read_weights_file, resolve_checkpoint, unwrap_model)
 from botnet.io.weights import clean_key as _clean_key
 from botnet.io.weights import read_weights as _read_weights
@@ -183,19 +182,13 @@ def state_path_for(weights_path: str | os.PathLike) -> Path:
     """``x/last.safetensors`` -> ``x/last.state.safetensors``."""
     p = Path(weights_path)
     name = p.name
-    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX, WEIGHTS_SUFFIX):
+    for suffix in (STATE_SUFFIX, WEIGHTS_SUFFIX):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
     else:
         name = p.stem
     return p.with_name(name + STATE_SUFFIX)
-
-
-def _legacy_state_error(p: Path) -> CheckpointError:
-    return CheckpointError(f"{p} is a pickle training state from an earlier botnet version; it is not read, because "
-                           f"unpickling a file can run arbitrary code. Retrain, or start from its weights with "
-                           f"--init-weights {p.with_name(p.name[: -len(LEGACY_STATE_SUFFIX)] + WEIGHTS_SUFFIX)}")
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
@@ -492,8 +485,6 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
     from botnet.engine.safe_state import StateFormatError, unpack
 
     path = Path(path)
-    if path.name.endswith(LEGACY_STATE_SUFFIX):
-        raise _legacy_state_error(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
@@ -531,9 +522,6 @@ def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     meta = read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
-        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-        if legacy.is_file():
-            raise _legacy_state_error(legacy)
         raise CheckpointError(f"cannot resume from {wpath}: its training state {spath} is missing (a best.* file "
                               f"holds weights only; resume from the run directory, or start from these weights "
                               f"with --init-weights {wpath})")
@@ -601,8 +589,6 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
             classes); nothing is loaded into the model in that case.
     """
     p = Path(path)
-    if p.name.endswith(LEGACY_STATE_SUFFIX):
-        raise _legacy_state_error(p)
     if p.suffix in (".pt", ".pth", ".bin"):
         if not p.is_file():
             raise CheckpointError(f"checkpoint file not found: {p}")
@@ -615,9 +601,6 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
         if use_ema:
             sp = state_path_for(p)
             if not sp.is_file():
-                legacy = sp.with_name(sp.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-                if legacy.is_file():
-                    raise _legacy_state_error(legacy)
                 raise CheckpointError(f"--ema needs {sp} (training state with EMA weights), which is missing")
             full = read_training_state(sp, expected_save_id=meta.get("save_id"))
             if "ema" not in full:
@@ -665,9 +648,6 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
-        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-        if legacy.is_file():
-            raise _legacy_state_error(legacy)
         raise CheckpointError(f"training state {spath} is missing; cannot resume (weights alone can be "
                               f"loaded with --init-weights / load_weights)")
     state = read_training_state(spath, expected_save_id=meta.get("save_id"))

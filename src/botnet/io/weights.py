@@ -15,12 +15,11 @@ import torch
 
 from botnet.errors import CheckpointError
 
-__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "LEGACY_STATE_SUFFIX", "CheckpointMismatchError", "resolve_checkpoint",
+__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "CheckpointMismatchError", "resolve_checkpoint",
            "read_weights", "read_weights_file", "check_state_dict", "unwrap_model", "clean_key", "short_error"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.safetensors"
-LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -103,9 +102,8 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best
     if not p.exists() and not p.name.endswith(WEIGHTS_SUFFIX):
         raise CheckpointError(f"checkpoint not found: {p} does not exist (give a run directory or a "
                               f".safetensors file)")
-    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)] + WEIGHTS_SUFFIX)
+    if p.name.endswith(STATE_SUFFIX):
+        p = p.with_name(p.name[: -len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
     return p
