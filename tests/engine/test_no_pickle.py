@@ -11,6 +11,7 @@ import torch
 import botnet
 from botnet.cli import main
 from botnet.engine import checkpoint as ckpt
+from botnet.errors import CheckpointError
 
 
 class _Planted:
@@ -85,7 +86,7 @@ def test_planted_pickle_under_the_new_state_name_is_refused(run_dir, tmp_path, c
     _plant(run / "last.state.safetensors", marker, zip_format=True)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     assert "cannot read training state" in capsys.readouterr().err
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(CheckpointError):
         ckpt.read_training_state(run / "last.state.safetensors")
     assert not marker.exists()
 
@@ -112,7 +113,7 @@ def test_planted_pth_weights_are_refused_everywhere(run_dir, tmp_path, capsys, z
     model = botnet.create_model("resnet50", num_classes=10)
     with pytest.raises(Exception, match="(?i)weights.only|cannot read"):
         botnet.load_resnet_weights(model, pth)
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(CheckpointError):
         ckpt.load_weights(model, pth)
     assert not marker.exists()
     assert not (tmp_path / "m.ts").exists() and not (tmp_path / "t" / "last.safetensors").exists()

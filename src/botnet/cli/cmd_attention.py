@@ -41,7 +41,7 @@ def handler(args) -> int:
 
     from botnet.data.errors import BadImageError
     from botnet.viz.attention import attention_maps, plot_attention
-    from botnet.engine.checkpoint import CheckpointError
+    from botnet.errors import CheckpointError
     from botnet.classification.predict import load_for_inference, load_image
     from botnet.classification.task import log_probs
     from botnet.cli.cmd_predict import views

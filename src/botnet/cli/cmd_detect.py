@@ -99,7 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from botnet.cli.paths import check_output_dir
     from botnet.detection.evaluate import RESULTS_NAME, evaluate_detector, write_eval, write_results
-    from botnet.engine.checkpoint import resolve_checkpoint
+    from botnet.io.weights import resolve_checkpoint
     from botnet.engine.rebuild import load_model
 
     check_output_dir(args.output, "--output")
@@ -158,7 +158,7 @@ def _predict(args: argparse.Namespace) -> int:
     from botnet.cli.paths import check_input_images, check_output_dir
     from botnet.detection.evaluate import write_results
     from botnet.detection.predict import annotated_items, check_drawing_size, label_to_category, predict_images
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.io.atomic import atomic_write_bytes
     from botnet.engine.rebuild import load_model
     from botnet.errors import ConfigError
 

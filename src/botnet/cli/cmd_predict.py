@@ -47,7 +47,8 @@ def handler(args) -> int:
     import json
 
     from botnet.data.errors import BadImageError
-    from botnet.engine.checkpoint import CheckpointError, atomic_write_bytes
+    from botnet.errors import CheckpointError
+    from botnet.io.atomic import atomic_write_bytes
     from botnet.classification.predict import load_for_inference, predict_files
 
     from botnet.cli.paths import check_input_images, check_output_file

@@ -87,7 +87,7 @@ def resume_folder(resume: str | os.PathLike) -> Path:
     p = Path(resume)
     if p.is_dir():
         return p
-    from botnet.engine.checkpoint import resolve_checkpoint
+    from botnet.io.weights import resolve_checkpoint
 
     return resolve_checkpoint(p, prefer=("last",)).parent
 

@@ -30,7 +30,11 @@ from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.log import get_logger, progress_enabled
 from botnet.engine.logger import MetricsLogger
+from botnet.engine.rng import get_rng_state
 from botnet.engine.task import StepOutput, Task, TaskSetup
+from botnet.errors import CheckpointError
+from botnet.io.atomic import atomic_write_bytes, remove_stale_temp_files
+from botnet.io.weights import WEIGHTS_SUFFIX, read_weights_file, state_path_for
 
 __all__ = ["Trainer", "autocast", "fit_global_batch", "run_dir_of", "train"]
 
@@ -58,7 +62,7 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    ckpt.atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -123,7 +127,7 @@ class Trainer:
             self.resume_path, self.resume_meta = ckpt.check_resumable(self.resume)
             self._resume_into_its_folder()
         if self.init_weights:
-            ckpt.read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
+            read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
 
     def _resume_into_its_folder(self) -> None:
         """A resumed run writes into the folder of its checkpoint, never into the ``output.dir`` recorded in it
@@ -151,7 +155,7 @@ class Trainer:
         di, tc = self.di, self.tc
         self.t_start = time.monotonic()
         if di.is_main:
-            for f in ckpt.remove_stale_temp_files(self.run_dir):
+            for f in remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
         seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
         from botnet.engine.devices import resolve_device_defaults
@@ -267,8 +271,8 @@ class Trainer:
         self.best = ex.get("best", self.best)
         self.history_seconds = float(ex.get("train_seconds", 0.0))
         if self.skip_batches > self.spe:  # the schema cannot know the epoch's length; the run does (== : epoch done)
-            raise ckpt.CheckpointError(
-                f"training state {ckpt.state_path_for(self.resume_path)}: extra.batch_in_epoch is "
+            raise CheckpointError(
+                f"training state {state_path_for(self.resume_path)}: extra.batch_in_epoch is "
                 f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
                 f"data changed since the save: resume with the same data, or start from its weights with "
                 f"--init-weights {self.resume_path}")
@@ -279,7 +283,7 @@ class Trainer:
             log.info(f"resumed from {self.resume_path}: epoch {self.start_epoch}, step {self.step}"
                      + (f", {self.skip_batches} batches into the epoch" if self.skip_batches else "")
                      + ("; the last save was interrupted, so this is the complete checkpoint before it"
-                        if self.resume_path.name.endswith(ckpt.PREV_TAG + ckpt.WEIGHTS_SUFFIX) else ""))
+                        if self.resume_path.name.endswith(ckpt.PREV_TAG + WEIGHTS_SUFFIX) else ""))
         return False
 
     def _wrap(self) -> None:
@@ -310,7 +314,7 @@ class Trainer:
               extra_more: dict | None = None) -> None:
         rank_rng = None
         if weights_only is None and self.di.distributed:  # every rank calls a resumable save: each keeps its stream
-            rank_rng = gather_object(ckpt.get_rng_state())
+            rank_rng = gather_object(get_rng_state())
         if not self.di.is_main:
             return
         extra = {"epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, "best": self.best,

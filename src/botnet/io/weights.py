@@ -15,11 +15,13 @@ import torch
 
 from botnet.errors import CheckpointError
 
-__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "CheckpointMismatchError", "resolve_checkpoint",
-           "read_weights", "read_weights_file", "check_state_dict", "unwrap_model", "clean_key", "short_error"]
+__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "TORCH_SUFFIXES", "CheckpointMismatchError", "resolve_checkpoint",
+           "state_path_for", "read_weights", "read_weights_file", "check_state_dict", "unwrap_model", "clean_key",
+           "short_error"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.safetensors"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")  # state dicts of torchvision / timm, read with weights_only=True
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -109,6 +111,19 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best
     return p
 
 
+def state_path_for(weights_path: str | os.PathLike) -> Path:
+    """``x/last.safetensors`` -> ``x/last.state.safetensors``, the training state saved with it."""
+    p = Path(weights_path)
+    name = p.name
+    for suffix in (STATE_SUFFIX, WEIGHTS_SUFFIX):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = p.stem
+    return p.with_name(name + STATE_SUFFIX)
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one weights file: safetensors, or a ``.pt``/``.pth`` state dict (or a dict
     holding one, as torchvision and timm write them) read with ``weights_only=True``."""
@@ -137,7 +152,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: ``.safetensors`` (or a run directory) or a ``.pt``/``.pth``
     state dict read with ``weights_only=True``. Raises :class:`CheckpointError` naming the file."""
     p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin"):
+    if p.suffix in TORCH_SUFFIXES:
         if not p.is_file():
             raise CheckpointError(f"checkpoint file not found: {p}")
         return read_weights(p)
