@@ -29,7 +29,7 @@ from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, clea
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.log import get_logger, progress_enabled
-from botnet.engine.logger import MetricsLogger
+from botnet.engine.metrics_log import MetricsLogger
 from botnet.engine.rng import get_rng_state
 from botnet.engine.task import StepOutput, Task, TaskSetup
 from botnet.errors import CheckpointError
