@@ -46,7 +46,8 @@ def handler(args) -> int:
     from botnet.classification.task import log_probs
     from botnet.cli.cmd_predict import views
 
-    from botnet.cli.paths import check_input_images, check_output_dir
+    from botnet.cli.paths import check_input_images
+    from botnet.io.folders import check_output_dir
 
     check_output_dir(args.out, "--output")
     check_input_images(args.images, offer_skip=False, missing_ok=True)  # before the model loads

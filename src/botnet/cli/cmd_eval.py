@@ -58,7 +58,7 @@ def handler(args) -> int:
     if not path:
         print("error: give a checkpoint (botnet eval RUN/best.safetensors)", file=sys.stderr)
         return 2
-    from botnet.cli.paths import check_output_file
+    from botnet.io.folders import check_output_file
     from botnet.errors import resolve_device
 
     check_output_file(args.json, "--json")
