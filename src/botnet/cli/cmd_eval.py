@@ -45,8 +45,6 @@ def register(subparsers) -> None:
 def handler(args) -> int:
     import json
 
-    import torch
-
     from botnet.data.builder import build_datasets, build_eval_loader
     from botnet.classification import CLASSIFICATION_DEFAULTS, evaluate
     from botnet.engine.config import merge
