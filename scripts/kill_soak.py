@@ -27,6 +27,7 @@ SRC = Path(sys.argv[sys.argv.index("--src") + 1]).resolve() if "--src" in sys.ar
 sys.path.insert(0, str(SRC))
 
 from botnet.engine import checkpoint as ckpt  # noqa: E402
+from botnet.errors import CheckpointError  # noqa: E402
 
 TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-progress", "--no-plots",
         "--eval-every", "0", "--threads", "1", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32"]
@@ -35,7 +36,7 @@ TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-pr
 def saved_step(run: Path) -> int:
     try:
         return int(ckpt.read_metadata(run / "last.safetensors")["step"])
-    except (ckpt.CheckpointError, KeyError):
+    except (CheckpointError, KeyError):
         return -1
 
 
@@ -93,7 +94,7 @@ def main() -> int:
                 _, meta = ckpt.check_resumable(run)
                 counts["resumable"] += 1
                 steps.append(int(meta["step"]))
-            except ckpt.CheckpointError as e:
+            except CheckpointError as e:
                 failures.append(f"round {i}: {e}")
                 if not a.keep_going:
                     break

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from botnet.data.coco import read_image_rgb
-from botnet.engine.logger import read_jsonl
+from botnet.engine.metrics_log import read_jsonl
 from botnet.hub.publish import _json
 
 

@@ -288,7 +288,7 @@ def test_ground_truth_panel_beside_the_predictions():
 
 def test_a_damaged_category_mapping_is_one_line():
     from botnet.detection.predict import label_to_category
-    from botnet.engine.checkpoint import CheckpointError
+    from botnet.errors import CheckpointError
 
     assert label_to_category({"extra": {"label_to_cat_id": {"1": 107, "2": 114}}}, 3) == {1: 107, 2: 114}
     assert label_to_category({"extra": {}}, 3) is None

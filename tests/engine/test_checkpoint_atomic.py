@@ -6,6 +6,8 @@ import torch
 
 import botnet
 from botnet.engine import checkpoint as ckpt
+from botnet.io import atomic
+from botnet.io.weights import CheckpointMismatchError
 
 
 def _model(name="botnet_mini", **kw):
@@ -70,7 +72,7 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_crash_inside_atomic_write_leaves_target(tmp_path):
     target = tmp_path / "x.bin"
-    ckpt.atomic_write_bytes(target, b"old")
+    atomic.atomic_write_bytes(target, b"old")
 
     def bad_writer(tmp):
         with open(tmp, "wb") as f:
@@ -78,7 +80,7 @@ def test_crash_inside_atomic_write_leaves_target(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        ckpt.atomic_write(target, bad_writer)
+        atomic.atomic_write(target, bad_writer)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
 
 
@@ -86,7 +88,7 @@ def test_other_architecture_is_refused_with_keys(tmp_path):
     p = ckpt.save_checkpoint(tmp_path / "m", _model(), arch="botnet_mini")
     other = botnet.create_model("botnet_mini", num_classes=5, in_chans=1, img_size=28, layers=(1, 1, 1, 2))
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ckpt.CheckpointMismatchError) as e:
+    with pytest.raises(CheckpointMismatchError) as e:
         ckpt.load_weights(other, p)
     msg = str(e.value)
     assert "layer3.1." in msg  # a block the other model does not have

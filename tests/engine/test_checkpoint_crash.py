@@ -17,6 +17,8 @@ from torch import nn
 from botnet.cli import main
 from botnet.data import fashion_mnist as fm
 from botnet.engine import checkpoint as ckpt
+from botnet.errors import CheckpointError
+from botnet.io import atomic
 
 PAIR = ["last.safetensors", "last.state.safetensors"]
 OLD, NEW, NEXT = 1, 2, 3
@@ -45,7 +47,7 @@ def _kill_during_save(run, point, pair=True):
     if pid == 0:  # child: never returns into pytest
         code = 1
         try:
-            os.environ[ckpt.FAULT_ENV] = f"{point}:1"
+            os.environ[atomic.FAULT_ENV] = f"{point}:1"
             _save(run, NEW, pair)
             code = 0
         finally:
@@ -85,7 +87,7 @@ def _assert_resumes(run, step):
 def _assert_next_save_tidies(run):
     _save(run, NEXT)
     _assert_resumes(run, NEXT)
-    ckpt.remove_stale_temp_files(run)  # what a killed save left is removed at the next start
+    atomic.remove_stale_temp_files(run)  # what a killed save left is removed at the next start
     assert sorted(os.listdir(run)) == PAIR  # the previous pair is gone once the new one is complete
 
 
@@ -129,10 +131,10 @@ def test_second_ctrl_c_at_every_step_of_a_save_resumes(tmp_path, monkeypatch):
             if p == point:
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(ckpt, "fault_hook", ctrl_c)
+        monkeypatch.setattr(atomic, "fault_hook", ctrl_c)
         with pytest.raises(KeyboardInterrupt):
             _save(run, NEW)
-        monkeypatch.setattr(ckpt, "fault_hook", None)
+        monkeypatch.setattr(atomic, "fault_hook", None)
         assert not [f for f in os.listdir(run) if f.endswith(".tmp")], point
         _assert_resumes(run, _expected(point, True))
         _assert_next_save_tidies(run)
@@ -150,7 +152,7 @@ def test_best_weights_survive_a_kill_at_every_step(tmp_path):
         m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         assert ckpt.load_weights(m, run / "best.safetensors")["step"] == step
         assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), _trained(step)[0].state_dict().values()))
-        assert ckpt.remove_stale_temp_files(run) or point in ("dir.fsync", "done")
+        assert atomic.remove_stale_temp_files(run) or point in ("dir.fsync", "done")
         assert os.listdir(run) == ["best.safetensors"]
 
 
@@ -165,7 +167,7 @@ def test_previous_pair_is_a_copy_where_hard_links_are_unsupported(tmp_path, monk
             raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "link", no_links)
-    monkeypatch.setattr(ckpt, "fault_hook", ctrl_c)
+    monkeypatch.setattr(atomic, "fault_hook", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         _save(run, NEW)
     monkeypatch.undo()
@@ -191,7 +193,7 @@ TINY = ["--set", "model.kwargs={widths: [4, 8, 8, 16], stem_width: 8}", "--no-pr
 def _saved_step(run):
     try:
         return ckpt.read_metadata(run / "last.safetensors")["step"]
-    except ckpt.CheckpointError:  # not written yet
+    except CheckpointError:  # not written yet
         return 0
 
 
@@ -201,7 +203,7 @@ def _train_until_killed(args, kill_step=None, delay=0.0, fault=None):
     run = Path(args[args.index("--output") + 1])
     env = {**os.environ, "PYTHONPATH": str(Path(ckpt.__file__).parents[2])}
     if fault:
-        env[ckpt.FAULT_ENV] = fault
+        env[atomic.FAULT_ENV] = fault
     proc = subprocess.Popen([sys.executable, "-m", "botnet.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -252,7 +254,7 @@ def test_ema_weights_are_read_from_one_save_after_an_interrupted_one(tmp_path):
         ema = ModelEmaV3(m, decay=0.0)
         ckpt.save_checkpoint(tmp_path / "last", m, optimizer=opt, ema=ema, step=step, arch="mlp")
     m, opt = _trained(NEXT)
-    os.environ[ckpt.FAULT_ENV] = "weights.rename:1"
+    os.environ[atomic.FAULT_ENV] = "weights.rename:1"
     pid = os.fork()
     if pid == 0:
         try:
@@ -260,7 +262,7 @@ def test_ema_weights_are_read_from_one_save_after_an_interrupted_one(tmp_path):
                                  arch="mlp")
         finally:
             os._exit(1)
-    del os.environ[ckpt.FAULT_ENV]
+    del os.environ[atomic.FAULT_ENV]
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status)
     target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))

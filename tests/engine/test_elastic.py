@@ -348,11 +348,12 @@ def test_an_elastic_job_saves_before_it_writes_anything_else(tmp_path, monkeypat
     from botnet.cli import main
     from botnet.engine import checkpoint as ckpt
     from botnet.engine.run_folder import existing_run_files
+    from botnet.io import atomic
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     run, at_saves = tmp_path / "r", []
-    monkeypatch.setattr(ckpt, "fault_hook", lambda point: point == "done" and at_saves.append(
+    monkeypatch.setattr(atomic, "fault_hook", lambda point: point == "done" and at_saves.append(
         (ckpt.read_metadata(run / "last.safetensors")["step"], existing_run_files(run))))
     assert main(["train", *SAME_MATH, "--max-steps", "2", "--output", str(run)]) == 0
     assert at_saves[0] == (0, ["last.safetensors", "last.state.safetensors"])

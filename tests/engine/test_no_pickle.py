@@ -11,6 +11,7 @@ import torch
 import botnet
 from botnet.cli import main
 from botnet.engine import checkpoint as ckpt
+from botnet.errors import CheckpointError
 
 
 class _Planted:
@@ -61,17 +62,22 @@ def _copy_run(run_dir, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("zip_format", [False, True])
-def test_planted_legacy_state_pt_is_refused_by_resume_and_ema_eval(run_dir, tmp_path, capsys, zip_format):
+def test_a_planted_state_pt_is_never_read(run_dir, tmp_path, capsys, zip_format):
+    """A pickle named like a training state beside the weights: resume and EMA loading look only for
+    last.state.safetensors, and the pickle given by name is a file of the wrong kind."""
     run, marker = _copy_run(run_dir, tmp_path), tmp_path / "ran"
     (run / "last.state.safetensors").unlink()
-    _plant(run / "last.state.pt", marker, zip_format=zip_format)
-    for args in (["train", "--resume", str(run), "--no-progress"],
-                 ["eval", str(run / "last.safetensors"), "--ema", "--no-progress", "--limit", "8"],
-                 ["predict", str(run / "x.png"), "--checkpoint", str(run / "last.safetensors"), "--ema"]):
+    planted = _plant(run / "last.state.pt", marker, zip_format=zip_format)
+    for args, named in ((["train", "--resume", str(run), "--no-progress"], "last.state.safetensors"),
+                        (["eval", str(run / "last.safetensors"), "--ema", "--no-progress", "--limit", "8"],
+                         "last.state.safetensors"),
+                        (["predict", str(run / "x.png"), "--checkpoint", str(run / "last.safetensors"), "--ema"],
+                         "last.state.safetensors"),
+                        (["train", "--resume", str(planted), "--no-progress"], str(planted))):
         capsys.readouterr()
         assert main(args) == 2, args
         err = capsys.readouterr().err
-        assert "last.state.pt" in err and "pickle" in err and len(err.strip().splitlines()) == 1
+        assert named in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not marker.exists()
 
 
@@ -80,7 +86,7 @@ def test_planted_pickle_under_the_new_state_name_is_refused(run_dir, tmp_path, c
     _plant(run / "last.state.safetensors", marker, zip_format=True)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     assert "cannot read training state" in capsys.readouterr().err
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(CheckpointError):
         ckpt.read_training_state(run / "last.state.safetensors")
     assert not marker.exists()
 
@@ -107,7 +113,7 @@ def test_planted_pth_weights_are_refused_everywhere(run_dir, tmp_path, capsys, z
     model = botnet.create_model("resnet50", num_classes=10)
     with pytest.raises(Exception, match="(?i)weights.only|cannot read"):
         botnet.load_resnet_weights(model, pth)
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(CheckpointError):
         ckpt.load_weights(model, pth)
     assert not marker.exists()
     assert not (tmp_path / "m.ts").exists() and not (tmp_path / "t" / "last.safetensors").exists()

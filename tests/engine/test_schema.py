@@ -10,8 +10,9 @@ import torch
 
 import botnet
 from botnet.engine import checkpoint as ckpt
-from botnet.errors import UserInputError
+from botnet.errors import CheckpointError, UserInputError
 from botnet.hub import PublishedModelError, read_config
+from botnet.io.weights import CheckpointMismatchError, state_path_for
 from botnet.validation import (MAX_JSON_DEPTH, AnyOf, Dict, Int, List, Num, Str, json_depth, loads_json, problem,
                                validate)
 from helpers import rewrite_safetensors, set_extra
@@ -101,10 +102,10 @@ def saved(tmp_path_factory):
 
 @pytest.fixture
 def pair(saved, tmp_path):
-    for p in (saved, ckpt.state_path_for(saved)):
+    for p in (saved, state_path_for(saved)):
         shutil.copy(p, tmp_path / p.name)
     w = tmp_path / saved.name
-    return w, ckpt.state_path_for(w)
+    return w, state_path_for(w)
 
 
 def _model_and_opt(kind=torch.optim.AdamW, **kw):
@@ -136,7 +137,7 @@ def test_good_checkpoint_reads_and_resumes(pair):
 def test_damaged_metadata_is_one_error_naming_file_and_field(pair, key, raw, field):
     w, _ = pair
     rewrite_safetensors(w, meta=_set_meta(key, raw))
-    with pytest.raises(ckpt.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
         ckpt.read_metadata(w)
     assert str(w) in str(e.value) and field in str(e.value) and "\n" not in str(e.value), str(e.value)
 
@@ -150,7 +151,7 @@ def test_damaged_metadata_is_one_error_naming_file_and_field(pair, key, raw, fie
 def test_wrong_types_in_extra_are_named(pair, key, value, field):
     w, _ = pair
     rewrite_safetensors(w, meta=set_extra(key, value))
-    with pytest.raises(ckpt.CheckpointError, match="extra") as e:
+    with pytest.raises(CheckpointError, match="extra") as e:
         ckpt.read_metadata(w)
     assert field in str(e.value), str(e.value)
 
@@ -185,7 +186,7 @@ def test_damaged_training_state_is_refused_before_resuming(pair, name):
     change, needle = _state_case(name)
     rewrite_safetensors(s, skeleton=change)
     model, opt = _model_and_opt()
-    with pytest.raises(ckpt.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
         ckpt.load_checkpoint(w, model, optimizer=opt)
     msg = str(e.value)
     assert str(s) in msg and needle in msg and "\n" not in msg, msg
@@ -195,7 +196,7 @@ def test_rng_of_the_right_shape_but_unusable_is_a_checkpoint_error(pair):
     w, s = pair
     rewrite_safetensors(s, skeleton=lambda sk: sk["rng"]["numpy"]["$tuple"][1].update({"$ndarray": [1, 2, 3]}))  # not 624 words
     model, opt = _model_and_opt()
-    with pytest.raises(ckpt.CheckpointError, match=f"{s}: field rng cannot be restored"):
+    with pytest.raises(CheckpointError, match=f"{s}: field rng cannot be restored"):
         ckpt.load_checkpoint(w, model, optimizer=opt)
 
 
@@ -207,7 +208,7 @@ def test_rng_of_the_right_shape_but_unusable_is_a_checkpoint_error(pair):
 def test_resume_refuses_the_state_of_another_optimizer(pair, kind, kw, needle):
     w, s = pair
     model, opt = _model_and_opt(kind, **kw)
-    with pytest.raises(ckpt.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
         ckpt.load_checkpoint(w, model, optimizer=opt)
     msg = str(e.value)
     assert msg.startswith(f"training state {s} does not fit") and needle in msg, msg
@@ -219,18 +220,18 @@ def test_optimizer_state_with_other_shapes_or_groups_is_refused(pair):
     model = botnet.create_model("botnet_mini", **MINI_KW)
     params = list(model.parameters())
     two_groups = torch.optim.AdamW([{"params": params[:3]}, {"params": params[3:]}], lr=1e-3)
-    with pytest.raises(ckpt.CheckpointError, match="it has 1 parameter group"):
+    with pytest.raises(CheckpointError, match="it has 1 parameter group"):
         ckpt.load_checkpoint(w, model, optimizer=two_groups)
     # the moments of parameter 0 given another shape: PyTorch would load them and fail at the step
     rewrite_safetensors(s, tensors=lambda ts: {k: (v[:1] if v.shape == params[0].shape else v) for k, v in ts.items()})
-    with pytest.raises(ckpt.CheckpointError, match=r"state\[0\]\.exp_avg has shape \(1, 1, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"state\[0\]\.exp_avg has shape \(1, 1, 3, 3\)"):
         ckpt.load_checkpoint(w, model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
 
 
 def test_int8_weights_are_refused_not_predicting_ten_percent_everywhere(pair):
     w, _ = pair
     rewrite_safetensors(w, tensors=lambda ts: {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in ts.items()})
-    with pytest.raises(ckpt.CheckpointMismatchError, match=r"keys not floating point where the model.s are: "
+    with pytest.raises(CheckpointMismatchError, match=r"keys not floating point where the model.s are: "
                                                            r".* \(checkpoint int8 vs model float32\)") as e:
         ckpt.load_weights(botnet.create_model("botnet_mini", **MINI_KW), w)
     assert str(w) in str(e.value) and e.value.dtype_mismatch

@@ -216,7 +216,7 @@ class _NotATensor:
 
 
 def test_load_resnet_weights_refuses_unrelated_and_unsafe_files(tmp_path):
-    from botnet.engine.checkpoint import CheckpointError
+    from botnet.errors import CheckpointError
 
     m = botnet.create_model("botnet_mini")
     with pytest.raises(CheckpointError, match="no tensor of the checkpoint matches"):

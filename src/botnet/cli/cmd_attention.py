@@ -41,12 +41,13 @@ def handler(args) -> int:
 
     from botnet.data.errors import BadImageError
     from botnet.viz.attention import attention_maps, plot_attention
-    from botnet.engine.checkpoint import CheckpointError
+    from botnet.errors import CheckpointError
     from botnet.classification.predict import load_for_inference, load_image
     from botnet.classification.task import log_probs
     from botnet.cli.cmd_predict import views
 
-    from botnet.cli.paths import check_input_images, check_output_dir
+    from botnet.cli.paths import check_input_images
+    from botnet.io.folders import check_output_dir
 
     check_output_dir(args.out, "--output")
     check_input_images(args.images, offer_skip=False, missing_ok=True)  # before the model loads

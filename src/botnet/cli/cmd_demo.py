@@ -64,7 +64,7 @@ def handler(args) -> int:
         summary_path = run / "summary.json"
         summary = json.loads(summary_path.read_text())
         summary["demo_wall_seconds"] = round(time.monotonic() - t0, 2)
-        from botnet.engine.checkpoint import atomic_write_bytes
+        from botnet.io.atomic import atomic_write_bytes
 
         atomic_write_bytes(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
     fin = summary.get("final", {})

@@ -98,12 +98,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from botnet.cli.paths import check_output_dir
     from botnet.detection.evaluate import RESULTS_NAME, evaluate_detector, write_eval, write_results
-    from botnet.engine.checkpoint import resolve_checkpoint
+    from botnet.io.weights import resolve_checkpoint
     from botnet.engine.rebuild import load_model
+    from botnet.io.folders import check_output_dir
 
-    check_output_dir(args.output, "--output")
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path, device=args.device, task="detection")
     if args.threads:
@@ -154,12 +155,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     import torch
 
-    from botnet.cli.paths import check_input_images, check_output_dir
+    from botnet.cli.paths import check_input_images
     from botnet.detection.evaluate import write_results
     from botnet.detection.predict import annotated_items, check_drawing_size, label_to_category, predict_images
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.io.atomic import atomic_write_bytes
     from botnet.engine.rebuild import load_model
     from botnet.errors import ConfigError
+    from botnet.io.folders import check_output_dir
 
     check_output_dir(args.output, "--output")
     if bool(args.ann) != bool(args.image_dir):

@@ -46,15 +46,16 @@ def handler(args) -> int:
     import json
 
     from botnet.data.builder import build_datasets, build_eval_loader
-    from botnet.engine import checkpoint as ckpt
     from botnet.classification import CLASSIFICATION_DEFAULTS, evaluate
     from botnet.engine.config import merge
     from botnet.engine.rebuild import load_model
+    from botnet.io.atomic import atomic_write_bytes
+    from botnet.io.weights import resolve_checkpoint
 
     path = args.checkpoint or args.checkpoint_opt
     if not path:
         raise ConfigError("give a checkpoint (botnet eval RUN/best.safetensors)")
-    from botnet.cli.paths import check_output_file
+    from botnet.io.folders import check_output_file
     from botnet.errors import resolve_device
 
     check_output_file(args.json, "--json")
@@ -95,13 +96,13 @@ def handler(args) -> int:
         r["skipped"], r["n_skipped"] = pre + list(r["skipped"]), r["n_skipped"] + len(pre)
     out = {}
     for k, r in results.items():
-        print(f"{ckpt.resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
+        print(f"{resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
               f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (tta {tta})" if tta != "none" else "") + (f"  (skipped {r['n_skipped']} unreadable files)"
                                                                    if r["n_skipped"] else ""))
         out[k] = {**{m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}, "tta": tta}
         out[k]["skipped_files"] = r["skipped"]
     if args.json:
-        ckpt.atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
     if args.confusion:
         from botnet.viz.plots import plot_confusion_matrix
 

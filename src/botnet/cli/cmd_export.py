@@ -63,13 +63,13 @@ def _build(args: argparse.Namespace):
     """The model to export: rebuilt from a botnet checkpoint, or MODEL (+ a .pt/.pth state dict)."""
     from pathlib import Path
 
-    from botnet.engine import checkpoint as ckpt
     from botnet.engine.rebuild import load_model
     from botnet.errors import ConfigError
+    from botnet.io.weights import TORCH_SUFFIXES, check_state_dict, read_weights_file
     from botnet.models import create_model
 
     p = Path(args.checkpoint) if args.checkpoint else None
-    if p is not None and p.suffix not in (".pt", ".pth", ".bin"):
+    if p is not None and p.suffix not in TORCH_SUFFIXES:
         model, meta = load_model(p)  # a classifier, or a detector (exported by _export_detector)
         if args.model and args.model != meta["arch"]:
             raise ConfigError(f"{p} holds a {meta['arch']} model, not {args.model}; leave MODEL out to export it")
@@ -78,7 +78,7 @@ def _build(args: argparse.Namespace):
         return model
     if not args.model:
         raise ConfigError("give MODEL (e.g. botnet50), or a botnet checkpoint with --checkpoint")
-    state = ckpt.read_weights_file(p) if p is not None else None
+    state = read_weights_file(p) if p is not None else None
     kwargs: dict = {}
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
@@ -93,7 +93,7 @@ def _build(args: argparse.Namespace):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {args.model!r}: {' '.join(str(e).split())}") from None
     if state is not None:
-        ckpt.check_state_dict(model, state, p)  # one-line error naming the keys, exit 2
+        check_state_dict(model, state, p)  # one-line error naming the keys, exit 2
         model.load_state_dict(state, strict=True)
     return model
 

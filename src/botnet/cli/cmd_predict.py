@@ -48,10 +48,12 @@ def handler(args) -> int:
     import json
 
     from botnet.data.errors import BadImageError
-    from botnet.engine.checkpoint import CheckpointError, atomic_write_bytes
+    from botnet.errors import CheckpointError
+    from botnet.io.atomic import atomic_write_bytes
     from botnet.classification.predict import load_for_inference, predict_files
 
-    from botnet.cli.paths import check_input_images, check_output_file
+    from botnet.cli.paths import check_input_images
+    from botnet.io.folders import check_output_file
 
     check_output_file(args.json, "--json")
     check_input_images(args.images, args.skip_bad, missing_ok=True)  # before the model loads; bad ones are skipped below

@@ -52,11 +52,11 @@ def train_handler(args: argparse.Namespace) -> int:
 def eval_handler(args: argparse.Namespace) -> int:
     import json
 
-    from botnet.cli.paths import check_output_file
     from botnet.engine.config import apply_overrides, merge
     from botnet.engine.rebuild import load_model
     from botnet.errors import resolve_device
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.io.atomic import atomic_write_bytes
+    from botnet.io.folders import check_output_file
     from botnet.tasks import load_task
 
     check_output_file(args.json, "--json")

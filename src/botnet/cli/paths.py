@@ -1,41 +1,10 @@
-"""Checks on the paths commands write to, made before any work: an output file that is a folder,
-or an output folder that is a file, is one line naming the option (not a traceback at the end)."""
+"""Checks on the image files a command reads, made before the model loads: a bad file is one line
+naming it (the paths a command writes to are checked by :mod:`botnet.io.folders`)."""
 from __future__ import annotations
 
 import os
 
-from botnet.errors import ConfigError
-
-__all__ = ["check_output_file", "check_output_dir", "check_input_images"]
-
-
-def check_output_file(path: str | os.PathLike | None, option: str) -> None:
-    """``path`` can become a file: it is not a folder (or other non-file) and its parent is a folder."""
-    if path is None:
-        return
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        raise ConfigError(f"{option} {p} is a folder; give a file name (e.g. {os.path.join(p, 'out.json')})")
-    if os.path.exists(p) and not os.path.isfile(p):
-        raise ConfigError(f"{option} {p} exists and is not a regular file")
-    parent = os.path.dirname(os.path.abspath(p))
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
-    if parent and not os.path.isdir(parent):
-        raise ConfigError(f"{option} {p}: {parent} is a file, not a folder")
-
-
-def check_output_dir(path: str | os.PathLike | None, option: str) -> None:
-    """``path`` can become a folder: neither it nor a folder above it is a file."""
-    if path is None:
-        return
-    p = os.path.abspath(os.fspath(path))
-    while p and not os.path.exists(p):
-        p = os.path.dirname(p) if os.path.dirname(p) != p else ""
-    if p and not os.path.isdir(p):
-        shown = os.fspath(path)
-        raise ConfigError(f"{option} {shown}: {p} is a file, not a folder" if p != os.path.abspath(shown)
-                          else f"{option} {shown} is a file, not a folder")
+__all__ = ["check_input_images"]
 
 
 def check_input_images(paths: list[str], skip_bad: bool = False, offer_skip: bool = True,

@@ -108,7 +108,7 @@ def validate_detection_config(cfg: dict) -> dict:
     check_model_kwargs(cfg["model"]["backbone"], {"num_classes": 0, **(cfg["model"]["kwargs"] or {})})
     bw = cfg["model"]["backbone_weights"]
     if bw and str(bw).startswith(("hf-hub:", "local-dir:")):
-        from botnet.engine.checkpoint import resolve_checkpoint
+        from botnet.io.weights import resolve_checkpoint
 
         resolve_checkpoint(bw)  # a published model: fetched and checked before training (one-line error)
     elif bw and not os.path.exists(bw):

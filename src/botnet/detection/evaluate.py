@@ -89,7 +89,7 @@ def headline(metrics: dict) -> dict:
 def write_eval(out_dir: str | os.PathLike, metrics: dict, info: dict | None = None) -> tuple[Path, Path]:
     """Write ``eval.json`` (full metrics, ``ap_unit``) and ``eval.md`` (Markdown tables) into ``out_dir``."""
     from botnet.detection.coco_eval import results_markdown
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.io.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def write_eval(out_dir: str | os.PathLike, metrics: dict, info: dict | None = No
 def write_results(out_dir: str | os.PathLike, results: list[dict]) -> Path:
     """``coco_results.json``: a list of ``{image_id, category_id, bbox [x, y, w, h], score,
     segmentation (RLE, counts as str)}`` that ``pycocotools.coco.COCO.loadRes`` reads."""
-    from botnet.engine.checkpoint import atomic_write_bytes
+    from botnet.io.atomic import atomic_write_bytes
 
     path = Path(out_dir) / RESULTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -290,7 +290,7 @@ def label_to_category(meta: dict, num_classes: int) -> dict[int, int] | None:
     """The training set's ``{label: COCO category_id}`` stored with a detector (``extra.label_to_cat_id``
     of a run's checkpoint, ``botnet.label_to_cat_id`` of a published folder), checked; ``None`` when the
     checkpoint has none (then a label is its own category id)."""
-    from botnet.engine.checkpoint import CheckpointError
+    from botnet.errors import CheckpointError
 
     raw = (meta.get("extra") or {}).get("label_to_cat_id")
     if raw is None:

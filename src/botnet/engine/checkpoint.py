@@ -9,11 +9,9 @@ A checkpoint ``DIR/last.safetensors`` is a pair of files:
   scheduler, EMA weights, AMP grad scaler, epoch, step, RNG states (python, numpy, torch, CUDA)
   and the same ``save_id``; its tensors are safetensors entries and the rest a JSON skeleton in
   the file's metadata (:mod:`botnet.engine.safe_state`). Run directories get shared, so no
-  file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``
-  and the pickle-based ``.state.pt`` of earlier versions is refused.
+  file botnet reads can run code: ``.pt``/``.pth`` weights are read with ``weights_only=True``.
 
-Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
-moved into place with ``os.replace`` (atomic on POSIX). A pair is saved crash-consistently: both
+Every file is written atomically (:mod:`botnet.io.atomic`). A pair is saved crash-consistently: both
 new files are written and fsync-ed under temporary names first; the current pair, when complete,
 is kept reachable as ``last.prev.safetensors`` + ``last.prev.state.safetensors`` (hard links, a
 copy where links are unsupported); then the state and the weights are renamed into place, and
@@ -22,9 +20,8 @@ the two pairs carries matching ``save_id`` s, and a resume (:func:`select_resume
 newest such pair. A full disk is one :class:`CheckpointError` naming the folder and the space
 needed; nothing is renamed and no temporary file is left.
 
-Test-only fault injection: each step of a save calls ``_fault_point(NAME)`` (names in
-``SAVE_POINTS``); ``fault_hook`` (a callable, set by tests) may raise there, and the environment
-variable ``BOTNET_FAULT_KILL_AT=NAME[:N]`` SIGKILLs the process the N-th time it reaches NAME.
+Each step of a save passes :func:`botnet.io.atomic.fault_point` (the names, in order, are
+``SAVE_POINTS``), where the crash tests stop it.
 
 API::
 
@@ -36,217 +33,37 @@ API::
 """
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
-import random
-import re
-import secrets
-import shutil
-import signal
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from botnet.engine.rng import get_rng_state, set_rng_state
 from botnet.errors import CheckpointError
-from botnet.io.dirswap import fsync_dir
-from botnet.io.weights import (LEGACY_STATE_SUFFIX, STATE_SUFFIX, WEIGHTS_SUFFIX, CheckpointMismatchError,
-                               check_state_dict, read_weights_file, resolve_checkpoint, unwrap_model)
-from botnet.io.weights import clean_key as _clean_key
-from botnet.io.weights import read_weights as _read_weights
-from botnet.io.weights import short_error as _short
+from botnet.io.atomic import atomic_write, fault_point, fsync_dir, is_disk_full, link_over, unlink_quiet, write_temp
+from botnet.io.weights import (TORCH_SUFFIXES, WEIGHTS_SUFFIX, check_state_dict, clean_key, read_weights,
+                               read_weights_file, resolve_checkpoint, short_error, state_path_for, unwrap_model)
 from botnet.log import get_logger
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointMismatchError",
-    "atomic_write_bytes",
-    "atomic_write",
-    "unwrap_model",
-    "state_path_for",
-    "resolve_checkpoint",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_weights",
-    "read_metadata",
-    "read_training_state",
-    "write_training_state",
-    "remove_stale_temp_files",
-    "check_resumable",
-    "select_resume_pair",
-    "previous_path",
-    "has_checkpoint",
-    "SAVE_POINTS",
-    "read_weights_file",
-    "get_rng_state",
-    "set_rng_state",
-]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "read_metadata", "read_training_state",
+           "check_resumable", "select_resume_pair", "has_checkpoint", "previous_path", "PREV_TAG", "SAVE_POINTS",
+           "STATE_FORMAT"]
 
 log = get_logger("checkpoint")
 STATE_FORMAT = "botnet-state-v1"
-_TEMP_NAME = re.compile(r"^\..+\.(safetensors|json|jsonl|csv|md|yaml|png|txt|onnx|pt2|ts)\.[a-z0-9_]{8}\.tmp$")
-
-
-# ----------------------------------------------------------------------------- fault injection (test-only)
-FAULT_ENV = "BOTNET_FAULT_KILL_AT"
 # the steps of a pair save, in order; a weights-only save (best.safetensors) runs the weights.* ones
 SAVE_POINTS = ("state.write", "state.fsync", "weights.write", "weights.fsync",
                "prev.state.link", "prev.state.rename", "prev.weights.link", "prev.weights.rename", "prev.dir.fsync",
                "state.rename", "weights.rename", "dir.fsync", "prev.weights.unlink", "prev.state.unlink", "done")
-fault_hook: Callable[[str], None] | None = None  # test-only: called with each point's name; may raise
-_fault_seen: dict[str, int] = {}
-
-
-def _fault_point(point: str) -> None:
-    """Test-only hook at each step of a save: lets the crash tests stop a save exactly here."""
-    if fault_hook is not None:
-        fault_hook(point)
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec.partition(":")[0] == point:
-        _fault_seen[point] = _fault_seen.get(point, 0) + 1
-        if _fault_seen[point] >= int(spec.partition(":")[2] or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def _unlink_quiet(path: str | os.PathLike | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def _write_temp(path: Path, write_fn: Callable[[str], None], point: str | None = None) -> str:
-    """``write_fn(tmp)`` into a fsync-ed temporary file beside ``path``; returns its name.
-    On any error (or Ctrl-C) the temporary file is removed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        if point:
-            _fault_point(f"{point}.write")
-        write_fn(tmp)
-        if point:
-            _fault_point(f"{point}.fsync")
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    return tmp
-
-
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None], *, point: str | None = None) -> Path:
-    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temp file in the same
-    directory, which is fsync-ed and then ``os.replace``-d onto ``path``.
-
-    If ``write_fn`` raises (or the process dies) the old ``path`` is untouched and the temp file
-    is removed (or left as ``.*.tmp``, never under the final name). ``point`` names the steps for
-    the fault-injection tests (``weights``: ``weights.write``, ...).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp: str | None = _write_temp(path, write_fn, point)
-    try:
-        if point:
-            _fault_point(f"{point}.rename")
-        os.replace(tmp, path)
-        tmp = None
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    if point:
-        _fault_point("dir.fsync")
-    fsync_dir(path.parent)
-    if point:
-        _fault_point("done")
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Atomically replace ``path`` with ``data``."""
-
-    def _w(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    return atomic_write(path, _w)
-
-
-# ----------------------------------------------------------------------------- helpers
-def state_path_for(weights_path: str | os.PathLike) -> Path:
-    """``x/last.safetensors`` -> ``x/last.state.safetensors``."""
-    p = Path(weights_path)
-    name = p.name
-    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX, WEIGHTS_SUFFIX):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = p.stem
-    return p.with_name(name + STATE_SUFFIX)
-
-
-def _legacy_state_error(p: Path) -> CheckpointError:
-    return CheckpointError(f"{p} is a pickle training state from an earlier botnet version; it is not read, because "
-                           f"unpickling a file can run arbitrary code. Retrain, or start from its weights with "
-                           f"--init-weights {p.with_name(p.name[: -len(LEGACY_STATE_SUFFIX)] + WEIGHTS_SUFFIX)}")
-
-
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files a killed save left in ``directory``; returns them.
-
-    :func:`atomic_write` never leaves a temporary file under a final name, but a SIGKILL between
-    its write and its rename leaves the temporary file itself. Call this at the start of a run,
-    before anything writes into the directory (main rank only).
-    """
-    d = Path(directory)
-    removed = []
-    if d.is_dir():
-        for f in d.glob(".*.tmp"):
-            # only the names atomic_write makes (".NAME.<8 mkstemp chars>.tmp" for files botnet writes)
-            if f.is_file() and _TEMP_NAME.match(f.name):
-                try:
-                    f.unlink()
-                    removed.append(f)
-                except OSError:
-                    pass
-    return removed
-
-
-def get_rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy, torch (CPU) and every CUDA device."""
-    import numpy as np
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    import numpy as np
-
-    if "python" in state:
-        random.setstate(state["python"])
-    if "numpy" in state:
-        np.random.set_state(state["numpy"])
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     sd = unwrap_model(model).state_dict()
     # clone: safetensors refuses tensors sharing storage; contiguous CPU copies are always valid
-    return {_clean_key(k): v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    return {clean_key(k): v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -304,7 +121,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, optimize
         _save_pair(path, lambda tmp: save_file(weights, tmp, metadata=meta),
                    lambda tmp: save_file(tensors, tmp, metadata=smeta))
     except Exception as e:
-        if not _is_disk_full(e):
+        if not is_disk_full(e):
             raise
         raise CheckpointError(f"no space left on the disk of {path.parent} while saving {path.name}: it needs about "
                               f"{sum(sizes) / 2**20:.1f} MB free (the new checkpoint files); free space there (or move "
@@ -333,22 +150,6 @@ def _state_payload(state: dict[str, Any], save_id: str) -> tuple[dict[str, torch
 
 def _payload_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + sum(len(k) + len(v) for k, v in meta.items())
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    """ENOSPC / EDQUOT, also as safetensors' own error (which carries only the text of the OS error)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e)
-    return any(m in text for m in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122"))
-
-
-def write_training_state(path: str | os.PathLike, state: dict[str, Any], save_id: str) -> Path:
-    """Atomically write a training-state tree (see :mod:`botnet.engine.safe_state`)."""
-    from safetensors.torch import save_file
-
-    tensors, meta = _state_payload(state, save_id)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 # ----------------------------------------------------------------------------- crash-consistent pairs
@@ -384,30 +185,6 @@ def _pair_id(weights_path: Path) -> str | None:
     return s["save_id"] if w.get("save_id", s["save_id"]) == s["save_id"] else None
 
 
-def _link_over(src: Path, dst: Path, point: str) -> None:
-    """Make ``dst`` name the same file as ``src`` (a hard link; a copy where links are unsupported),
-    replacing ``dst`` atomically."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return  # rename() of two names of one file is a no-op that would leave the temporary name
-    tmp: Path | None = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        _fault_point(f"{point}.link")
-        try:
-            os.link(src, tmp)
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        _fault_point(f"{point}.rename")
-        os.replace(tmp, dst)
-        tmp = None
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-
-
 def _save_pair(wpath: Path, write_weights: Callable[[str], None], write_state: Callable[[str], None]) -> None:
     """Replace the pair ``wpath`` + its state so that a complete pair exists at every instant.
 
@@ -423,30 +200,30 @@ def _save_pair(wpath: Path, write_weights: Callable[[str], None], write_state: C
     tmp_s: str | None = None
     tmp_w: str | None = None
     try:
-        tmp_s = _write_temp(spath, write_state, "state")
-        tmp_w = _write_temp(wpath, write_weights, "weights")
+        tmp_s = write_temp(spath, write_state, "state")
+        tmp_w = write_temp(wpath, write_weights, "weights")
         if _pair_id(wpath) is not None:
-            _link_over(spath, state_path_for(prev), "prev.state")
-            _link_over(wpath, prev, "prev.weights")
-            _fault_point("prev.dir.fsync")
+            link_over(spath, state_path_for(prev), "prev.state")
+            link_over(wpath, prev, "prev.weights")
+            fault_point("prev.dir.fsync")
             fsync_dir(wpath.parent)
-        _fault_point("state.rename")
+        fault_point("state.rename")
         os.replace(tmp_s, spath)
         tmp_s = None
-        _fault_point("weights.rename")
+        fault_point("weights.rename")
         os.replace(tmp_w, wpath)
         tmp_w = None
     except BaseException:
-        _unlink_quiet(tmp_s)
-        _unlink_quiet(tmp_w)
+        unlink_quiet(tmp_s)
+        unlink_quiet(tmp_w)
         raise
-    _fault_point("dir.fsync")
+    fault_point("dir.fsync")
     fsync_dir(wpath.parent)
     for point, f in (("prev.weights.unlink", prev), ("prev.state.unlink", state_path_for(prev))):
-        _fault_point(point)
-        _unlink_quiet(f)
+        fault_point(point)
+        unlink_quiet(f)
     fsync_dir(wpath.parent)
-    _fault_point("done")
+    fault_point("done")
 
 
 def select_resume_pair(path: str | os.PathLike) -> tuple[Path, str | None]:
@@ -480,7 +257,7 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 
 
 def read_training_state(path: str | os.PathLike, expected_save_id: str | None = None) -> dict[str, Any]:
-    """Read what :func:`write_training_state` wrote; no code in the file can run.
+    """Read the training state :func:`save_checkpoint` wrote; no code in the file can run.
 
     The ``save_id`` is checked against the weights file's before any tensor is read.
 
@@ -492,8 +269,6 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
     from botnet.engine.safe_state import StateFormatError, unpack
 
     path = Path(path)
-    if path.name.endswith(LEGACY_STATE_SUFFIX):
-        raise _legacy_state_error(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
@@ -507,7 +282,7 @@ def read_training_state(path: str | os.PathLike, expected_save_id: str | None = 
     except CheckpointError:
         raise
     except Exception as e:  # safetensors raises its own error types for truncated/garbage files
-        raise CheckpointError(f"cannot read training state {path}: {_short(e)} (truncated or not a "
+        raise CheckpointError(f"cannot read training state {path}: {short_error(e)} (truncated or not a "
                               f"safetensors file)") from e
     try:
         state = unpack(tensors, meta["skeleton"])
@@ -531,9 +306,6 @@ def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     meta = read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
-        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-        if legacy.is_file():
-            raise _legacy_state_error(legacy)
         raise CheckpointError(f"cannot resume from {wpath}: its training state {spath} is missing (a best.* file "
                               f"holds weights only; resume from the run directory, or start from these weights "
                               f"with --init-weights {wpath})")
@@ -543,7 +315,7 @@ def check_resumable(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         with safe_open(str(spath), framework="pt", device="cpu") as f:
             smeta = dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"cannot read training state {spath}: {_short(e)} (truncated or not a safetensors "
+        raise CheckpointError(f"cannot read training state {spath}: {short_error(e)} (truncated or not a safetensors "
                               f"file)") from e
     if smeta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{spath} is not a botnet training state (format {smeta.get('format')!r})")
@@ -557,7 +329,7 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
     from safetensors import safe_open
 
     path = resolve_checkpoint(path, prefer)
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+    if path.suffix in (*TORCH_SUFFIXES, ".ckpt"):
         raise CheckpointError(f"{path} is a {path.suffix} weights file without the architecture this command needs; "
                               f"give a botnet checkpoint (RUN/best.safetensors or a run directory), or build the "
                               f"model and load {path.name} with botnet.load_resnet_weights / --init-weights")
@@ -565,7 +337,7 @@ def read_metadata(path: str | os.PathLike, prefer: tuple[str, ...] = ("best", "l
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_short(e)} (truncated, or not a "
+        raise CheckpointError(f"cannot read checkpoint {path}: {short_error(e)} (truncated, or not a "
                               f"safetensors file)") from e
     from botnet.engine.schemas import METADATA
     from botnet.validation import loads_json, validate
@@ -601,12 +373,8 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
             classes); nothing is loaded into the model in that case.
     """
     p = Path(path)
-    if p.name.endswith(LEGACY_STATE_SUFFIX):
-        raise _legacy_state_error(p)
-    if p.suffix in (".pt", ".pth", ".bin"):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file not found: {p}")
-        state, meta = _read_weights(p), {}
+    if p.suffix in TORCH_SUFFIXES:
+        state, meta = read_weights_file(p), {}
     else:
         p = resolve_checkpoint(p)
         if use_ema and p.name == f"last{WEIGHTS_SUFFIX}":
@@ -615,16 +383,13 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, use_ema: bo
         if use_ema:
             sp = state_path_for(p)
             if not sp.is_file():
-                legacy = sp.with_name(sp.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-                if legacy.is_file():
-                    raise _legacy_state_error(legacy)
                 raise CheckpointError(f"--ema needs {sp} (training state with EMA weights), which is missing")
             full = read_training_state(sp, expected_save_id=meta.get("save_id"))
             if "ema" not in full:
                 raise CheckpointError(f"{sp} holds no EMA weights (the run was trained without EMA)")
-            state = {_clean_key(k): v for k, v in full["ema"].items()}
+            state = {clean_key(k): v for k, v in full["ema"].items()}
         else:
-            state = _read_weights(p)
+            state = read_weights(p)
     check_state_dict(model, state, p, arch=meta.get("arch"))
     unwrap_model(model).load_state_dict(state, strict=True)
     return meta
@@ -665,9 +430,6 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     meta = load_weights(model, wpath) if model is not None else read_metadata(wpath)
     spath = state_path_for(wpath)
     if not spath.is_file():
-        legacy = spath.with_name(spath.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
-        if legacy.is_file():
-            raise _legacy_state_error(legacy)
         raise CheckpointError(f"training state {spath} is missing; cannot resume (weights alone can be "
                               f"loaded with --init-weights / load_weights)")
     state = read_training_state(spath, expected_save_id=meta.get("save_id"))
@@ -686,14 +448,14 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
                 obj.load_state_dict(state[name])
             except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
                 raise CheckpointError(f"training state {spath}: its {name} state does not fit this run's {name} "
-                                      f"({_short(e)})") from None
+                                      f"({short_error(e)})") from None
     streams = state.get("rng_ranks") or ([state["rng"]] if "rng" in state else [])
     restored = restore_rng and rank < len(streams)
     if restored:
         try:
             set_rng_state(streams[rank])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"training state {spath}: field rng cannot be restored ({_short(e)}); the file "
+            raise CheckpointError(f"training state {spath}: field rng cannot be restored ({short_error(e)}); the file "
                                   f"is damaged") from None
     return {"epoch": state.get("epoch", 0), "step": state.get("step", 0), "extra": state.get("extra", {}),
             "metadata": meta, "rng_restored": restored}

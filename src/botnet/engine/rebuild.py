@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from botnet.engine import checkpoint as ckpt
+from botnet.engine.checkpoint import load_weights, read_metadata
+from botnet.errors import CheckpointError
+from botnet.io.weights import CheckpointMismatchError, check_state_dict, read_weights_file, resolve_checkpoint
 
 __all__ = ["build_from_metadata", "load_model", "load_published", "task_of"]
 
@@ -29,23 +31,22 @@ def task_of(meta: dict[str, Any]) -> str:
 def build_from_metadata(meta: dict[str, Any], where: str = "checkpoint") -> nn.Module:
     """Build (untrained) the model a checkpoint's metadata describes."""
     if meta.get("format") != "botnet-checkpoint-v1" or not meta.get("arch"):
-        raise ckpt.CheckpointError(f"{where} is not a botnet checkpoint (no architecture metadata); build the model "
+        raise CheckpointError(f"{where} is not a botnet checkpoint (no architecture metadata); build the model "
                                    f"yourself and use botnet.load_resnet_weights or --init-weights")
     task, kwargs = task_of(meta), meta.get("model_kwargs")
     if not isinstance(kwargs, dict):
-        raise ckpt.CheckpointError(f"{where} has corrupt model_kwargs metadata ({kwargs!r})")
-    from botnet.errors import CheckpointError
+        raise CheckpointError(f"{where} has corrupt model_kwargs metadata ({kwargs!r})")
     from botnet.tasks import load_task
 
     try:
         builder = load_task(task).build_model
     except CheckpointError:
-        raise ckpt.CheckpointError(f"{where} was written by task {task!r}, which this botnet does not know "
-                                   f"(install or import the package that registers it)") from None
+        raise CheckpointError(f"{where} was written by task {task!r}, which this botnet does not know "
+                              f"(install or import the package that registers it)") from None
     try:
         return builder(meta["arch"], dict(kwargs))
     except (TypeError, ValueError, KeyError) as e:
-        raise ckpt.CheckpointError(f"{where} describes a model this botnet cannot build ({meta['arch']}, "
+        raise CheckpointError(f"{where} describes a model this botnet cannot build ({meta['arch']}, "
                                    f"{kwargs}): {' '.join(str(e).split())}") from None
 
 
@@ -63,12 +64,12 @@ def load_model(path: str | os.PathLike, *, use_ema: bool = False, device: str | 
     folder = published_folder(path)
     if folder is not None:  # config.json says what to build; model.safetensors must fit it
         return load_published(folder, use_ema=use_ema, device=device, task=task)
-    wpath = ckpt.resolve_checkpoint(path)
-    meta = ckpt.read_metadata(wpath)
+    wpath = resolve_checkpoint(path)
+    meta = read_metadata(wpath)
     if task is not None and meta.get("arch") and task_of(meta) != task:
-        raise ckpt.CheckpointError(f"{wpath} is a {task_of(meta)} checkpoint ({meta.get('arch')}), not a {task} one")
+        raise CheckpointError(f"{wpath} is a {task_of(meta)} checkpoint ({meta.get('arch')}), not a {task} one")
     model = build_from_metadata(meta, str(wpath))
-    ckpt.load_weights(model, wpath, use_ema=use_ema)
+    load_weights(model, wpath, use_ema=use_ema)
     return model.to(device).eval(), meta
 
 
@@ -88,10 +89,10 @@ def load_published(folder: Path, *, use_ema: bool = False, device: Any = "cpu",
                                   f"not a {task} one")
     model = build_from_metadata(meta, str(folder / CONFIG_NAME))
     wpath = folder / WEIGHTS_NAME
-    state = ckpt.read_weights_file(wpath)
+    state = read_weights_file(wpath)
     try:
-        ckpt.check_state_dict(model, state, wpath, arch=meta["arch"])
-    except ckpt.CheckpointMismatchError as e:
+        check_state_dict(model, state, wpath, arch=meta["arch"])
+    except CheckpointMismatchError as e:
         raise PublishedModelError(f"{wpath} does not match {CONFIG_NAME} beside it: {e}") from None
     model.load_state_dict(state, strict=True)
     apply_preprocessing(model, cfg)

@@ -37,7 +37,6 @@ RUN_FILES = (
     "config.json", "summary.json", "metrics.jsonl", "metrics.csv",  # engine
     "last.safetensors", "last.state.safetensors", "best.safetensors",  # checkpoints
     "last.prev.safetensors", "last.prev.state.safetensors",  # the pair a save keeps until the new one is whole
-    "last.state.pt",  # the pickle training state of earlier versions (never read, removed by --overwrite)
     "loss.png", "accuracy.png", "ap.png",  # train.plots
     "confusion_matrix.png", "confusion_matrix.csv",  # classification
     "eval.json", "eval.md", "coco_results.json",  # detection
@@ -88,7 +87,7 @@ def resume_folder(resume: str | os.PathLike) -> Path:
     p = Path(resume)
     if p.is_dir():
         return p
-    from botnet.engine.checkpoint import resolve_checkpoint
+    from botnet.io.weights import resolve_checkpoint
 
     return resolve_checkpoint(p, prefer=("last",)).parent
 

@@ -30,8 +30,12 @@ from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
 from botnet.engine.hooks import (CheckpointHook, EvalHook, Hook, PlotsHook, ProgressHook, ThreadsHook, TimeBudgetHook,
                                  scalars)
-from botnet.engine.logger import MetricsLogger
+from botnet.engine.metrics_log import MetricsLogger
+from botnet.engine.rng import get_rng_state
 from botnet.engine.task import StepOutput, Task
+from botnet.errors import CheckpointError
+from botnet.io.atomic import atomic_write_bytes, remove_stale_temp_files
+from botnet.io.weights import WEIGHTS_SUFFIX, read_weights_file, state_path_for
 from botnet.log import get_logger
 
 __all__ = ["Trainer", "autocast", "fit_global_batch", "run_dir_of", "train"]
@@ -52,7 +56,7 @@ def run_dir_of(cfg: dict) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    ckpt.atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def fit_global_batch(global_batch: int, world_size: int, max_batch: int, what: str = "run") -> tuple[int, int]:
@@ -125,7 +129,7 @@ class Trainer:
             self.resume_path, self.resume_meta = ckpt.check_resumable(self.resume)
             self._resume_into_its_folder()
         if self.init_weights:
-            ckpt.read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
+            read_weights_file(self.init_weights)  # tensors only; whether they fit is checked later
 
     def _resume_into_its_folder(self) -> None:
         """A resumed run writes into the folder of its checkpoint, never into the ``output.dir`` recorded in it
@@ -153,7 +157,7 @@ class Trainer:
         di, tc = self.di, self.tc
         self.t_start = time.monotonic()
         if di.is_main:
-            for f in ckpt.remove_stale_temp_files(self.run_dir):
+            for f in remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
         seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
         from botnet.engine.devices import resolve_device_defaults
@@ -277,8 +281,8 @@ class Trainer:
             h.load_state_dict(ex)
         self.history_seconds = float(ex.get("train_seconds", 0.0))
         if self.skip_batches > self.spe:  # the schema cannot know the epoch's length; the run does (== : epoch done)
-            raise ckpt.CheckpointError(
-                f"training state {ckpt.state_path_for(self.resume_path)}: extra.batch_in_epoch is "
+            raise CheckpointError(
+                f"training state {state_path_for(self.resume_path)}: extra.batch_in_epoch is "
                 f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
                 f"data changed since the save: resume with the same data, or start from its weights with "
                 f"--init-weights {self.resume_path}")
@@ -289,7 +293,7 @@ class Trainer:
             log.info(f"resumed from {self.resume_path}: epoch {self.start_epoch}, step {self.step}"
                      + (f", {self.skip_batches} batches into the epoch" if self.skip_batches else "")
                      + ("; the last save was interrupted, so this is the complete checkpoint before it"
-                        if self.resume_path.name.endswith(ckpt.PREV_TAG + ckpt.WEIGHTS_SUFFIX) else ""))
+                        if self.resume_path.name.endswith(ckpt.PREV_TAG + WEIGHTS_SUFFIX) else ""))
         return False
 
     def _wrap(self) -> None:
@@ -342,7 +346,7 @@ class Trainer:
              extra_more: dict | None = None) -> None:
         rank_rng = None
         if weights_only is None and self.di.distributed:  # every rank calls a resumable save: each keeps its stream
-            rank_rng = gather_object(ckpt.get_rng_state())
+            rank_rng = gather_object(get_rng_state())
         if not self.di.is_main:
             return
         extra = {**self.state_dict(), "epoch": epoch_idx, "batch_in_epoch": batch_in_epoch, **self.setup.meta,

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from botnet.engine import checkpoint as ckpt
-from botnet.errors import ConfigError, UserInputError, one_line
+from botnet.errors import CheckpointError, ConfigError, UserInputError, one_line
 from botnet.io.dirswap import remove_written, swap_into_place
 from botnet.io.folders import check_output_dir
 from botnet.io.published import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
+from botnet.io.weights import resolve_checkpoint
 from botnet.log import get_logger
 
 __all__ = ["publish_run", "WEIGHT_CHOICES", "run_preprocessing", "is_previous_publish"]
@@ -68,10 +68,10 @@ def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weigh
 def _check_paths(run: Path, out: Path, force: bool) -> None:
     """Every reason to refuse, before any work: one line each, nothing written."""
     if not run.is_dir():
-        raise ckpt.CheckpointError(f"{run} is not a run directory (the --output of botnet train / botnet detect "
+        raise CheckpointError(f"{run} is not a run directory (the --output of botnet train / botnet detect "
                                    f"train)")
     if published_folder(run) is not None:
-        raise ckpt.CheckpointError(f"{run} is already a published model folder; give the run directory it came from")
+        raise CheckpointError(f"{run} is already a published model folder; give the run directory it came from")
     if out.resolve() == run.resolve():
         raise ConfigError(f"OUT_DIR {out} is the run directory itself; choose a new folder")
     if out.resolve() in run.resolve().parents:
@@ -122,7 +122,7 @@ def _weights_file(run: Path, weights: str) -> tuple[Path, bool]:
     if weights not in WEIGHT_CHOICES:
         raise ConfigError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_CHOICES)}")
     prefer = ("best", "last") if weights == "best" else ("last",)
-    return ckpt.resolve_checkpoint(run, prefer), weights == "ema"
+    return resolve_checkpoint(run, prefer), weights == "ema"
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from botnet.io.atomic import fsync_dir
 from botnet.log import get_logger
 
-__all__ = ["swap_into_place", "remove_written", "fsync_dir"]
+__all__ = ["swap_into_place", "remove_written"]
 
 log = get_logger("io")
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -35,18 +36,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system without the flag
         return False
     raise OSError(e, os.strerror(e), os.fspath(b))
-
-
-def fsync_dir(d: Path) -> None:
-    """Make renames, links and unlinks in folder ``d`` durable."""
-    try:
-        fd = os.open(str(d), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - file systems without directory fsync
-        pass
 
 
 def swap_into_place(new: str | os.PathLike, dest: str | os.PathLike) -> Path | None:

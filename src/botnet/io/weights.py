@@ -15,12 +15,13 @@ import torch
 
 from botnet.errors import CheckpointError
 
-__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "LEGACY_STATE_SUFFIX", "CheckpointMismatchError", "resolve_checkpoint",
-           "read_weights", "read_weights_file", "check_state_dict", "unwrap_model", "clean_key", "short_error"]
+__all__ = ["WEIGHTS_SUFFIX", "STATE_SUFFIX", "TORCH_SUFFIXES", "CheckpointMismatchError", "resolve_checkpoint",
+           "state_path_for", "read_weights", "read_weights_file", "check_state_dict", "unwrap_model", "clean_key",
+           "short_error"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.safetensors"
-LEGACY_STATE_SUFFIX = ".state.pt"  # pickle: never read
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")  # state dicts of torchvision / timm, read with weights_only=True
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -103,12 +104,24 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: tuple[str, ...] = ("best
     if not p.exists() and not p.name.endswith(WEIGHTS_SUFFIX):
         raise CheckpointError(f"checkpoint not found: {p} does not exist (give a run directory or a "
                               f".safetensors file)")
-    for suffix in (STATE_SUFFIX, LEGACY_STATE_SUFFIX):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)] + WEIGHTS_SUFFIX)
+    if p.name.endswith(STATE_SUFFIX):
+        p = p.with_name(p.name[: -len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
     return p
+
+
+def state_path_for(weights_path: str | os.PathLike) -> Path:
+    """``x/last.safetensors`` -> ``x/last.state.safetensors``, the training state saved with it."""
+    p = Path(weights_path)
+    name = p.name
+    for suffix in (STATE_SUFFIX, WEIGHTS_SUFFIX):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = p.stem
+    return p.with_name(name + STATE_SUFFIX)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -139,7 +152,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: ``.safetensors`` (or a run directory) or a ``.pt``/``.pth``
     state dict read with ``weights_only=True``. Raises :class:`CheckpointError` naming the file."""
     p = Path(path)
-    if p.suffix in (".pt", ".pth", ".bin"):
+    if p.suffix in TORCH_SUFFIXES:
         if not p.is_file():
             raise CheckpointError(f"checkpoint file not found: {p}")
         return read_weights(p)

@@ -87,7 +87,7 @@ class MetricsLogger:
         w.writeheader()
         for r in self.records:
             w.writerow(r)
-        from botnet.engine.checkpoint import atomic_write_bytes
+        from botnet.io.atomic import atomic_write_bytes
 
         atomic_write_bytes(self.csv_path, buf.getvalue().encode())
 
