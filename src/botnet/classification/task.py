@@ -55,6 +55,25 @@ class ClassificationTask(Task):
     def validate(self, cfg: dict) -> None:
         validate_classification_config(cfg)
 
+    def evaluate_checkpoint(self, model: nn.Module, meta: dict[str, Any], cfg: dict, device: torch.device, *,
+                            amp: str = "none", progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+        """Accuracy of a trained classifier on the validation split ``cfg`` names (one process), the files its
+        header check left out included in ``skipped``; the data's classes must be the checkpoint's."""
+        from botnet.data.builder import build_datasets, build_eval_loader
+        from botnet.errors import ConfigError
+
+        _, val_ds, info = build_datasets(cfg, train=False, val=True)
+        names = list(meta.get("class_names") or info.classes)
+        if names != list(info.classes):
+            raise ConfigError(f"the checkpoint's classes ({len(names)}) differ from the data's ({len(info.classes)}): "
+                              f"{sorted(set(names) ^ set(info.classes))[:10]}")
+        res = evaluate(model, build_eval_loader(val_ds, cfg), device, len(names), amp, progress=progress, desc=desc,
+                       tta=cfg["data"].get("eval_tta", "none"))
+        pre = [p for p, _ in getattr(val_ds, "bad_files", [])]  # left out by the header check (--skip-bad)
+        res["skipped"], res["n_skipped"] = pre + list(res["skipped"]), res["n_skipped"] + len(pre)
+        res["class_names"] = names
+        return res
+
     def setup(self, cfg: dict, dist) -> TaskSetup:
         from botnet.data.builder import build_datasets, build_eval_loader, build_train_loader
         from botnet.data.errors import DataError

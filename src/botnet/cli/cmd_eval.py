@@ -45,67 +45,57 @@ def register(subparsers) -> None:
 def handler(args) -> int:
     import json
 
-    from botnet.data.builder import build_datasets, build_eval_loader
-    from botnet.classification import CLASSIFICATION_DEFAULTS, evaluate
     from botnet.engine.config import merge
     from botnet.engine.rebuild import load_model
+    from botnet.errors import resolve_device
     from botnet.io.atomic import atomic_write_bytes
+    from botnet.io.folders import check_output_file
     from botnet.io.weights import resolve_checkpoint
+    from botnet.tasks import load_task
 
     path = args.checkpoint or args.checkpoint_opt
     if not path:
         raise ConfigError("give a checkpoint (botnet eval RUN/best.safetensors)")
-    from botnet.io.folders import check_output_file
-    from botnet.errors import resolve_device
-
     check_output_file(args.json, "--json")
     check_output_file(args.confusion, "--confusion")
-    device = resolve_device(args.device)
+    device, task = resolve_device(args.device), load_task("classification")
     try:
         model, meta = load_model(path, device=device, task="classification")
         if args.ema and meta.get("published"):  # before any evaluation: the folder holds one set of weights
             load_model(path, use_ema=True, task="classification")
-        cfg = merge(CLASSIFICATION_DEFAULTS, meta.get("config") or {})
-        d = cfg["data"]
-        for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),
-                         ("eval_img_size", args.img_size), ("crop_pct", args.crop_pct), ("limit_val", args.limit),
-                         ("num_workers", args.num_workers), ("eval_tta", args.tta)):
-            if val is not None:
-                d[key] = val
-        d["eval_batch_size"] = args.batch_size
-        d["skip_bad"] = args.skip_bad
-        d["limit_train"] = None
-        _, val_ds, info = build_datasets(cfg, train=False, val=True)
-        names = meta.get("class_names") or info.classes
-        if list(names) != list(info.classes):
-            raise ConfigError(f"the checkpoint's classes ({len(names)}) differ from the data's ({len(info.classes)}): "
-                              f"{sorted(set(names) ^ set(info.classes))[:10]}")
-        loader = build_eval_loader(val_ds, cfg)
+        cfg = _eval_config(merge(task.config_defaults, meta.get("config") or {}), args)
+        run = dict(amp=args.amp, progress=not args.no_progress)
         which = (meta.get("extra") or {}).get("weights", "raw")
-        tta = d["eval_tta"]
-        results = {which: evaluate(model, loader, device, len(names), args.amp, progress=not args.no_progress,
-                                   desc="eval", tta=tta)}
+        results = {which: task.evaluate_checkpoint(model, meta, cfg, device, **run)}
         if args.ema:
             ema_model, _ = load_model(path, use_ema=True, device=device, task="classification")
-            results["ema"] = evaluate(ema_model, loader, device, len(names), args.amp, progress=not args.no_progress,
-                                      desc="eval EMA", tta=tta)
+            results["ema"] = task.evaluate_checkpoint(ema_model, meta, cfg, device, desc="eval EMA", **run)
     except FileNotFoundError as e:  # other bad input is a UserInputError, reported by botnet.cli.main
         raise UserInputError(' '.join(str(e).split())) from None
-    pre = [p for p, _ in getattr(val_ds, "bad_files", [])]  # left out by the header check (--skip-bad)
-    for r in results.values():
-        r["skipped"], r["n_skipped"] = pre + list(r["skipped"]), r["n_skipped"] + len(pre)
-    out = {}
+    tta, out = cfg["data"]["eval_tta"], {}
     for k, r in results.items():
         print(f"{resolve_checkpoint(path)} [{k} weights] on {r['n']} images: top-1 {r['top1']:.2f}%  "
-              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (tta {tta})" if tta != "none" else "") + (f"  (skipped {r['n_skipped']} unreadable files)"
-                                                                   if r["n_skipped"] else ""))
-        out[k] = {**{m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}, "tta": tta}
-        out[k]["skipped_files"] = r["skipped"]
+              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}" + (f"  (tta {tta})" if tta != "none" else "")
+              + (f"  (skipped {r['n_skipped']} unreadable files)" if r["n_skipped"] else ""))
+        out[k] = {**{m: r[m] for m in ("top1", "top5", "loss", "n", "n_skipped")}, "tta": tta,
+                  "skipped_files": r["skipped"]}
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode())
     if args.confusion:
         from botnet.viz.plots import plot_confusion_matrix
 
         best = max(results, key=lambda k: results[k]["top1"])
-        plot_confusion_matrix(results[best]["confusion"], names, args.confusion)
+        plot_confusion_matrix(results[best]["confusion"], results[best]["class_names"], args.confusion)
     return 0
+
+
+def _eval_config(cfg: dict, args) -> dict:
+    """The run's config with the data the flags name."""
+    d = cfg["data"]
+    for key, val in (("root", args.data_dir), ("dataset", args.dataset), ("val_split", args.split),
+                     ("eval_img_size", args.img_size), ("crop_pct", args.crop_pct), ("limit_val", args.limit),
+                     ("num_workers", args.num_workers), ("eval_tta", args.tta)):
+        if val is not None:
+            d[key] = val
+    d.update(eval_batch_size=args.batch_size, skip_bad=args.skip_bad, limit_train=None)
+    return cfg

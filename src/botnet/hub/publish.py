@@ -293,18 +293,20 @@ def _tta_text(cfg: dict[str, Any]) -> str:
 
 
 def _measure(model, cfg: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The task's own checkpoint evaluation, without and (when the run used one) with its test-time augmentation."""
     import copy
 
-    from botnet.classification import evaluate
-    from botnet.data.builder import build_datasets, build_eval_loader
+    from botnet.tasks import load_task
 
+    task, cpu = load_task("classification"), torch.device("cpu")
     c = copy.deepcopy(cfg)
-    c["data"].update(limit_train=None, num_workers=0)
-    _, val_ds, _ = build_datasets(c, train=False, val=True)
-    loader = build_eval_loader(val_ds, c)
-    res = evaluate(model, loader, torch.device("cpu"), len(names))
     tta = c["data"].get("eval_tta", "none")
-    tta_top1 = evaluate(model, loader, torch.device("cpu"), len(names), tta=tta)["top1"] if tta != "none" else None
+    c["data"].update(limit_train=None, num_workers=0, eval_tta="none")
+    res = task.evaluate_checkpoint(model, {"class_names": names}, c, cpu)
+    tta_top1 = None
+    if tta != "none":
+        c["data"]["eval_tta"] = tta
+        tta_top1 = task.evaluate_checkpoint(model, {"class_names": names}, c, cpu)["top1"]
     cm, rows = res["confusion"], res["confusion"].sum(1)
     per = {n: (int(rows[i]), 100.0 * float(cm[i, i]) / rows[i] if rows[i] else None) for i, n in enumerate(names)}
     split = "its test split" if c["data"]["dataset"] == "fashion-mnist" else f"split {c['data']['val_split']}"
