@@ -240,15 +240,15 @@ def test_auto_choice_is_visible(caplog):
     assert f"impl='auto' -> {m.last_impl} (cpu, torch.float32, 12 tokens" in caplog.text
 
 
-def test_impl_option_is_checked_and_fused_alias_works():
+def test_impl_option_is_checked():
     with pytest.raises(ValueError, match="impl must be one of auto, sdpa, flex, explicit"):
         RelPosMHSA(16, 2, impl="fast")
     m = RelPosMHSA(16, 2)
-    m.fused = False
-    assert m.impl == "explicit" and not m.fused
-    m.fused = True
-    assert m.impl == "sdpa"
-    assert RelPosMHSA(16, 2, fused=False).impl == "explicit" and RelPosMHSA(16, 2, fused=True).impl == "sdpa"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        m.impl = "fused"
+    assert m.impl == "auto"
+    m.impl = "explicit"
+    assert m.impl == "explicit"
 
 
 def test_impls_share_parameters_and_state_dict_keys():

@@ -50,11 +50,10 @@ class RelPosMHSA(nn.Module):
             device, dtype, tokens and grad mode), "sdpa", "flex" or "explicit"
             (:mod:`botnet.layers.attention_backends`). All compute the same function and have the
             same parameters.
-        fused: the earlier switch, kept: False is impl="explicit", True is impl="sdpa".
     """
 
     __constants__ = ["heads", "pos", "scale", "_relative", "_absolute"]
-    __jit_unused_properties__ = ["impl", "fused"]  # Python-side switches; TorchScript reads _impl
+    __jit_unused_properties__ = ["impl"]  # a Python-side switch; TorchScript reads _impl
 
     def __init__(
         self,
@@ -66,7 +65,6 @@ class RelPosMHSA(nn.Module):
         qkv_init_std: float = 0.01,
         pos_init_std: float | None = None,
         impl: str = "auto",
-        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if dim % heads != 0:
@@ -82,8 +80,6 @@ class RelPosMHSA(nn.Module):
         self._relative, self._absolute = pos == "relative", pos == "absolute"
         self.scale = self.dim_head**-0.5
         self.impl = impl  # checked by the property setter
-        if fused is not None:
-            self.fused = fused
         self.last_impl = ""  # what the latest eager forward ran (for extra_repr)
         self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=False)  # channels [q; k; v]
         d = self.dim_head
@@ -107,15 +103,6 @@ class RelPosMHSA(nn.Module):
         if value not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {value!r}")
         self._impl = value
-
-    @property
-    def fused(self) -> bool:
-        """Earlier switch, kept for callers: False is impl="explicit", True the O(N)-memory "sdpa"."""
-        return self._impl != "explicit"
-
-    @fused.setter
-    def fused(self, value: bool) -> None:
-        self.impl = "sdpa" if value else "explicit"
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
