@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["BLOCK", "translation_table", "lower_rel_pos_attention"]
 
-BLOCK = 512  # most queries per Scan step (docs/export.md: 256 was slower, 768 raised the peak at 1024 px)
+BLOCK = 512  # most queries per Scan step (docs/export.md: 256 is slower, 768 raises the peak at 1024 px)
 DOMAIN = "botnet"
 OP = "RelPosAttention"
 
