@@ -1,4 +1,4 @@
-"""The benchmark machinery: well-formed results from the CLI, interleaving, memory, equivalence."""
+"""The benchmark machinery: well-formed results from the CLI, interleaving, memory."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import botnet.cli
-from botnet.bench.cases import attention_equivalence, build_step
+from botnet.bench.cases import build_step
 from botnet.bench.core import measure_peak_memory, time_interleaved
 
 
@@ -23,7 +23,6 @@ def test_cli_bench_writes_well_formed_results(tmp_path):
     for key in ("date_utc", "command", "machine", "warmup", "repeats", "load_before", "load_after"):
         assert key in meta, key
     assert meta["machine"]["logical_cpus"] >= 1 and meta["machine"]["torch"] == torch.__version__
-    assert meta["attention_equivalence"]["max_abs_diff"] < 1e-10
     res = doc["results"]
     assert [r["name"] for r in res] == ["attn 6x6 b1 fwd", "attn 6x6 b1 fwdbwd"]
     for r in res:
@@ -47,12 +46,6 @@ def test_time_interleaved_alternates_and_counts():
     times = time_interleaved(steps, warmup=1, repeats=3)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-
-
-def test_attention_equivalence_with_timm_is_sensitive():
-    eq = attention_equivalence(size=5, dim=32, heads=2, batch=1)
-    assert eq["max_abs_diff"] < 1e-10
-    assert eq["max_abs_diff_without_position_term"] > 1e-4  # the check would see a wrong position term
 
 
 def test_peak_memory_sees_the_materialised_logits():

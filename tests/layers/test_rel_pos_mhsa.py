@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from botnet.layers import IMPLS, RelPosMHSA, choose_impl, resize_pos_table, sdpa_head_size
-from botnet.layers.rel_pos_mhsa import sdpa_kernel_name
+from botnet.layers import IMPLS, RelPosMHSA, choose_impl, resize_pos_table
 
 HAVE_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU (fused SDPA kernels)")
@@ -230,56 +229,10 @@ def test_sdpa_gradients_equal_explicit_gradients(pos, size):
         torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize(("H", "W", "aug", "padded"), [
-    (14, 14, 156, 160), (32, 32, 192, 192), (64, 64, 256, 256), (50, 84, 262, 264), (72, 72, 272, 272), (1, 1, 130, 136),
-])
-def test_sdpa_head_size_padding_rule(H, W, aug, padded):
-    d = 128
-    assert d + H + W == aug
-    assert sdpa_head_size(aug, "cuda") == padded  # a multiple of 8: every fused CUDA kernel's alignment
-    assert padded % 8 == 0 and 0 <= padded - aug < 8
-    assert sdpa_head_size(aug, "cpu") == aug  # the CPU flash kernel takes any size: no extra work
-    assert sdpa_head_size(aug, "meta") == aug
-
-
-def test_sdpa_kernel_name():
-    assert sdpa_kernel_name(160, torch.bfloat16, "cuda") == "flash"  # 14x14: flash in half precision
-    assert sdpa_kernel_name(256, torch.float16, "cuda") == "flash"
-    assert sdpa_kernel_name(264, torch.bfloat16, "cuda") == "efficient"  # 50x84: over flash's 256
-    assert sdpa_kernel_name(160, torch.float32, "cuda") == "efficient"  # flash has no fp32
-    assert sdpa_kernel_name(262, torch.float32, "cpu") == "cpu-flash"
-
-
-def test_zero_padding_changes_nothing():
-    # The padded columns are zeros in q, k and v: the dot products and the kept outputs are equal.
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 30, 13, dtype=torch.float64) for _ in range(3))
-    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
-    p = sdpa_head_size(13, "cuda") - 13
-    padded = F.scaled_dot_product_attention(*(F.pad(t, (0, p)) for t in (q, k, v)), scale=0.3)[..., :13]
-    assert p == 3
-    torch.testing.assert_close(padded, ref, rtol=1e-12, atol=1e-12)
-
-
-def test_auto_rule():
-    bf16, fp32 = torch.bfloat16, torch.float32
-    for grad in (False, True):
-        assert choose_impl("cuda", bf16, 14 * 14, grad) == "explicit"
-        for hw in (32 * 32, 64 * 64, 50 * 84, 72 * 72):
-            assert choose_impl("cuda", bf16, hw, grad) == "sdpa"
-        assert choose_impl("cuda", fp32, 14 * 14, grad) == "explicit"
-        assert choose_impl("cuda", fp32, 32 * 32, grad) == "sdpa"  # memory <= 0.3 of timm from 32x32 up
-        assert choose_impl("meta", fp32, 64 * 64, grad) == "sdpa"
-    for tokens in (1, 14 * 14, 32 * 32, 64 * 64, 50 * 84):
-        assert choose_impl("cpu", fp32, tokens, False) == "sdpa"
-        assert choose_impl("cpu", fp32, tokens, True) != "flex"  # flex has no CPU backward
-    assert choose_impl("cpu", fp32, 64 * 64, True) == "sdpa"  # O(N) memory where N x N is big
-
-
 def test_auto_choice_is_visible(caplog):
     m = RelPosMHSA(16, 2, (4, 4))
     assert "impl='auto'" in repr(m) and "last ran" not in repr(m)
-    with caplog.at_level(logging.DEBUG, logger="botnet.layers.rel_pos_mhsa"):
+    with caplog.at_level(logging.DEBUG, logger="botnet.layers.attention_backends"):
         with torch.no_grad():
             m(torch.randn(1, 16, 4, 3))
     assert m.last_impl == choose_impl("cpu", torch.float32, 12, False)
@@ -287,21 +240,21 @@ def test_auto_choice_is_visible(caplog):
     assert f"impl='auto' -> {m.last_impl} (cpu, torch.float32, 12 tokens" in caplog.text
 
 
-def test_impl_option_is_checked_and_fused_alias_works():
+def test_impl_option_is_checked():
     with pytest.raises(ValueError, match="impl must be one of auto, sdpa, flex, explicit"):
         RelPosMHSA(16, 2, impl="fast")
     m = RelPosMHSA(16, 2)
-    m.fused = False
-    assert m.impl == "explicit" and not m.fused
-    m.fused = True
-    assert m.impl == "sdpa"
-    assert RelPosMHSA(16, 2, fused=False).impl == "explicit" and RelPosMHSA(16, 2, fused=True).impl == "sdpa"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        m.impl = "fused"
+    assert m.impl == "auto"
+    m.impl = "explicit"
+    assert m.impl == "explicit"
 
 
 def test_impls_share_parameters_and_state_dict_keys():
     mods = [RelPosMHSA(64, 4, (7, 7), impl=i) for i in IMPLS]
     keys = {tuple(m.state_dict()) for m in mods}
-    assert keys == {("rel_h", "rel_w", "qkv.weight")}  # as before the implementations existed
+    assert keys == {("rel_h", "rel_w", "qkv.weight")}  # checkpoints do not depend on impl
     assert len({sum(p.numel() for p in m.parameters()) for m in mods}) == 1
 
 
@@ -371,17 +324,17 @@ def test_channels_last_model_keeps_the_qkv_weight_in_the_layout_of_its_gradient(
 @pytest.mark.parametrize("pos", ["relative", "absolute", "none"])
 def test_autocast_keeps_q_k_v_in_one_dtype(pos, monkeypatch):
     # the position terms are built in the input's dtype; under bf16 autocast they must follow q / k
-    # (an fp32 key embedding used to promote k alone to fp32)
-    from botnet.layers import rel_pos_mhsa
+    # (an fp32 key embedding would promote k alone to fp32)
+    from botnet.layers import attention_backends
 
     seen = []
-    real = rel_pos_mhsa._attend_sdpa
+    real = attention_backends._attend_sdpa
 
     def spy(q, k, v, a, b, scale):
         seen.append({t.dtype for t in (q, k, v, a, b) if t is not None})
         return real(q, k, v, a, b, scale)
 
-    monkeypatch.setattr(rel_pos_mhsa, "_attend_sdpa", spy)
+    monkeypatch.setattr(attention_backends, "_attend_sdpa", spy)
     m = RelPosMHSA(32, 2, (4, 4), pos=pos, impl="sdpa")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(torch.randn(1, 32, 4, 5))

@@ -25,7 +25,6 @@ the ratios ours/baseline.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -269,40 +268,6 @@ def _build_step(cfg: dict) -> Callable[[], None]:
 
         return train_step
     raise ValueError(f"unknown mode {mode!r}")
-
-
-def attention_equivalence(size: int = 14, dim: int = 512, heads: int = 4, batch: int = 2, seed: int = 0) -> dict:
-    """Max |ours - timm| with copied weights, in float64, at a non-trivial weight scale.
-
-    The default q/k/v init (std 0.01) makes the softmax almost uniform, which would hide a
-    wrong position term; the check re-draws the projection with std 0.05 (|logits| ~ 1-10).
-    """
-    from timm.layers.bottleneck_attn import BottleneckAttn
-
-    from botnet.layers import RelPosMHSA
-
-    torch.manual_seed(seed)
-    ours = RelPosMHSA(dim, heads, (size, size)).double()
-    nn.init.normal_(ours.qkv.weight, std=0.05)
-    theirs = BottleneckAttn(dim, feat_size=(size, size), num_heads=heads, scale_pos_embed=True).double()
-    copy_to_timm_attn(ours, theirs)
-    x = torch.randn(batch, dim, size, size, dtype=torch.float64)
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-        probs = ours.attention_probs(x)
-    # the same weights with the position term dropped give a clearly different output
-    no_pos = copy.deepcopy(ours)
-    with torch.no_grad():
-        no_pos.rel_h.zero_()
-        no_pos.rel_w.zero_()
-        c = no_pos(x)
-    return {
-        "size": size, "dim": dim, "heads": heads, "dtype": "float64",
-        "max_abs_diff": float((a - b).abs().max()),
-        "max_abs_output": float(b.abs().max()),
-        "max_abs_diff_without_position_term": float((c - b).abs().max()),
-        "max_attention_prob": float(probs.max()),
-    }
 
 
 # ---------------------------------------------------------------------- suites

@@ -44,7 +44,7 @@ def _auto_pick(cfg: dict) -> str:
     """What ``impl="auto"`` runs for an attention configuration (the layer's own rule)."""
     import torch
 
-    from botnet.layers.rel_pos_mhsa import choose_impl
+    from botnet.layers import choose_impl
 
     size = cfg.get("size", 14)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

@@ -94,7 +94,6 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     import torch
 
-    from botnet.bench.cases import attention_equivalence, make_suite
     from botnet.bench.runner import new_doc, run_comparisons, write_results
     from botnet.errors import resolve_device
 
@@ -119,14 +118,6 @@ def handler(args: argparse.Namespace) -> int:
     doc["meta"]["suites"] = suites
     doc["meta"]["flags"] = dict(channels_last=args.channels_last, bf16=args.bf16, tf32=args.tf32,
                                 cudnn_benchmark=args.cudnn_benchmark, preset=args.preset or ("gpu" if device == "cuda" else "cpu"))
-    if "attention" in suites:
-        square = [s if isinstance(s, int) else min(s) for s, _ in (args.attn_sizes or [(14, 8)])]
-        doc["meta"]["attention_equivalence"] = attention_equivalence(
-            size=min(14, max(square)),
-            dim=args.attn_dim, heads=args.attn_heads,
-        )
-        eq = doc["meta"]["attention_equivalence"]
-        print(f"attention vs timm (copied weights, float64): max |diff| {eq['max_abs_diff']:.3g}")
     doc["results"] = run_comparisons(comps, warmup=args.warmup, repeats=args.repeats, memory=not args.no_memory)
     for r in doc["results"]:  # the export suite's files lived in a temporary folder: keep their names only
         for who in ("ours", "baseline"):

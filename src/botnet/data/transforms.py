@@ -7,7 +7,7 @@
   then ``CenterCrop(size)`` (timm ``create_transform(is_training=False, crop_pct=...)``).
 * Fashion-MNIST (uint8 tensors ``[1, 28, 28]``): for training, :class:`BatchAugment` on whole
   uint8 batches on the training device (random crop with zero padding, flip, optional timm random
-  erasing). Per image, torchvision's v2 ops took about 180 us an image on the 2-core CPU, a
+  erasing), because per image torchvision's v2 ops cost about 180 us an image on the 2-core CPU, a
   quarter of the demo model's own training time per image; per batch they are a few tensor ops.
   Evaluation: plain normalisation per image; ``v2.Resize`` first when the model runs at another
   size.

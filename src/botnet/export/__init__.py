@@ -216,7 +216,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, mi
     import onnx
 
     from botnet.export.onnx_attention import lower_rel_pos_attention, translation_table
-    from botnet.layers.rel_pos_mhsa import attention_as_op
+    from botnet.layers.functional import attention_as_op
 
     if attention not in ONNX_ATTENTION:
         raise ValueError(f"attention must be one of {ONNX_ATTENTION}, got {attention!r}")

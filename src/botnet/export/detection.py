@@ -188,7 +188,8 @@ def _quiet() -> Iterator[None]:
 def _program(model: nn.Module, example: torch.Tensor, min_size: int):
     from botnet.detection.models import _fix_pool_scales
 
-    _fix_pool_scales(model, model.backbone.strides)  # a detector built before they were fixed at build
+    # poolers without set scales (a detector not from build_detector) would take them from the traced image
+    _fix_pool_scales(model, model.backbone.strides)
     wrapper = DetectorProgram(model.eval()).eval()
     with exportable(), torch.no_grad(), _quiet():
         ep = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_shapes(min_size, MAX_SIDE),

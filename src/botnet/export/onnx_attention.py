@@ -3,7 +3,7 @@
 Exported as it is, the layer's ``scaled_dot_product_attention`` becomes MatMul -> Softmax -> MatMul
 on the augmented q/k (or, from opset 23, an ``Attention`` node that ONNX Runtime's CPU kernel
 computes the same way), which materialises the (batch, heads, N, N) logits: 4096 x 4096 per head
-for a 1024 px image. Instead, while :func:`botnet.layers.rel_pos_mhsa.attention_as_op` is on, each
+for a 1024 px image. Instead, while :func:`botnet.layers.functional.attention_as_op` is on, each
 RelPosMHSA is exported as one ``botnet.RelPosAttention(x, weight, R_h?, R_w?, E?)`` node
 (:func:`translation_table`), which :func:`lower_rel_pos_attention` then replaces with standard ops:
 
@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["BLOCK", "translation_table", "lower_rel_pos_attention"]
 
-BLOCK = 512  # most queries per Scan step (docs/export.md: 256 was slower, 768 raised the peak at 1024 px)
+BLOCK = 512  # most queries per Scan step (docs/export.md: 256 is slower, 768 raises the peak at 1024 px)
 DOMAIN = "botnet"
 OP = "RelPosAttention"
 
@@ -37,7 +37,7 @@ def translation_table() -> dict:
     from onnx.defs import OpSchema
     from onnxscript.values import Op, Opset
 
-    import botnet.layers.rel_pos_mhsa  # noqa: F401  (registers the op)
+    import botnet.layers.functional  # noqa: F401  (registers the op)
 
     param, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Optional
     schema = OpSchema(

@@ -52,9 +52,9 @@ def profile_model(
         x = torch.empty(1, model.conv1.in_channels, *hw)
         layers = [m for m in model.modules() if isinstance(m, RelPosMHSA)]
         for m in layers:
-            m.fused = False
+            m.impl = "explicit"
         gmacs = _gmacs(model, x, backbone_only)
         for m in layers:
-            m.fused = True
+            m.impl = "sdpa"
         gmacs_fused = _gmacs(model, x, backbone_only)
     return ModelProfile(name, tuple(hw), count_params(model), gmacs, gmacs_fused)

@@ -97,7 +97,7 @@ def _fit(name: str, tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor 
     """
     if name.rsplit(".", 1)[-1] in ("rel_h", "rel_w", "abs_h", "abs_w"):
         if tensor.dim() == 2 and tensor.shape[1] == target.shape[1]:
-            from botnet.layers.rel_pos_mhsa import resize_pos_table
+            from botnet.layers import resize_pos_table
 
             return resize_pos_table(tensor.to(target.dtype), target.shape[0])
     elif name == "conv1.weight" and tensor.dim() == 4 and tensor.shape[0] == target.shape[0] \
