@@ -95,3 +95,21 @@ def test_other_architecture_is_refused_with_keys(tmp_path):
     assert "fc.weight" in msg and "(10, 512)" in msg  # shape mismatch listed with both shapes
     assert any(k.startswith("layer3.1") for k in e.value.unexpected)
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # nothing loaded
+
+
+def test_written_files_get_the_umask_mode_not_mkstemp_private(tmp_path):
+    """Checkpoints, JSON files and exports are for others to read: the mode open() would give, not 0600."""
+    import os
+    import stat
+
+    from botnet.export import _write_atomic
+    from botnet.io.atomic import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        a = atomic_write_bytes(tmp_path / "summary.json", b"{}")
+        b = _write_atomic(tmp_path / "model.onnx", lambda tmp: open(tmp, "wb").write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(b).st_mode) == 0o644

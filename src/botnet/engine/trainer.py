@@ -516,7 +516,9 @@ class Trainer:
         final = evals.final if evals is not None else None
         summary: dict[str, Any] = {
             "status": status, "task": self.task.name, "arch": s.arch, "model_kwargs": s.model_kwargs,
-            "steps": self.step, "epochs": epoch_value, "epochs_planned": self.epochs,
+            # the epochs the schedule ran to: the config's, or those the time budget fitted it to
+            "steps": self.step, "epochs": epoch_value,
+            "epochs_planned": round(self.total_steps / self.spe, 4) if self.spe else self.epochs,
             "train_seconds": round(self.history_seconds + self.train_seconds, 2),
             "wall_seconds": round(time.monotonic() - self.t_start, 2), "world_size": di.world_size,
             "global_batch": self.global_batch, "best": evals.best if evals is not None else None,

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from botnet.errors import ConfigError
+from botnet.io.atomic import make_shareable
 
 __all__ = ["FORMATS", "ONNX_ATTENTION", "export_model", "export_onnx", "export_torchscript", "export_program",
            "load_exported", "run_exported", "verify", "verify_inputs", "dynamic_shapes", "check_out_path", "read_export_marker"]
@@ -177,6 +178,7 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
     os.close(fd)
     try:
+        make_shareable(tmp)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

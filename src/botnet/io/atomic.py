@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_temp", "link_over", "fsync_dir", "unlink_quiet",
+__all__ = ["atomic_write", "atomic_write_bytes", "make_shareable", "write_temp", "link_over", "fsync_dir", "unlink_quiet",
            "remove_stale_temp_files", "is_disk_full", "fault_point", "fault_hook", "FAULT_ENV"]
 
 FAULT_ENV = "BOTNET_FAULT_KILL_AT"
@@ -64,12 +64,21 @@ def unlink_quiet(path: str | os.PathLike | None) -> None:
             pass
 
 
+def make_shareable(path: str | os.PathLike) -> None:
+    """The mode a plain ``open(path, "w")`` would give (0666 less the umask): ``mkstemp`` makes its files private,
+    and a run's checkpoints or an exported model are for others to read too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_temp(path: Path, write_fn: Callable[[str], None], point: str | None = None) -> str:
     """``write_fn(tmp)`` into a fsync-ed temporary file beside ``path``; returns its name.
     On any error (or Ctrl-C) the temporary file is removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
+        make_shareable(tmp)
         if point:
             fault_point(f"{point}.write")
         write_fn(tmp)
