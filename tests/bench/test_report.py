@@ -63,6 +63,14 @@ def test_memory_ratio_only_where_it_means_something():
     assert c["worker failed"][5:8] == ["—", "3.0", "—"]
 
 
+def test_the_header_explains_peak_memory_only_when_a_peak_was_measured():
+    timed = markdown_table({"meta": META, "results": [_row("t", 0.5, "unmeasured", "unmeasured")]})
+    both = markdown_table({"meta": META, "results": [_row("t", 0.5, "unmeasured", "unmeasured"),
+                                                     _row("m", 0.5, MIB, 2 * MIB)]})
+    assert "peak memory:" not in timed and "mem ratio:" not in timed
+    assert "peak memory:" in both and "mem ratio:" in both
+
+
 def test_verdicts_on_candidate_rows_only():
     t = {"time": 0.7, "mem": 0.2}
     doc = {"meta": META, "results": [

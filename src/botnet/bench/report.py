@@ -79,7 +79,8 @@ def target_cell(r: dict, key: str, reference: bool) -> str:
     return f"<= {t} {'met' if ratio <= t else 'MISSED'}"
 
 
-def _header(meta: dict) -> list[str]:
+def _header(meta: dict, with_memory: bool = True) -> list[str]:
+    """The run's facts; the memory lines only for a run that measured memory (the time-only suites did not)."""
     cuda = meta.get("device") == "cuda"
     gpu = f"GPU {meta['machine'].get('gpu')} (CUDA {meta['machine'].get('cuda')})" if cuda else "no GPU used"
     memory = ("- peak memory: torch.cuda.max_memory_allocated during one step minus the memory allocated "
@@ -97,9 +98,9 @@ def _header(meta: dict) -> list[str]:
         f"- timing: {meta['warmup']} warm-up + {meta['repeats']} timed runs per variant, interleaved; "
         "median; time ratio = median(ours) / median(baseline) (targets are judged on it); "
         "'ratio of minima' = min(ours) / min(baseline), less sensitive to other jobs' bursts",
-        memory,
-        f"- mem ratio: {DASH} where a peak is not measured or the baseline's shows as 0.0 MiB; targets are "
-        "judged on candidate rows only ('reference': an attention implementation other than what auto runs)",
+        *([memory, f"- mem ratio: {DASH} where a peak is not measured or the baseline's shows as 0.0 MiB; targets "
+           "are judged on candidate rows only ('reference': an attention implementation other than what auto runs)"]
+          if with_memory else []),
         f"- load average before / after: {meta.get('load_before')} / {meta.get('load_after')}; "
         f"other busy processes at start: {meta.get('other_busy_processes')}",
     ]
@@ -128,7 +129,8 @@ def _row(r: dict, rows: list[dict]) -> str:
 
 def markdown_table(doc: dict) -> str:
     rows = doc["results"]
-    lines = _header(doc["meta"]) + [
+    with_memory = any(_peak(r, who) is not None for r in doc["results"] for who in ("ours", "baseline"))
+    lines = _header(doc["meta"], with_memory) + [
         "",
         "| group | case | ours | baseline | ours ms | base ms | time ratio | target | ratio of minima | ours peak MiB | base peak MiB | mem ratio | target |",
         "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
