@@ -86,6 +86,7 @@ def test_shard_samples_are_the_images_and_targets_of_the_instances_file(coco_sha
 def test_ranks_and_workers_read_each_training_image_once(coco_shards):
     _, out = coco_shards
     split = CocoShardSplit(read_detection_index(out), "train", with_masks=False)
+    orders = []
     for epoch in (0, 1):
         ids = []
         for rank in (0, 1):
@@ -95,6 +96,8 @@ def test_ranks_and_workers_read_each_training_image_once(coco_shards):
             assert [len(p) for p in parts] == [4, 2]  # 3 batches of 2 per rank: 2 to worker 0, 1 to worker 1
             ids += [i for p in parts for i in p]
         assert sorted(ids) == list(range(100, 112))
+        orders.append(ids)
+    assert orders[0] != orders[1]  # each epoch in its own order, drawn from (seed, epoch)
 
 
 def test_writer_refuses_bad_records_unless_skipped_and_needs_the_splits(tmp_path, capsys):
