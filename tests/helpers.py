@@ -1,5 +1,5 @@
 """What the bad-input tests share: run a command in-process, check its one-line error, fingerprint
-a folder, make a small image folder. Importable from any test (pytest puts tests/ on sys.path)."""
+a folder, make a small image folder or COCO set. Importable from any test (pytest puts tests/ on sys.path)."""
 import hashlib
 import os
 from pathlib import Path
@@ -57,6 +57,56 @@ def image_folder(root: Path, classes=("a", "b"), per_class: int = 8) -> Path:
             d.mkdir(parents=True)
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+TINY_COCO_CATEGORIES = [{"id": 3, "name": "red", "supercategory": "box"}, {"id": 7, "name": "green",
+                        "supercategory": "box"}, {"id": 11, "name": "blue", "supercategory": "box"}]
+
+
+def tiny_coco(root: Path, n_train: int = 12, n_val: int = 4, height: int = 48, width: int = 64) -> Path:
+    """ROOT/{train,val}/*.png (the second image a .jpg) and ROOT/instances_{train,val}.json: categories 3, 7 and
+    11; each image 1-3 coloured rectangles on noise, whose masks are in turn a polygon, an uncompressed RLE and
+    a compressed RLE string; the third image's first annotation is a crowd, each split's last image has none."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    colour = {3: (220, 40, 40), 7: (40, 220, 40), 11: (40, 40, 220)}
+    image_id, ann_id = 100, 1
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True)
+        images, anns = [], []
+        for k in range(n):
+            px = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+            name = f"{split}{k:03d}.{'jpg' if k == 1 else 'png'}"
+            for j in range(0 if k == n - 1 else 1 + k % 3):
+                w, h = (int(v) for v in rng.integers(10, 24, 2))
+                x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                cat = TINY_COCO_CATEGORIES[(k + j) % 3]["id"]
+                px[y:y + h, x:x + w] = colour[cat]
+                m = np.zeros((height, width), np.uint8, order="F")
+                m[y:y + h, x:x + w] = 1
+                style = (k + j) % 3
+                if style == 0:
+                    seg = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                elif style == 1:  # run lengths of the column-major mask, starting with zeros
+                    flat = m.flatten(order="F")
+                    edges = np.flatnonzero(np.diff(flat)) + 1
+                    seg = {"size": [height, width],
+                           "counts": np.diff(np.r_[0, edges, flat.size]).tolist() if flat[0] == 0 else
+                           [0, *np.diff(np.r_[0, edges, flat.size]).tolist()]}
+                else:
+                    seg = {"size": [height, width], "counts": mask_utils.encode(m)["counts"].decode("ascii")}
+                anns.append({"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h],
+                             "area": w * h, "iscrowd": int(k == 2 and j == 0), "segmentation": seg})
+                ann_id += 1
+            Image.fromarray(px).save(root / split / name, quality=95)
+            images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+            image_id += 1
+        (root / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": TINY_COCO_CATEGORIES}))
     return root
 
 

@@ -1,5 +1,5 @@
 """``botnet data``: generate the fashion-mosaic detection set; check a COCO-format data set; write an image
-folder as tar shards."""
+folder or a COCO set as tar shards."""
 from __future__ import annotations
 
 import argparse
@@ -54,21 +54,30 @@ def _register_shards(sub) -> None:
     from botnet.cli.argtypes import positive_int
 
     s = sub.add_parser(
-        "shards", help="write an ImageNet-layout image folder as tar shards (webdataset format) with an index",
+        "shards", help="write an ImageNet-layout image folder or a COCO set as tar shards (webdataset format) with "
+                       "an index",
         description="Write SRC/SPLIT/CLASS/*.jpg as OUT/SPLIT-000000.tar ... (webdataset samples: the image file's "
                     "bytes, its class index, its file name), the index OUT/_info.json (classes; per split the shard "
                     "names and sample counts; timm's wds/ reader reads it too) and the marker "
-                    "OUT/.botnet-generated.json. Train from them with --dataset shards --data-dir OUT. OUT must be "
-                    "new or empty, or hold shards botnet wrote (replaced only with --overwrite); it is written "
+                    "OUT/.botnet-generated.json. Train from them with --dataset shards --data-dir OUT. A COCO set as "
+                    "SRC (SRC/train/ + SRC/instances_train.json, or COCO 2017's train2017/ + "
+                    "annotations/instances_train2017.json; val likewise) is written as detection shards: a sample is "
+                    "the image file's bytes and its image and annotation records (validated first), the index holds "
+                    "the categories, and OUT/instances_val.json keeps the val split's ground truth for COCO "
+                    "evaluation; train from them with botnet detect train --dataset shards --data-dir OUT. OUT must "
+                    "be new or empty, or hold shards botnet wrote (replaced only with --overwrite); it is written "
                     "beside OUT and swapped in, and nothing botnet did not write is ever replaced.",
     )
-    s.add_argument("src", metavar="SRC", help="image folder with SRC/train/CLASS/*.jpg and SRC/val/CLASS/*.jpg")
+    s.add_argument("src", metavar="SRC", help="image folder with SRC/train/CLASS/*.jpg and SRC/val/CLASS/*.jpg, or "
+                                              "a COCO set")
     s.add_argument("out", metavar="OUT", help="output folder for the shards")
     s.add_argument("--splits", default="train,val", help="comma list of split folders to write (default train,val)")
     s.add_argument("--max-count", type=positive_int, default=1000, help="images per shard at most (default 1000)")
     s.add_argument("--max-size-mb", type=positive_int, default=1024, help="MiB per shard at most (default 1024)")
     s.add_argument("--seed", type=int, default=0, help="seed of the shuffle of the training images across shards")
-    s.add_argument("--skip-bad", action="store_true", help="leave unreadable image files out (listed in the summary)")
+    s.add_argument("--skip-bad", action="store_true", help="leave unreadable image files (for a COCO set, the "
+                                                           "records its validation pass drops) out, listed in the "
+                                                           "summary")
     s.add_argument("--overwrite", action="store_true",
                    help="replace shards botnet wrote in OUT (marked by OUT/.botnet-generated.json); nothing else is "
                         "ever replaced")
@@ -111,10 +120,14 @@ def _shards(args: argparse.Namespace) -> int:
     summary = write_shards(args.src, args.out, splits=splits, max_count=args.max_count,
                            max_size=args.max_size_mb << 20, seed=args.seed, skip_bad=args.skip_bad,
                            overwrite=args.overwrite, progress=sys.stderr.isatty())
+    detection = summary.get("task") == "detection"
     for name, sp in summary["splits"].items():
-        print(f"{name}: {sp['num_samples']} images in {len(sp['filenames'])} shard(s)")
+        anns = f", {sp['num_annotations']} annotations" if detection else ""
+        extra = f"; ground truth {sp['instances']}" if sp.get("instances") else ""
+        print(f"{name}: {sp['num_samples']} images{anns} in {len(sp['filenames'])} shard(s){extra}")
     for bad in summary["left_out"]:
         print(f"left out {bad['file']}: {bad['reason']}")
-    print(f"wrote {summary['out']} ({len(summary['classes'])} classes); train with: botnet train --dataset shards "
+    what, cmd = ("categories", "botnet detect train") if detection else ("classes", "botnet train")
+    print(f"wrote {summary['out']} ({len(summary['classes'])} {what}); train with: {cmd} --dataset shards "
           f"--data-dir {summary['out']} ...")
     return 0

@@ -110,15 +110,18 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     images, ann = args.images, args.ann
-    if not (images and ann):
-        cfg = meta.get("config") or {}
-        if not cfg:
-            raise ConfigError("the checkpoint has no stored config; pass --images and --ann")
-        from botnet.detection.task import data_paths
+    cfg = meta.get("config") or {}
+    if not (images or ann) and (cfg.get("data") or {}).get("dataset") == "shards":
+        ds, images, ann = _shard_val_set(model, cfg, args.strict)  # the val shards and their instances_val.json
+    else:
+        if not (images and ann):
+            if not cfg:
+                raise ConfigError("the checkpoint has no stored config; pass --images and --ann")
+            from botnet.detection.task import data_paths
 
-        paths = data_paths(cfg, generate=False)
-        images, ann = images or paths["val_images"], ann or paths["val_ann"]
-    ds = _annotated_set(model, meta, images, ann, strict=args.strict)
+            paths = data_paths(cfg, generate=False)
+            images, ann = images or paths["val_images"], ann or paths["val_ann"]
+        ds = _annotated_set(model, meta, images, ann, strict=args.strict)
     print(ds.report.summary())
     if ds.report.num_annotations == 0:
         raise ConfigError(f"{ann} has no (usable) annotations, so there is nothing to measure AP against; evaluate "
@@ -133,6 +136,20 @@ def _eval(args: argparse.Namespace) -> int:
     print(open(mp).read())
     print(f"wrote {jp}, {mp} and {rp} (COCO results, {len(results)} detections)")
     return 0 if os.path.isfile(jp) else 1
+
+
+def _shard_val_set(model, cfg: dict, strict: bool):
+    """The val split of the detection shards a run trained on: ``(data set, shards folder, its instances file)``."""
+    from botnet.data.coco_shards import CocoShardVal, instances_name, read_detection_index
+    from botnet.data.errors import DataError
+    from botnet.detection.transforms import build_transforms
+
+    index = read_detection_index(cfg["data"]["root"])
+    if "val" not in index.splits:
+        raise DataError(f"the shards in {index.root} have no val split; pass --images DIR --ann FILE")
+    ds = CocoShardVal(index, "val", with_masks=model.detector_config["kind"] == "maskrcnn", strict=strict,
+                      transforms=build_transforms(False))
+    return ds, str(index.root), str(index.root / instances_name("val"))
 
 
 def _annotated_set(model, meta: dict, images: str, ann: str, *, strict: bool = False):

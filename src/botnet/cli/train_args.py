@@ -65,7 +65,11 @@ CLASSIFICATION_FLAGS: dict[str, tuple[str, object, str]] = {
     "limit_val": ("data.limit_val", positive_int, "use only N validation images"),
 }
 DETECTION_FLAGS: dict[str, tuple[str, object, str]] = {
-    "data_dir": ("data.root", str, "data folder: the fashion-mosaic folder (generated when missing) or the COCO root"),
+    "dataset": ("data.dataset", ["fashion-mosaic", "coco", "shards"],
+                "data set type: fashion-mosaic, coco (data.train_images/train_ann/val_images/val_ann) or shards (tar "
+                "shards written by botnet data shards from a COCO set)"),
+    "data_dir": ("data.root", str, "data folder: the fashion-mosaic folder (generated when missing), the COCO root, "
+                                   "or the shards folder for 'shards'"),
     "backbone": ("model.backbone", str, "backbone name from botnet.list_models(), e.g. botnet50, resnet50"),
 }
 BOOL_FLAGS: dict[str, tuple[str, str]] = {

@@ -58,6 +58,8 @@ __all__ = [
     "CocoDetection",
     "detection_collate",
     "read_image_rgb",
+    "image_from_bytes",
+    "coco_target",
 ]
 
 
@@ -583,14 +585,17 @@ class CocoDetection:
             check_image_sizes=check_image_sizes,
             quiet=quiet,
         )
-        self.cat_ids = sorted(self.coco.getCatIds())
-        self.cat_id_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
-        self.label_to_cat_id = {i + 1: c for i, c in enumerate(self.cat_ids)}
-        self.class_names = ["__background__"] + [self.coco.cats[c]["name"] for c in self.cat_ids]
+        self._set_categories()
         ids = sorted(self.coco.imgs.keys())
         if remove_empty:
             ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
         self.ids = ids
+
+    def _set_categories(self) -> None:
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.cat_id_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self.label_to_cat_id = {i + 1: c for i, c in enumerate(self.cat_ids)}
+        self.class_names = ["__background__"] + [self.coco.cats[c]["name"] for c in self.cat_ids]
 
     @property
     def num_classes(self) -> int:
@@ -605,28 +610,8 @@ class CocoDetection:
         return read_image_rgb(os.path.join(self.image_dir, info["file_name"]))
 
     def target_for(self, image_id: int, height: int, width: int) -> dict:
-        import torch
-        from torchvision import tv_tensors
-
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor(
-            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
-            dtype=torch.float32,
-        ).reshape(-1, 4)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
-            "labels": torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
-            "image_id": int(image_id),
-            "area": torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32),
-            "iscrowd": torch.zeros(len(anns), dtype=torch.int64),
-        }
-        if self.with_masks:
-            if anns:
-                masks = np.stack([ann_to_mask(a, height, width) for a in anns])
-            else:
-                masks = np.zeros((0, height, width), dtype=np.uint8)
-            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
-        return target
+        return coco_target(self.coco.imgToAnns.get(image_id, []), image_id, height, width, self.cat_id_to_label,
+                           self.with_masks)
 
     def __getitem__(self, idx: int):
         # The validation pass already checked every file's header; a file that still fails to
@@ -654,17 +639,70 @@ class CocoDetection:
         return img, target
 
 
+def coco_target(anns: list[dict], image_id: int, height: int, width: int, cat_id_to_label: dict[int, int],
+                with_masks: bool) -> dict:
+    """The training target of one image from its (validated) annotation records: ``boxes`` (XYXY),
+    ``labels`` (1..K), ``image_id``, ``area``, ``iscrowd`` and, ``with_masks``, ``masks`` (N x H x W uint8);
+    crowd annotations are left out."""
+    import torch
+    from torchvision import tv_tensors
+
+    anns = [a for a in anns if not a.get("iscrowd", 0)]
+    boxes = torch.tensor(
+        [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+        dtype=torch.float32,
+    ).reshape(-1, 4)
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+        "labels": torch.tensor([cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+        "image_id": int(image_id),
+        "area": torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32),
+        "iscrowd": torch.zeros(len(anns), dtype=torch.int64),
+    }
+    if with_masks:
+        if anns:
+            masks = np.stack([ann_to_mask(a, height, width) for a in anns])
+        else:
+            masks = np.zeros((0, height, width), dtype=np.uint8)
+        target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+    return target
+
+
 def read_image_rgb(path: str | os.PathLike):
     """Read an image file as a uint8 ``tv_tensors.Image`` (3, H, W) with PIL (torchvision.io's
     decoders are deprecated from torchvision 0.29)."""
-    import torch
     from PIL import Image
-    from torchvision import tv_tensors
 
     from botnet.data.folder import open_regular
 
     with open_regular(path) as fh, Image.open(fh) as im:  # a FIFO among the images would block forever
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return _rgb_tensor(im)
+
+
+def image_from_bytes(data: bytes, name: str):
+    """:func:`read_image_rgb` for an image file's bytes held in memory (a sample of a shard); an image
+    that does not decode is a :class:`~botnet.data.errors.BadImageError` naming ``name``."""
+    import io
+
+    from PIL import Image
+
+    from botnet.data.errors import BadImageError
+    from botnet.data.folder import _DECODE_ERRORS
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _rgb_tensor(im)
+    except Image.DecompressionBombError as e:
+        raise BadImageError(name, f"decompression bomb ({' '.join(str(e).split())})") from e
+    except _DECODE_ERRORS as e:
+        raise BadImageError(name, f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+
+
+def _rgb_tensor(im):
+    import torch
+    from torchvision import tv_tensors
+
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
 
 

@@ -7,9 +7,13 @@ shards are a few large files read front to back. Layout written by :func:`write_
     OUT/val-000000.tar ...        theirs), KEY.cls (the class index as text), KEY.json ({"filename":
                                   "CLASS/NAME.jpg"}); KEY is the sample's index in its split (ImageFolder
                                   order, zero-padded). Training samples are shuffled (seeded) across shards.
-    OUT/_info.json                the index: the classes and, per split, the shard names and sample counts
-                                  (the file timm's ``wds/`` reader reads, so timm can use the same shards)
+    OUT/_info.json                the index: the task, the classes and, per split, the shard names and sample
+                                  counts (the file timm's ``wds/`` reader reads, so timm can use the same shards)
     OUT/.botnet-generated.json    the marker (written last): botnet wrote this folder, from which source
+
+A COCO set as SRC (``train/`` + ``instances_train.json``, or COCO 2017's layout) is written as detection
+shards instead (:mod:`botnet.data.coco_shards`: a sample is an image and its annotation records, the index
+holds the categories, and ``OUT/instances_val.json`` keeps the validation ground truth for COCO evaluation).
 
 The shards are written with webdataset's ``ShardWriter`` into a temporary folder beside OUT, then
 swapped into place (:mod:`botnet.io.dirswap`). OUT must be new or empty, or hold shards botnet
@@ -22,12 +26,14 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from botnet.data.errors import DataError, DatasetNotFoundError
 
-__all__ = ["INDEX", "MARKER", "GENERATOR", "ShardIndex", "read_index", "write_shards", "IMAGE_KEYS"]
+__all__ = ["INDEX", "MARKER", "GENERATOR", "TASKS", "ShardIndex", "ShardJob", "read_index", "write_shards", "IMAGE_KEYS",
+           "image_field"]
 
 INDEX = "_info.json"
 MARKER = ".botnet-generated.json"
@@ -36,15 +42,19 @@ FORMAT = "botnet-shards-1"
 # the sample fields that may hold the image (webdataset keys are the file extensions)
 IMAGE_KEYS = ("jpg", "png", "webp", "jpeg", "ppm", "bmp", "pgm", "tif", "tiff", "gif", "jfif")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+_WRITTEN = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar|instances_[A-Za-z0-9_]+\.json)$")
 
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """A shards folder's index: ``splits[name] = (shard file names, samples in each)``."""
+    """A shards folder's index: ``splits[name] = (shard file names, samples in each)``; ``info`` is the whole
+    checked index file (detection shards keep their categories and annotation counts there)."""
 
     root: Path
     classes: list[str]
     splits: dict[str, tuple[list[str], list[int]]]
+    task: str = "classification"
+    info: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- reading the index
@@ -55,32 +65,50 @@ def _index_spec():
                   "filenames": List(Str(min_len=1), min_len=1, required=True),
                   "shard_lengths": List(Int(low=1), min_len=1, required=True)})
     return Dict({"classes": List(Str(min_len=1), min_len=1, required=True),
-                 "splits": Dict(item=split, required=True)})
+                 "task": Str(choices=TASKS), "splits": Dict(item=split, required=True)})
 
 
-def read_index(root: str | os.PathLike, splits: tuple[str, ...]) -> ShardIndex:
-    """The index of the shards folder ``root``, checked: every split asked for is there, its counts
-    add up, and each shard named is a regular file inside ``root``. Raises :class:`DataError` (one line)."""
+TASKS = ("classification", "detection")
+# what each task's shards are written from, and the other option where a folder is no shards folder
+_SOURCE = {"classification": ("SRC", "use --dataset folder for an image folder"),
+           "detection": ("COCO_ROOT", "use --dataset coco (or fashion-mosaic) for a COCO set")}
+
+
+def read_index(root: str | os.PathLike, splits: tuple[str, ...], *, task: str = "classification",
+               optional: tuple[str, ...] = ()) -> ShardIndex:
+    """The index of the shards folder ``root`` for ``task``, checked: the shards are that task's, every split
+    asked for is there (those in ``optional`` when present), its counts add up, and each shard named is a
+    regular file inside ``root``. Raises :class:`DataError` (one line)."""
     from botnet.validation import loads_json, validate
 
     root = Path(root)
     path = root / INDEX
+    src, other = _SOURCE[task]
     if not root.is_dir():
-        raise DatasetNotFoundError(f"shards folder {root} does not exist (write one with: botnet data shards SRC {root})")
+        raise DatasetNotFoundError(f"shards folder {root} does not exist (write one with: botnet data shards {src} "
+                                   f"{root})")
     if not path.is_file():
-        raise DataError(f"{root} is not a shards folder: it has no {INDEX} (write one with: botnet data shards SRC "
-                        f"{root}, or use --dataset folder for an image folder)")
+        raise DataError(f"{root} is not a shards folder: it has no {INDEX} (write one with: botnet data shards {src} "
+                        f"{root}, or {other})")
     if path.stat().st_size > 64 << 20:
         raise DataError(f"{path} is {path.stat().st_size >> 20} MiB, far more than an index needs; it is not one")
     info = validate(loads_json(path.read_bytes(), source=str(path), error=DataError), _index_spec(),
                     source=str(path), error=DataError)
+    written_for = info.get("task") or "classification"  # shards written before the task was recorded: images
+    if written_for != task:
+        how = ("botnet detect train --dataset shards" if written_for == "detection"
+               else "botnet train --dataset shards")
+        raise DataError(f"{root} holds {written_for} shards (written from "
+                        f"{'a COCO set' if written_for == 'detection' else 'an image folder'}), not {task} shards: "
+                        f"train them with {how}, or write {task} shards with botnet data shards {src} OUT")
     out = {}
-    for s in splits:
+    for s in (*splits, *(o for o in optional if o in info["splits"] and o not in splits)):
         if s not in info["splits"]:
             raise DataError(f"{path} has no split {s!r} (it has {', '.join(sorted(info['splits'])) or 'none'}); "
-                            f"choose one with --set data.train_split=NAME / data.val_split=NAME")
+                            + ("choose one with --set data.train_split=NAME / data.val_split=NAME"
+                               if task == "classification" else "write the shards with it"))
         out[s] = _check_split(root, path, s, info["splits"][s])
-    return ShardIndex(root, list(info["classes"]), out)
+    return ShardIndex(root, list(info["classes"]), out, written_for, info)
 
 
 def _check_split(root: Path, path: Path, name: str, sp: dict) -> tuple[list[str], list[int]]:
@@ -100,16 +128,36 @@ def _check_split(root: Path, path: Path, name: str, sp: dict) -> tuple[list[str]
 
 
 # ---------------------------------------------------------------------- writing
+class ShardJob(NamedTuple):
+    """What a source gives the writer: its samples per split, how one becomes a webdataset sample, the
+    index's task fields, per-split index fields, other files to write into OUT, and what was left out."""
+
+    samples: dict[str, list]
+    make_sample: Callable[[object], dict]
+    info: dict
+    split_info: dict[str, dict]
+    files: dict[str, bytes]
+    left_out: list[tuple[str, str]]
+
+
 def write_shards(src: str | os.PathLike, out: str | os.PathLike, *, splits: tuple[str, ...] = ("train", "val"),
                  max_count: int = 1000, max_size: int = 1 << 30, seed: int = 0, skip_bad: bool = False,
                  overwrite: bool = False, progress: bool = False) -> dict:
-    """Write the ImageNet-layout folder ``src`` (``src/SPLIT/CLASS/*.jpg``) as shards in ``out``; return the
-    summary (the index plus the files left out). Every image's header is checked first: an unreadable
-    file stops the command (naming it) unless ``skip_bad`` leaves it out."""
+    """Write the ImageNet-layout folder ``src`` (``src/SPLIT/CLASS/*.jpg``), or the COCO set ``src``
+    (:func:`botnet.data.coco_shards.collect_coco`), as shards in ``out``; return the summary (the index plus
+    the files or records left out). Every image's header is checked first: an unreadable file (for COCO, a
+    record the validation pass drops) stops the command, naming it, unless ``skip_bad`` leaves it out."""
+    from botnet.data.mosaic import coco_layout
+
     src, out = Path(src), Path(out)
     _check_args(src, out, splits, max_count, max_size)
     state = _check_out(out, overwrite)
-    samples, classes, bad = _collect(src, splits, skip_bad, progress)
+    if src.is_dir() and coco_layout(src) is not None:
+        from botnet.data.coco_shards import collect_coco
+
+        job = collect_coco(src, splits, skip_bad)
+    else:
+        job = _collect(src, splits, skip_bad, progress)
     from botnet.io.folders import check_output_dir
 
     parent = out.absolute().parent
@@ -117,15 +165,18 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, *, splits: tupl
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        info = {"name": out.absolute().name, "format": FORMAT, "classes": classes, "splits": {}}
+        info = {"name": out.absolute().name, "format": FORMAT, **job.info, "splits": {}}
         for s in splits:
-            info["splits"][s] = _write_split(tmp, s, samples[s], max_count, max_size, seed, progress)
+            entry = _write_split(tmp, s, job.samples[s], job.make_sample, max_count, max_size, seed, progress)
+            info["splits"][s] = {**entry, **job.split_info.get(s, {})}
+        for name, data in job.files.items():
+            _write_synced(tmp / name, data)
         _finish(tmp, info, src, dict(splits=list(splits), max_count=max_count, max_size=max_size, seed=seed))
         _swap(tmp, out, state)
     except BaseException:
         _remove_shards(tmp)
         raise
-    return {**info, "out": str(out), "left_out": [{"file": p, "reason": r} for p, r in bad]}
+    return {**info, "out": str(out), "left_out": [{"file": p, "reason": r} for p, r in job.left_out]}
 
 
 def _check_args(src: Path, out: Path, splits, max_count: int, max_size: int) -> None:
@@ -173,8 +224,9 @@ def _check_out(out: Path, overwrite: bool) -> str:
     return state
 
 
-def _collect(src: Path, splits, skip_bad: bool, progress: bool):
-    """``({split: [(path, class index, relative name)]}, classes, [(bad path, reason)])``."""
+def _collect(src: Path, splits, skip_bad: bool, progress: bool) -> ShardJob:
+    """The image folder's samples ``(path, class index, relative name)`` per split, its classes, and the
+    unreadable files ``[(path, reason)]``."""
     from botnet.data.folder import check_image_folder, image_files, scan_image_files
 
     try:
@@ -197,11 +249,25 @@ def _collect(src: Path, splits, skip_bad: bool, progress: bool):
         samples[s] = [t for t in samples[s] if t[0] not in drop]
         if not samples[s]:
             raise DataError(f"every image of split {s} in {src} is unreadable")
-    return samples, classes, bad
+    return ShardJob(samples, _image_sample, {"task": "classification", "classes": classes}, {}, {}, bad)
 
 
-def _write_split(tmp: Path, split: str, samples: list, max_count: int, max_size: int, seed: int,
-                 progress: bool) -> dict:
+def _image_sample(item: tuple) -> dict:
+    """An image folder's file as a sample: its bytes unchanged, its class index, its name."""
+    path, ci, rel = item
+    with open(path, "rb") as f:
+        data = f.read()
+    return {image_field(path): data, "cls": str(ci).encode(), "json": json.dumps({"filename": rel}).encode()}
+
+
+def image_field(path: str | os.PathLike) -> str:
+    """The sample field of an image file: its extension (``.jpeg`` and ``.jfif`` are ``jpg``)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    return "jpg" if ext in ("jpeg", "jfif") else ext
+
+
+def _write_split(tmp: Path, split: str, samples: list, make_sample: Callable, max_count: int, max_size: int,
+                 seed: int, progress: bool) -> dict:
     """One split's shards via webdataset's ShardWriter; returns its entry of the index."""
     import numpy as np
     import webdataset as wds
@@ -217,12 +283,7 @@ def _write_split(tmp: Path, split: str, samples: list, max_count: int, max_size:
     w.post = lambda fname: lengths.append((_fsync(fname), w.count))
     with w:
         for i in tqdm(order, desc=f"writing {split} shards", unit="img", disable=not progress, leave=False):
-            path, ci, rel = samples[i]
-            with open(path, "rb") as f:
-                data = f.read()
-            ext = os.path.splitext(path)[1].lower().lstrip(".")
-            w.write({"__key__": f"{i:0{width}d}", "jpg" if ext in ("jpeg", "jfif") else ext: data,
-                     "cls": str(ci).encode(), "json": json.dumps({"filename": rel}).encode()})
+            w.write({"__key__": f"{i:0{width}d}", **make_sample(samples[i])})
     return {"name": split, "num_samples": len(samples), "filenames": [n for n, _ in lengths],
             "shard_lengths": [c for _, c in lengths]}
 
@@ -231,6 +292,13 @@ def _fsync(fname: str) -> str:
     with open(fname, "rb") as f:
         os.fsync(f.fileno())
     return os.path.basename(fname)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _finish(tmp: Path, info: dict, src: Path, settings: dict) -> None:
@@ -258,10 +326,10 @@ def _swap(tmp: Path, out: Path, state: str) -> None:
 
 
 def _written_names(d: Path) -> list[str]:
-    """The files in ``d`` that the writer writes: the index, the marker and SPLIT-NNNNNN.tar."""
+    """The files in ``d`` that the writer writes: the index, the marker, SPLIT-NNNNNN.tar and (detection)
+    instances_SPLIT.json."""
     names = [n for n in (INDEX, MARKER) if (d / n).exists()]
-    return names + sorted(e.name for e in os.scandir(d) if re.match(r"^[A-Za-z0-9_]+-\d{6}\.tar$", e.name)
-                          and e.is_file(follow_symlinks=False))
+    return names + sorted(e.name for e in os.scandir(d) if _WRITTEN.match(e.name) and e.is_file(follow_symlinks=False))
 
 
 def _foreign_file(d: Path) -> str | None:

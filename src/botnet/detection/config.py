@@ -16,12 +16,13 @@ __all__ = ["DETECTION_DEFAULTS", "validate_detection_config", "detector_kwargs"]
 _OWN: dict[str, Any] = {
     "name": "detect",
     "data": {
-        "dataset": "fashion-mosaic",  # fashion-mosaic | coco
+        "dataset": "fashion-mosaic",  # fashion-mosaic | coco | shards (botnet data shards COCO_ROOT OUT)
         "root": "data/fashion-mosaic",  # mosaic: generated here if missing; coco: base for relative paths
         "train_images": None, "train_ann": None,  # coco: image folder and instances JSON
         "val_images": None, "val_ann": None,
         "strict": False,            # raise instead of warn when the validation pass drops records
         "remove_empty": False,      # drop training images without annotations
+        "shuffle_block": 1000,      # shards: images each loader worker holds and shuffles together
         "mosaic": {"num_train": 512, "num_val": 128, "canvas": 160, "min_items": 2, "max_items": 5,
                    "min_item_size": 28, "max_item_size": 72, "max_overlap": 0.2, "seed": 0},
         "batch_size": 2,            # per process
@@ -99,7 +100,8 @@ def validate_detection_config(cfg: dict) -> dict:
     _num(cfg, "eval.draw_score", low=0, high=1)
     _num(cfg, "eval.draw_scale", kind=int, low=1, high=16)
     _choice(cfg, "eval.backend", ("pycocotools", "faster_coco_eval"))
-    _choice(cfg, "data.dataset", ("fashion-mosaic", "coco"))
+    _choice(cfg, "data.dataset", ("fashion-mosaic", "coco", "shards"))
+    _num(cfg, "data.shuffle_block", kind=int, low=1)
     _choice(cfg, "model.kind", ("maskrcnn", "fasterrcnn"))
     _choice(cfg, "model.norm", ("bn", "frozen", "sync"), optional=True)
     _num(cfg, "model.canvas", kind=int, low=32, optional=True)

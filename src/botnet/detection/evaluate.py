@@ -21,7 +21,8 @@ RESULTS_NAME = "coco_results.json"  # COCO results format: what pycocotools' COC
 @torch.no_grad()
 def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "pycocotools", device=None,
                       progress: bool = True, num_workers: int = 0, return_results: bool = False):
-    """COCO box (and mask) metrics of ``model`` on ``dataset`` (a :class:`CocoDetection`), in percent.
+    """COCO box (and mask) metrics of ``model`` on ``dataset`` (a :class:`CocoDetection`, or the val split of
+    detection shards, :class:`~botnet.data.coco_shards.CocoShardVal`), in percent.
 
     In a multi-process job each rank runs a shard; results are gathered and rank 0 computes the
     metrics (other ranks get ``{}``). ``return_results``: ``(metrics, results)``, the second the
@@ -37,9 +38,12 @@ def evaluate_detector(model, dataset, *, batch_size: int = 2, backend: str = "py
 
     info = get_dist_info()
     device = device or next(model.parameters()).device
-    sampler = DistributedSampler(dataset, shuffle=False) if info.distributed else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                        collate_fn=detection_collate, num_workers=num_workers)
+    if hasattr(dataset, "eval_loader"):  # tar shards (botnet.data.coco_shards): each rank streams its own part
+        loader = dataset.eval_loader(batch_size, info.rank, info.world_size, num_workers)
+    else:
+        sampler = DistributedSampler(dataset, shuffle=False) if info.distributed else None
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                            collate_fn=detection_collate, num_workers=num_workers)
     net = model.module if hasattr(model, "module") else model
     was_training = net.training
     net.eval()

@@ -223,7 +223,8 @@ def predict_images(model, items: Sequence, class_names: list[str], out_dir: str 
 
     ``items``: image paths (their ``image_id`` is their position, from 1), or ``(path, image_id,
     target, a function returning it, or None)`` tuples (a target is drawn as ground truth beside the predictions, its labels
-    named by ``target_names``). ``scale=None``: :func:`auto_scale`. Returns ``(records, results)``:
+    named by ``target_names``), optionally with the decoded image as a fourth element (an image
+    read from a shard: ``path`` then only names it). ``scale=None``: :func:`auto_scale`. Returns ``(records, results)``:
     one record per image (path, ``image_id``, drawing, detections with score >= ``score_threshold``)
     and the COCO result records of every detection (``category_id`` by ``label_to_cat_id``; the
     label itself without it), as ``detect eval`` scores them.
@@ -239,9 +240,9 @@ def predict_images(model, items: Sequence, class_names: list[str], out_dir: str 
     device = next(net.parameters()).device
     records, results, stems = [], [], set()
     for k, item in enumerate(items):
-        p, image_id, target = item if isinstance(item, tuple) else (item, k + 1, None)
+        p, image_id, target, *image = item if isinstance(item, tuple) else (item, k + 1, None)
         target = target() if callable(target) else target  # decoded one image at a time
-        img = read_image_rgb(p).as_subclass(torch.Tensor)
+        img = (image[0] if image else read_image_rgb(p)).as_subclass(torch.Tensor)
         out = {key: v.cpu() for key, v in net([image_to_float(img).to(device)])[0].items()}
         h, w = img.shape[-2:]  # a run's eval.draw_scale is capped to what fits (the CLI refuses it beforehand)
         s = min(scale or auto_scale(h, w), max(1, int((MAX_DRAWING_PIXELS / (2 * h * w)) ** 0.5)))

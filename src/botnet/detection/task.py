@@ -54,6 +54,15 @@ def check_data_root(cfg: dict) -> None:
     from botnet.data.mosaic import MosaicConfig, check_target, coco_layout, folder_state
 
     d = cfg["data"]
+    if d["dataset"] == "shards":  # the index (and that the shards are detection's) before any work
+        from botnet.data.coco_shards import read_detection_index
+        from botnet.errors import ConfigError
+
+        read_detection_index(d["root"])
+        if d["remove_empty"]:
+            raise ConfigError("data.remove_empty does not apply to shards (every image of a shard is read each "
+                              "epoch); write the shards from an instances file without those images")
+        return
     if d["dataset"] != "fashion-mosaic":
         return
     if folder_state(d["root"])[0] == "coco":
@@ -72,6 +81,8 @@ def build_datasets(cfg: dict, *, train: bool = True, val: bool = True, generate:
     from botnet.data.coco import CocoDetection
     from botnet.detection.transforms import build_transforms
 
+    if cfg["data"]["dataset"] == "shards":
+        return _shard_datasets(cfg, train=train, val=val)
     paths = data_paths(cfg, generate=generate)
     with_masks = cfg["model"]["kind"] == "maskrcnn"
     canvas = cfg["model"]["canvas"]
@@ -90,6 +101,32 @@ def build_datasets(cfg: dict, *, train: bool = True, val: bool = True, generate:
     if val and paths["val_ann"]:
         va = CocoDetection(paths["val_images"], paths["val_ann"], with_masks=with_masks, strict=cfg["data"]["strict"],
                            transforms=build_transforms(False))
+    return tr, va
+
+
+def _shard_datasets(cfg: dict, *, train: bool, val: bool):
+    """``(train CocoShardSplit or None, CocoShardVal or None)`` of the detection shards in ``data.root``."""
+    from botnet.data.coco_shards import CocoShardSplit, CocoShardVal, read_detection_index
+    from botnet.detection.transforms import build_transforms
+
+    d, with_masks = cfg["data"], cfg["model"]["kind"] == "maskrcnn"
+    index = read_detection_index(d["root"])
+    tr = va = None
+    if train:
+        tf = build_transforms(True, canvas=cfg["model"]["canvas"], scale_range=d["scale_range"], hflip=d["hflip"])
+        tr = CocoShardSplit(index, "train", tf, with_masks=with_masks)
+        missing = tr.counts.get("num_without_segmentation", 0) if with_masks else 0
+        if missing:  # as training from the instances file: those annotations are dropped (or stop the run)
+            from botnet.data.coco import CocoFormatError
+
+            msg = (f"{d['root']}: {missing} training annotation(s) have no segmentation, which Mask R-CNN needs; "
+                   f"they are left out")
+            if d["strict"]:
+                raise CocoFormatError(msg + " (data.strict: true stops here)")
+            log.warning(msg)
+    if val and "val" in index.splits:
+        va = CocoShardVal(index, "val", with_masks=with_masks, transforms=build_transforms(False), strict=d["strict"],
+                          quiet=True)
     return tr, va
 
 
@@ -154,11 +191,18 @@ class DetectionTask(Task):
         kw = detector_kwargs(cfg, train_set.num_classes + 1)
         model = build_detector(kw.pop("kind"), kw.pop("backbone"), **kw)
         seed = int(cfg["train"]["seed"])
-        sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
-                                   drop_last=True)
-        loader = DataLoader(train_set, batch_size=bs, sampler=sampler, drop_last=True, collate_fn=detection_collate,
-                            num_workers=_clamped_workers(cfg, dist.world_size), worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(seed), pin_memory=dist.device.type == "cuda")
+        if cfg["data"]["dataset"] == "shards":  # each rank and loader worker reads its own shards
+            from botnet.data.coco_shards import coco_shard_train_loader
+
+            loader = coco_shard_train_loader(train_set, cfg, dist.rank, dist.world_size,
+                                             _clamped_workers(cfg, dist.world_size))
+        else:
+            sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                       seed=seed, drop_last=True)
+            loader = DataLoader(train_set, batch_size=bs, sampler=sampler, drop_last=True,
+                                collate_fn=detection_collate, num_workers=_clamped_workers(cfg, dist.world_size),
+                                worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
+                                pin_memory=dist.device.type == "cuda")
         arch = f"detector:{cfg['model']['kind']}_{cfg['model']['backbone']}_fpn"
         meta = {"class_names": train_set.class_names,
                 "label_to_cat_id": {str(k): v for k, v in train_set.label_to_cat_id.items()}}
@@ -214,7 +258,8 @@ class DetectionTask(Task):
         write_results(run_dir, raw.get("_results") or [])
         ec = cfg["eval"]
         if ec["num_draw"]:  # ground truth beside the predictions
-            items = annotated_items(val_set)[: int(ec["num_draw"])]
+            n = int(ec["num_draw"])
+            items = val_set.drawn_items(n) if hasattr(val_set, "drawn_items") else annotated_items(val_set)[:n]
             predict_images(setup.model, items, setup.class_names, run_dir / "predictions",
                            score_threshold=ec["draw_score"], scale=int(ec["draw_scale"]),
                            label_to_cat_id=val_set.label_to_cat_id, target_names=val_set.class_names)
@@ -228,8 +273,15 @@ def _world_size() -> int:
 
 
 def _report(train_set, val_set) -> None:
-    log.info(f"train: {train_set.report.summary()}")
-    if train_set.report.num_annotations == 0:
+    if hasattr(train_set, "counts"):  # shards: the records were validated when the shards were written
+        c = train_set.counts
+        log.info(f"train: {c['num_samples']} images, {c.get('num_annotations', '?')} annotations in "
+                 f"{len(train_set.files)} shard(s) of {train_set.index.root}")
+        no_annotations = c.get("num_annotations") == 0
+    else:
+        log.info(f"train: {train_set.report.summary()}")
+        no_annotations = train_set.report.num_annotations == 0
+    if no_annotations:
         log.warning("the training set has no annotations: the detector can only learn background")
     if val_set is not None:
         log.info(f"val: {val_set.report.summary()}")

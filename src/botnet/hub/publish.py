@@ -354,8 +354,9 @@ def _detector_card(model, meta, info, run: Path, tmp: Path, kw: dict, names: lis
                        **(kw.get("backbone_kwargs") or {}))
     cfg = info["config"] or {}
     data = cfg.get("data") or {}
-    dataset = "the generated fashion-mosaic set" if data.get("dataset") == "fashion-mosaic" else \
-        f"COCO-format data ({data.get('train_ann')})"
+    dataset = {"fashion-mosaic": "the generated fashion-mosaic set",
+               "shards": f"COCO-format data as tar shards ({data.get('root')})"}.get(
+        data.get("dataset"), f"COCO-format data ({data.get('train_ann')})")
     init = ((cfg.get("model") or {}).get("backbone_weights"))
     return dict(info, title=f"{kw['kind']} {kw['backbone']}-FPN on {data.get('dataset', 'COCO data')}",
                 kind=kw["kind"], backbone=kw["backbone"], arch=meta["arch"],
