@@ -157,13 +157,22 @@ class DetectionTask(Task):
     key_metric = "mask_AP"
     config_defaults = DETECTION_DEFAULTS
 
+    def __init__(self, cfg: dict | None = None):
+        """``cfg`` (optional): the run's config, whose model kind decides the key metric (else :meth:`validate`)."""
+        if cfg is not None:
+            self.key_metric = self._key_metric(cfg)
+
+    @staticmethod
+    def _key_metric(cfg: dict) -> str:
+        return "mask_AP" if cfg["model"]["kind"] == "maskrcnn" else "box_AP"
+
     def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> torch.nn.Module:
         return build_detector_from_kwargs(arch, model_kwargs)
 
     def validate(self, cfg: dict) -> None:
         validate_detection_config(cfg)
         check_data_root(cfg)
-        self.key_metric = "mask_AP" if cfg["model"]["kind"] == "maskrcnn" else "box_AP"
+        self.key_metric = self._key_metric(cfg)
 
     def setup(self, cfg: dict, dist) -> TaskSetup:
         from torch.utils.data import DataLoader

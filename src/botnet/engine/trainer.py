@@ -226,7 +226,7 @@ class Trainer:
         self.global_batch = int(cfg["data"]["batch_size"]) * self.accum * di.world_size
         lr = float(oc["lr"]) * (self.global_batch / float(oc["lr_base_batch"]) if oc.get("lr_base_batch") else 1.0)
         self.optimizer = build_optimizer(model, oc, lr)
-        if s.train_loader.generator is None:
+        if isinstance(s.train_loader, torch.utils.data.DataLoader) and s.train_loader.generator is None:
             # each epoch's iterator draws a seed from the loader's generator, else from the global RNG: a resumed
             # run would draw it mid-epoch and shift every random number after it (the task's augmentation)
             s.train_loader.generator = torch.Generator().manual_seed(int(tc["seed"]))
