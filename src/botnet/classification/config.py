@@ -1,10 +1,11 @@
 """Classification's config schema (``botnet train``): the engine's sections plus its own keys."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
-from botnet.engine.config import ENGINE_SCHEMA, Field, Section, check_model_kwargs, get_by_path
+from botnet.engine.config import ENGINE_SCHEMA, Field, Section, check_model_kwargs
 from botnet.validation import List, Num
 
 __all__ = ["CLASSIFICATION_SCHEMA", "CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config",
@@ -84,7 +85,9 @@ CLASSIFICATION_SCHEMA = ENGINE_SCHEMA.extend(
         Field("mixup", 0.0, float, low=0, flag="--mixup", help="mixup alpha (0 = off)"),
         Field("cutmix", 0.0, float, low=0, flag="--cutmix", help="cutmix alpha (0 = off)"),
     ), help="how the training targets and the loss are formed"),
-    defaults={"name": None},  # the recipe's file name, else DATA-MODEL (resolve_classification_config)
+    defaults={"name": Field("name", None, str, nullable=True,
+                            help="the run's name; output.dir defaults to runs/NAME; null: the recipe's file name, "
+                                 "else DATA-MODEL (flowers-botnet50)")},
     renamed={"train.label_smoothing": "loss.label_smoothing", "train.mixup": "loss.mixup",
              "train.cutmix": "loss.cutmix"},
 )
@@ -113,14 +116,20 @@ def model_kwargs_from_cfg(cfg: dict, num_classes: int, in_chans: int) -> dict[st
     return kw
 
 
+def _is_size(v: Any) -> bool:
+    """A size in pixels: a bad one is not copied to the other size key, so its check names the key it was set as."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer() \
+        and v >= 1
+
+
 def _model_default_size(m: dict) -> tuple[Any, str]:
     """The image size a model is built for when the run names none, and where that size comes from."""
     from botnet.models import MODEL_CFGS, resolve_name
 
     kw = m.get("kwargs") if isinstance(m.get("kwargs"), dict) else {}
-    if m.get("img_size") is not None:
+    if _is_size(m.get("img_size")):
         return m["img_size"], "= model.img_size"
-    if kw.get("img_size") is not None:
+    if _is_size(kw.get("img_size")):
         return kw["img_size"], "= model.kwargs.img_size"
     c = MODEL_CFGS.get(resolve_name(str(m.get("name"))))
     return (c.img_size, f"{m['name']}'s default size") if c else (None, "")
@@ -144,7 +153,8 @@ def resolve_classification_config(cfg: dict, recipe: str | None = None) -> dict[
     """Fill, in place, the values the base leaves open (``None``); returns ``{key: where it came from}``.
 
     ``data.img_size``: the model's default size (or ``model.img_size`` when set); ``model.img_size``:
-    ``data.img_size``, so the attention tables fit the images; ``name``: the recipe's file name
+    ``data.img_size``, so the attention tables fit the images (a size is copied only when valid);
+    ``name``: the recipe's file name
     (``recipe``), else ``DATA-MODEL``. A value that cannot be resolved (an unknown model) stays
     ``None`` for the validation to report."""
     filled: dict[str, str] = {}
@@ -155,7 +165,7 @@ def resolve_classification_config(cfg: dict, recipe: str | None = None) -> dict[
         size, why = _model_default_size(m)
         if size is not None:
             d["img_size"], filled["data.img_size"] = size, why
-    if m.get("img_size") is None and d.get("img_size") is not None:
+    if m.get("img_size") is None and _is_size(d.get("img_size")):
         m["img_size"], filled["model.img_size"] = d["img_size"], "= data.img_size"
     for key, value in _model_eval_defaults(m).items():
         if d.get(key) is None and value is not None:  # timm's resolve_data_config habit: the model's own
@@ -252,9 +262,6 @@ def validate_classification_config(cfg: dict) -> dict:
     what no single key can say; raises a one-line ``ConfigError``."""
     CLASSIFICATION_SCHEMA.check_sections(cfg)
     _check_model_name(cfg)  # before the sizes it decides are checked
-    for key in ("data.img_size", "model.img_size"):  # a size set is copied to the other: name the one set
-        if get_by_path(cfg, key) is not None:
-            CLASSIFICATION_SCHEMA.check_key(cfg, key)
     resolve_classification_config(cfg)
     CLASSIFICATION_SCHEMA.validate(cfg)
     _check_stats(cfg)

@@ -93,7 +93,8 @@ class Schema:
     def extend(self, *sections: Section, defaults: dict[str, Any] | None = None,
                renamed: dict[str, str] | None = None) -> "Schema":
         """This schema plus a task's own: fields added to a section of the same name go after its
-        fields, new sections after the last; ``defaults`` changes the default of declared keys."""
+        fields, new sections after the last; ``defaults`` changes the default of declared keys (a
+        :class:`Field` there replaces the declared one: another default with its own help)."""
         fields = {s.name: list(s.fields) for s in self.sections}
         helps = {s.name: s.help for s in self.sections}
         for s in sections:
@@ -104,7 +105,7 @@ class Schema:
             i = next((i for i, f in enumerate(fields[name]) if f.key == key), None)
             if i is None:
                 raise ValueError(f"cannot change the default of {dotted}: it is not declared")
-            fields[name][i] = dataclasses.replace(fields[name][i], default=value)
+            fields[name][i] = value if isinstance(value, Field) else dataclasses.replace(fields[name][i], default=value)
         return Schema((Section(n, tuple(fs), helps[n]) for n, fs in fields.items()), {**self.renamed, **(renamed or {})})
 
     def fields(self) -> Iterator[tuple[str, Field]]:
@@ -153,12 +154,6 @@ class Schema:
                                   f"--set {key}=VALUE")
             check_field(f, key, value)
         return cfg
-
-    def check_key(self, cfg: dict, key: str) -> None:
-        """Check one declared key of ``cfg`` (one that others are filled from, before they are)."""
-        found, value = _lookup(cfg, key)
-        if found:
-            check_field(self.field(key), key, value)
 
     def migrate(self, saved: dict) -> dict:
         """A copy of a config saved by an older botnet with each renamed key at its new place (a value
@@ -232,7 +227,7 @@ class Schema:
                 continue
             flag = f"`{f.flag}` / `--no-{f.flag[2:]}`" if f.flag and f.kind is bool else (f"`{f.flag}`" if f.flag else "")
             cells = [f"`{key}`", f"`{_plain(f.default)}`", f.allowed(), flag, f.help]
-            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            rows.append("| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |")
         return "\n".join(rows) + "\n"
 
 
