@@ -34,7 +34,8 @@ def test_the_docs_tables_are_the_declaration(name):
 
 
 def test_a_tasks_table_holds_its_own_keys_and_the_defaults_it_changes():
-    rows = [r.split(" | ")[0].strip("| `") for r in DETECTION_SCHEMA.markdown_table(exclude=ENGINE_SCHEMA).splitlines()[2:]]
+    table = DETECTION_SCHEMA.markdown_table(exclude=ENGINE_SCHEMA)
+    rows = [r.split(" | ")[0].strip("| `") for r in table.splitlines()[2:]]
     assert "optim.lr" in rows and "train.epochs" in rows and "eval.draw_scale" in rows  # changed, own
     assert "optim.momentum" not in rows and "train.seed" not in rows  # the engine's, unchanged
     full = ENGINE_SCHEMA.markdown_table()
@@ -72,7 +73,8 @@ def test_a_key_is_declared_once():
     ("train.threads", 0, "train.threads = 0 is invalid: use auto or a positive number of threads"),
     ("optim.name", "", "optim.name = '' is invalid: expected a non-empty string"),
     ("model.kwargs", 5, "model.kwargs = 5 is invalid: expected a mapping of create_model options"),
-    ("sched.milestones", [0.5, 2], "sched.milestones = [0.5, 2] is invalid: sched.milestones[1] is 2; expected a finite number >= 0 and <= 1"),
+    ("sched.milestones", [0.5, 2],
+     "sched.milestones = [0.5, 2] is invalid: sched.milestones[1] is 2; expected a finite number >= 0 and <= 1"),
     ("loss.label_smoothing", 1.0, "loss.label_smoothing = 1.0 is invalid: it must be a number >= 0 and < 1"),
     ("data.mosaic.canvas", 16, "data.mosaic.canvas = 16 is invalid: it must be an integer >= 32"),
 ])

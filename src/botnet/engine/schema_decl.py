@@ -106,7 +106,8 @@ class Schema:
             if i is None:
                 raise ValueError(f"cannot change the default of {dotted}: it is not declared")
             fields[name][i] = value if isinstance(value, Field) else dataclasses.replace(fields[name][i], default=value)
-        return Schema((Section(n, tuple(fs), helps[n]) for n, fs in fields.items()), {**self.renamed, **(renamed or {})})
+        return Schema((Section(n, tuple(fs), helps[n]) for n, fs in fields.items()),
+                      {**self.renamed, **(renamed or {})})
 
     def fields(self) -> Iterator[tuple[str, Field]]:
         """``(dotted key, field)`` in declaration order."""
@@ -225,7 +226,9 @@ class Schema:
         for key, f in self.fields():
             if skip.get(key) == f:
                 continue
-            flag = f"`{f.flag}` / `--no-{f.flag[2:]}`" if f.flag and f.kind is bool else (f"`{f.flag}`" if f.flag else "")
+            flag = f"`{f.flag}`" if f.flag else ""
+            if f.flag and f.kind is bool:
+                flag += f" / `--no-{f.flag[2:]}`"
             cells = [f"`{key}`", f"`{_plain(f.default)}`", f.allowed(), flag, f.help]
             rows.append("| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |")
         return "\n".join(rows) + "\n"
@@ -311,8 +314,8 @@ def _flag_type(f: Field) -> Callable[[str], Any]:
                 rng = " between 0 and 1"
             else:
                 rng = _range(f)
-            raise argparse.ArgumentTypeError(f"{v:g} is not allowed: give {'an integer' if f.kind is int else 'a number'}"
-                                             f"{rng}")
+            what = "an integer" if f.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{v:g} is not allowed: give {what}{rng}")
         return v
 
     parse.__name__ = f.kind.__name__  # argparse names the type in its own messages
