@@ -82,7 +82,7 @@ CLASSIFICATION_FLAGS = {
 def test_the_flags_are_the_ones_users_know():
     assert {f.flag: k for k, f in CLASSIFICATION_SCHEMA.fields() if f.flag} == {**ENGINE_FLAGS, **CLASSIFICATION_FLAGS}
     assert {f.flag: k for k, f in DETECTION_SCHEMA.fields() if f.flag} == {
-        **ENGINE_FLAGS, "--data-dir": "data.root", "--backbone": "model.backbone"}
+        **ENGINE_FLAGS, "--dataset": "data.dataset", "--data-dir": "data.root", "--backbone": "model.backbone"}
     assert CLASSIFICATION_SCHEMA.field("data.img_size").also_sets == ("model.img_size",)
 
 
