@@ -134,3 +134,13 @@ def test_a_saved_config_of_the_old_layout_reads_with_its_keys_moved():
     assert CLASSIFICATION_SCHEMA.migrate({"train": {"epochs": 1}}) == {"train": {"epochs": 1}}
     assert CLASSIFICATION_SCHEMA.current_key("train.mixup") == "loss.mixup"
     assert DETECTION_SCHEMA.renamed == {}  # detection never had these keys
+
+
+def test_a_task_reads_its_saved_configs_through_its_declaration():
+    """``Task.saved_config`` (resume, botnet eval, a task's generated eval) migrates what the task's schema renamed."""
+    from botnet.tasks import config_schema, load_task
+
+    assert config_schema("classification") is CLASSIFICATION_SCHEMA and config_schema("detection") is DETECTION_SCHEMA
+    cfg = load_task("classification").saved_config({"train": dict(OLD_TRAIN)})
+    assert cfg["loss"] == {"label_smoothing": 0.2, "mixup": 0.4, "cutmix": 1.0} and "mixup" not in cfg["train"]
+    assert load_task("detection").saved_config(None) == DETECTION_SCHEMA.defaults()
