@@ -16,7 +16,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskSpec", "register_task", "task_specs", "get_spec", "is_task", "load_task", "resolve"]
+__all__ = ["TaskSpec", "register_task", "task_specs", "get_spec", "is_task", "load_task", "config_schema",
+           "resolve"]
 
 ENTRY_POINT_GROUP = "botnet.tasks"
 
@@ -29,6 +30,8 @@ class TaskSpec:
     help: str = ""
     generated: bool = True      # False: the command line has hand-written commands for it (botnet train, detect)
     train_cmd: str = ""         # the command that trains it, for model cards (default: botnet COMMAND train)
+    schema: str = ""            # "module:attribute" of its declared config (botnet.engine.schema_decl.Schema),
+                                # importable without torch: the command line's flags and --help come from it
 
     @property
     def cli_name(self) -> str:
@@ -106,6 +109,12 @@ def resolve(target: str) -> Any:
     for part in attr.split(".") if attr else []:
         obj = getattr(obj, part)
     return obj
+
+
+def config_schema(name: str) -> Any:
+    """The declared config (``Schema``) of a registered task, or None when it declares none."""
+    spec = get_spec(name)
+    return resolve(spec.schema) if spec.schema else None
 
 
 def load_task(name: str):

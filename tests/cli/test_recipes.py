@@ -62,7 +62,7 @@ def test_a_folder_run_gets_the_published_model_at_its_size_and_no_demo_keys(arch
     assert "fashion" not in out and "recipe" not in src.values()
     assert cfg["model"]["kwargs"] == {} and cfg["model"]["img_size"] == cfg["data"]["img_size"] == 224
     assert (src["model.img_size"], src["data.img_size"], src["model.name"]) == ("--img-size", "--img-size", "--model")
-    assert cfg["train"]["label_smoothing"] == 0.0 and cfg["optim"]["name"] == "sgd"
+    assert cfg["loss"]["label_smoothing"] == 0.0 and cfg["optim"]["name"] == "sgd"
     assert cfg["data"]["hflip"] == 0.0 and cfg["data"]["eval_tta"] == "none"  # no flips the data did not allow
     assert cfg["name"] == f"flowers-{arch}" and src["name"] == "resolved: data and model"
     params = _same_as_published(cfg, arch, 224)
@@ -90,7 +90,7 @@ def test_plain_train_is_the_neutral_base_and_the_demo_is_the_named_recipe(capsys
     assert (cfg["model"]["name"], cfg["model"]["kwargs"], cfg["data"]["dataset"]) == ("botnet_mini", {}, "fashion-mnist")
     assert cfg["data"]["img_size"] == cfg["model"]["img_size"] == 28  # botnet_mini's own size
     assert src["data.img_size"] == "resolved: botnet_mini's default size" and src["model.img_size"] == "resolved: = data.img_size"
-    assert (cfg["data"]["hflip"], cfg["data"]["eval_tta"], cfg["train"]["label_smoothing"]) == (0.0, "none", 0.0)
+    assert (cfg["data"]["hflip"], cfg["data"]["eval_tta"], cfg["loss"]["label_smoothing"]) == (0.0, "none", 0.0)
     assert cfg["name"] == "fashion-mnist-botnet_mini"
     # the eval crop and resize mode are the model's own, as timm's resolve_data_config takes them
     assert (cfg["data"]["crop_pct"], cfg["data"]["interpolation"]) == (1.0, "bicubic")
@@ -146,6 +146,7 @@ def test_detection_keeps_its_own_schema(capsys):
     cfg, src, _ = printed(capsys, ["detect", "train"])
     assert cfg == json.loads(json.dumps(DETECTION_DEFAULTS)) and set(src.values()) == {"base"}
     assert "eval_tta" not in cfg["data"] and "label_smoothing" not in cfg["train"] and cfg["name"] == "detect"
+    assert "loss" not in cfg  # classification's section
 
 
 def _cfg(**model_data):

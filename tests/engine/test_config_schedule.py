@@ -19,7 +19,7 @@ def test_imagenet_recipes(t):
     assert (cfg["model"]["name"], cfg["data"]["img_size"]) == T[t]
     assert cfg["train"]["epochs"] == 350 and cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] == 0.9
     assert cfg["sched"]["name"] == "cosine" and cfg["sched"]["warmup_epochs"] > 0
-    assert cfg["train"]["label_smoothing"] == 0.1 and cfg["train"]["ema"] and cfg["train"]["ema_decay"] == 0.9999
+    assert cfg["loss"]["label_smoothing"] == 0.1 and cfg["train"]["ema"] and cfg["train"]["ema_decay"] == 0.9999
     assert cfg["optim"]["weight_decay"] == 4e-5 and cfg["data"]["auto_augment"].startswith("rand-")
     assert cfg["model"]["drop_rate"] > 0 and 0 < cfg["model"]["drop_path_rate"] <= 0.1
     assert cfg["data"]["dataset"] == "folder"

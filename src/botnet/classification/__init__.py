@@ -8,9 +8,9 @@ from botnet.tasks import TaskSpec
 
 SPEC = TaskSpec(name="classification", task="botnet.classification.task:ClassificationTask", command="train",
                 help="image classification (botnet train | eval | predict | demo)", generated=False,
-                train_cmd="botnet train")
+                train_cmd="botnet train", schema="botnet.classification.config:CLASSIFICATION_SCHEMA")
 _NAMES = {
-    "CLASSIFICATION_DEFAULTS": "botnet.classification.config",
+    "CLASSIFICATION_DEFAULTS": "botnet.classification.config", "CLASSIFICATION_SCHEMA": "botnet.classification.config",
     "validate_classification_config": "botnet.classification.config",
     "ClassificationTask": "botnet.classification.task", "evaluate": "botnet.classification.task",
     "train": "botnet.classification.task",

@@ -1,65 +1,97 @@
 """Classification's config schema (``botnet train``): the engine's sections plus its own keys."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
-from botnet.engine.config import (_choice, _num, check_model_kwargs, check_sections, check_stats, check_typed,
-                                  task_schema, validate_engine_config)
+from botnet.engine.config import ENGINE_SCHEMA, Field, Section, check_model_kwargs
+from botnet.validation import List, Num
 
-__all__ = ["CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config", "model_kwargs_from_cfg",
-           "resolve_classification_config", "attention_grid_warning"]
+__all__ = ["CLASSIFICATION_SCHEMA", "CLASSIFICATION_DEFAULTS", "TTA_MODES", "validate_classification_config",
+           "model_kwargs_from_cfg", "resolve_classification_config", "attention_grid_warning"]
 
 TTA_MODES = ("none", "hflip")  # test-time augmentation of the evaluation (see classification.task.log_probs)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's resize modes
 
-# Classification's schema (``botnet train``): Fashion-MNIST or ImageNet-layout folders. It is also the
-# neutral base every run starts from: the model's own defaults hold (its strides, its image size) and
-# nothing is assumed about the data (no flips), unless a recipe the user names (``--config``) or a
-# flag says otherwise. ``None`` values are filled by :func:`resolve_classification_config`.
-_OWN: dict[str, Any] = {
-    "name": None,                   # None: the recipe's file name, else DATA-MODEL (runs/<name>)
-    "model": {
-        "name": "botnet_mini",      # botnet.create_model name
-        "num_classes": None,        # None: number of classes of the data set
-        "in_chans": None,           # None: 1 for Fashion-MNIST, 3 for image folders
-        "img_size": None,           # attention tables' size; None: data.img_size (--img-size sets both)
-        "drop_rate": 0.0,           # dropout before the classifier (paper: 0.25-0.4)
-        "drop_path_rate": 0.0,      # stochastic depth (paper: up to 0.1)
-    },
-    "data": {
-        "dataset": "fashion-mnist",  # fashion-mnist | folder | shards
-        "root": None,               # folder with train/ and val/ (folder), shards (botnet data shards) or IDX files
-        "download": False,          # fashion-mnist: allow torchvision download
-        "train_split": "train",
-        "val_split": "val",
-        "img_size": None,           # training resolution; None: the model's default (28 botnet_mini, 224 botnet50)
-        "eval_img_size": None,      # evaluation resolution (default img_size)
-        "crop_pct": None,           # eval: resize to img_size / crop_pct, centre crop; None: the model's own
-        "interpolation": None,      # resize mode; None: the model's own (bicubic, as its pretrained_cfg says)
-        "mean": None,               # None: data set default (ImageNet / Fashion-MNIST statistics)
-        "std": None,
-        "auto_augment": None,       # timm string, e.g. rand-m9-mstd0.5-inc1 (RandAugment)
-        "re_prob": 0.0,             # random erasing probability
-        "hflip": 0.0,               # mirror-image probability; 0: a mirror image may be another class (digits, text)
-        "scale": [0.08, 1.0],       # RandomResizedCrop scale (folders)
-        "padding": 2,               # random-crop padding (Fashion-MNIST)
-        "eval_batch_size": None,    # default 2 x batch_size
-        "eval_tta": "none",         # none | hflip: average the probabilities of each image and its mirror image
-        "skip_bad": False,
-        "shuffle_block": 1000,      # shards: samples each loader worker holds and shuffles together
-        "limit_train": None,        # use only the first N training images (tests, smoke runs)
-        "limit_val": None,
-    },
-    "train": {
-        "label_smoothing": 0.0,
-        "mixup": 0.0,
-        "cutmix": 0.0,
-    },
-}
-
-
-CLASSIFICATION_DEFAULTS = task_schema(_OWN)
+# Classification's schema (``botnet train``): Fashion-MNIST, ImageNet-layout folders or their tar
+# shards. It is also the neutral base every run starts from: the model's own defaults hold (its
+# strides, its image size) and nothing is assumed about the data (no flips), unless a recipe the
+# user names (``--config``) or a flag says otherwise. Null values are filled by
+# :func:`resolve_classification_config`.
+#
+# Label smoothing, mixup and cutmix sit in their own ``loss`` section: together they decide the
+# training targets and the criterion (timm's Mixup smooths and mixes the labels into soft targets
+# for SoftTargetCrossEntropy), and no other task has them. Runs saved with them under ``train``
+# read with them moved (``renamed``).
+CLASSIFICATION_SCHEMA = ENGINE_SCHEMA.extend(
+    Section("model", (
+        Field("name", "botnet_mini", str, flag="--model",
+              help="architecture name from botnet.list_models(), e.g. botnet_mini, botnet50"),
+        Field("num_classes", None, int, low=1, nullable=True, help="null: the number of classes of the data set"),
+        Field("in_chans", None, int, low=1, nullable=True, help="null: 1 for Fashion-MNIST, 3 for image folders"),
+        Field("img_size", None, int, low=1, nullable=True,
+              help="the size the attention tables are built for; null: data.img_size (--img-size sets both)"),
+        Field("drop_rate", 0.0, float, low=0, high=1, high_open=True, flag="--drop-rate",
+              help="dropout before the classifier"),
+        Field("drop_path_rate", 0.0, float, low=0, high=1, high_open=True, flag="--drop-path-rate",
+              help="stochastic depth rate"),
+    )),
+    Section("data", (
+        Field("dataset", "fashion-mnist", str, choices=("fashion-mnist", "folder", "shards"), flag="--dataset",
+              help="data set type: fashion-mnist, folder (ImageNet layout ROOT/train/CLASS/*.jpg, "
+                   "ROOT/val/CLASS/*.jpg) or shards (tar shards written by botnet data shards)"),
+        Field("root", None, str, nullable=True, flag="--data-dir",
+              help="data folder: ROOT with train/ and val/ for 'folder'; the shards folder for 'shards'; a folder "
+                   "with the Fashion-MNIST IDX files (or torchvision's FashionMNIST root) for fashion-mnist"),
+        Field("download", False, bool, flag="--download",
+              help="let torchvision download Fashion-MNIST when it is not installed (needs internet)"),
+        Field("train_split", "train", str, help="the training split's folder (or shard prefix)"),
+        Field("val_split", "val", str, help="the validation split's folder (or shard prefix)"),
+        Field("img_size", None, int, low=1, flag="--img-size", also_sets=("model.img_size",),
+              help="image size in pixels for training and evaluation; the attention tables are built for it too, "
+                   "unless --set model.img_size=N names another size (default: the model's own size, e.g. 224 "
+                   "for botnet50)"),
+        Field("eval_img_size", None, int, low=1, nullable=True, help="evaluation size; null: data.img_size"),
+        Field("crop_pct", None, float, low=0, low_open=True, high=1,
+              help="evaluation: resize to img_size / crop_pct, then centre-crop; null: the model's own"),
+        Field("interpolation", None, str, choices=INTERPOLATIONS,
+              help="resize mode; null: the model's own (bicubic, as its pretrained_cfg says)"),
+        Field("mean", None, list, nullable=True, spec=List(Num(), min_len=1, max_len=3),
+              help="per-channel mean (with data.std); null: the data set's (ImageNet or Fashion-MNIST statistics)"),
+        Field("std", None, list, nullable=True, spec=List(Num(low=0, low_open=True), min_len=1, max_len=3),
+              help="per-channel standard deviation (with data.mean)"),
+        Field("auto_augment", None, str, nullable=True, flag="--auto-augment",
+              help="timm auto-augment string for folders, e.g. rand-m9-mstd0.5-inc1"),
+        Field("re_prob", 0.0, float, low=0, high=1, help="random erasing probability"),
+        Field("hflip", 0.0, float, low=0, high=1,
+              help="mirror-image probability; 0: a mirror image may be another class (digits, text)"),
+        Field("scale", [0.08, 1.0], list, spec=List(Num(low=0, high=1), min_len=2, max_len=2),
+              help="RandomResizedCrop scale range (folders, shards)"),
+        Field("padding", 2, int, low=0, help="random-crop padding in pixels (Fashion-MNIST)"),
+        Field("eval_batch_size", None, int, low=1, nullable=True, help="null: 2 x data.batch_size"),
+        Field("eval_tta", "none", str, choices=TTA_MODES,
+              help="hflip: average the probabilities of each image and its mirror image"),
+        Field("skip_bad", False, bool, flag="--skip-bad",
+              help="leave out unreadable image files (counted and listed in the summary) instead of stopping"),
+        Field("shuffle_block", 1000, int, low=1, help="shards: samples each loader worker holds and shuffles together"),
+        Field("limit_train", None, int, low=1, nullable=True, flag="--limit-train",
+              help="use only N training images (smoke tests)"),
+        Field("limit_val", None, int, low=1, nullable=True, flag="--limit-val", help="use only N validation images"),
+    )),
+    Section("loss", (
+        Field("label_smoothing", 0.0, float, low=0, high=1, high_open=True, flag="--label-smoothing",
+              help="label smoothing (paper: 0.1)"),
+        Field("mixup", 0.0, float, low=0, flag="--mixup", help="mixup alpha (0 = off)"),
+        Field("cutmix", 0.0, float, low=0, flag="--cutmix", help="cutmix alpha (0 = off)"),
+    ), help="how the training targets and the loss are formed"),
+    defaults={"name": Field("name", None, str, nullable=True,
+                            help="the run's name; output.dir defaults to runs/NAME; null: the recipe's file name, "
+                                 "else DATA-MODEL (flowers-botnet50)")},
+    renamed={"train.label_smoothing": "loss.label_smoothing", "train.mixup": "loss.mixup",
+             "train.cutmix": "loss.cutmix"},
+)
+CLASSIFICATION_DEFAULTS = CLASSIFICATION_SCHEMA.defaults()
 
 
 def _check_model_name(cfg: dict) -> None:
@@ -84,14 +116,20 @@ def model_kwargs_from_cfg(cfg: dict, num_classes: int, in_chans: int) -> dict[st
     return kw
 
 
+def _is_size(v: Any) -> bool:
+    """A size in pixels: a bad one is not copied to the other size key, so its check names the key it was set as."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer() \
+        and v >= 1
+
+
 def _model_default_size(m: dict) -> tuple[Any, str]:
     """The image size a model is built for when the run names none, and where that size comes from."""
     from botnet.models import MODEL_CFGS, resolve_name
 
     kw = m.get("kwargs") if isinstance(m.get("kwargs"), dict) else {}
-    if m.get("img_size") is not None:
+    if _is_size(m.get("img_size")):
         return m["img_size"], "= model.img_size"
-    if kw.get("img_size") is not None:
+    if _is_size(kw.get("img_size")):
         return kw["img_size"], "= model.kwargs.img_size"
     c = MODEL_CFGS.get(resolve_name(str(m.get("name"))))
     return (c.img_size, f"{m['name']}'s default size") if c else (None, "")
@@ -115,7 +153,8 @@ def resolve_classification_config(cfg: dict, recipe: str | None = None) -> dict[
     """Fill, in place, the values the base leaves open (``None``); returns ``{key: where it came from}``.
 
     ``data.img_size``: the model's default size (or ``model.img_size`` when set); ``model.img_size``:
-    ``data.img_size``, so the attention tables fit the images; ``name``: the recipe's file name
+    ``data.img_size``, so the attention tables fit the images (a size is copied only when valid);
+    ``name``: the recipe's file name
     (``recipe``), else ``DATA-MODEL``. A value that cannot be resolved (an unknown model) stays
     ``None`` for the validation to report."""
     filled: dict[str, str] = {}
@@ -126,7 +165,7 @@ def resolve_classification_config(cfg: dict, recipe: str | None = None) -> dict[
         size, why = _model_default_size(m)
         if size is not None:
             d["img_size"], filled["data.img_size"] = size, why
-    if m.get("img_size") is None and d.get("img_size") is not None:
+    if m.get("img_size") is None and _is_size(d.get("img_size")):
         m["img_size"], filled["model.img_size"] = d["img_size"], "= data.img_size"
     for key, value in _model_eval_defaults(m).items():
         if d.get(key) is None and value is not None:  # timm's resolve_data_config habit: the model's own
@@ -202,41 +241,30 @@ def attention_grid_warning(cfg: dict) -> str | None:
     return f"{arch}: " + "; ".join(parts) + ". To fix: " + "; ".join(dict.fromkeys(advice))
 
 
-def validate_classification_config(cfg: dict) -> dict:
-    """Fill the open values (:func:`resolve_classification_config`), then the engine's checks plus
-    classification's keys; raises a one-line ``ConfigError``."""
-    from botnet.validation import Bool, List, Num, Str
+def _check_stats(cfg: dict) -> None:
+    """``data.mean`` / ``data.std``: both unset (the data set's statistics) or both set, 1 or 3 values each."""
+    from botnet.errors import ConfigError
 
-    check_sections(cfg, CLASSIFICATION_DEFAULTS)
+    d = cfg["data"]
+    if d.get("mean") is None and d.get("std") is None:
+        return
+    for key, other in (("mean", "std"), ("std", "mean")):
+        if d.get(key) is None:
+            raise ConfigError(f"data.{other} is set but data.{key} is not: give both (one number per channel), or "
+                              f"neither for the data set's own statistics")
+    if len(d["mean"]) != len(d["std"]) or len(d["mean"]) == 2:
+        raise ConfigError(f"data.mean {d['mean']} and data.std {d['std']} must both have 1 or 3 values (one per "
+                          f"channel)")
+
+
+def validate_classification_config(cfg: dict) -> dict:
+    """Fill the open values (:func:`resolve_classification_config`), then check every declared key and
+    what no single key can say; raises a one-line ``ConfigError``."""
+    CLASSIFICATION_SCHEMA.check_sections(cfg)
     _check_model_name(cfg)  # before the sizes it decides are checked
     resolve_classification_config(cfg)
-    validate_engine_config(cfg)
-    _choice(cfg, "data.interpolation", INTERPOLATIONS)
-    check_stats(cfg)
-    check_typed(cfg, "data.scale", List(Num(low=0, high=1), min_len=2, max_len=2))
-    check_typed(cfg, "data.auto_augment", Str(min_len=1, nullable=True))
-    check_typed(cfg, "data.root", Str(min_len=1, nullable=True))
-    for key in ("data.download", "data.skip_bad"):
-        check_typed(cfg, key, Bool())
-    _num(cfg, "train.label_smoothing", low=0, high=1, high_open=True)
-    _num(cfg, "train.mixup", low=0)
-    _num(cfg, "train.cutmix", low=0)
-    _num(cfg, "data.img_size", kind=int, low=1)
-    _num(cfg, "data.eval_img_size", kind=int, low=1, optional=True)
-    _num(cfg, "data.eval_batch_size", kind=int, low=1, optional=True)
-    _num(cfg, "data.crop_pct", low=0, high=1, low_open=True)
-    _num(cfg, "data.hflip", low=0, high=1)
-    _num(cfg, "data.re_prob", low=0, high=1)
-    _num(cfg, "data.padding", kind=int, low=0)
-    _num(cfg, "data.limit_train", kind=int, low=1, optional=True)
-    _num(cfg, "data.limit_val", kind=int, low=1, optional=True)
-    _num(cfg, "data.shuffle_block", kind=int, low=1)
-    _choice(cfg, "data.dataset", ("fashion-mnist", "folder", "shards"))
-    _choice(cfg, "data.eval_tta", TTA_MODES)
-    _num(cfg, "model.drop_rate", low=0, high=1, high_open=True)
-    _num(cfg, "model.drop_path_rate", low=0, high=1, high_open=True)
-    _num(cfg, "model.num_classes", kind=int, low=1, optional=True)
-    _num(cfg, "model.img_size", kind=int, low=1, optional=True)
+    CLASSIFICATION_SCHEMA.validate(cfg)
+    _check_stats(cfg)
     kw = model_kwargs_from_cfg(cfg, 10, 1)
     kw.pop("num_classes"), kw.pop("in_chans")
     check_model_kwargs(cfg["model"]["name"], kw)

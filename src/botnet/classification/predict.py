@@ -13,13 +13,12 @@ __all__ = ["load_for_inference", "load_image", "predict_files"]
 
 def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False, device: str = "cpu"):
     """``(model, transform, class_names, metadata)`` for a training checkpoint."""
-    from botnet.classification.config import CLASSIFICATION_DEFAULTS
+    from botnet.classification.config import CLASSIFICATION_SCHEMA
     from botnet.data.builder import build_eval_transform
-    from botnet.engine.config import merge
     from botnet.engine.rebuild import load_model
 
     model, meta = load_model(checkpoint, use_ema=use_ema, device=device, task="classification")
-    cfg = merge(CLASSIFICATION_DEFAULTS, meta.get("config") or {})
+    cfg = CLASSIFICATION_SCHEMA.from_saved(meta.get("config"))
     in_chans = int((meta.get("model_kwargs") or {}).get("in_chans", 3))
     transform = build_eval_transform(cfg, in_chans, for_files=True)
     names = meta.get("class_names") or [str(i) for i in range((meta.get("model_kwargs") or {}).get("num_classes", 0))]

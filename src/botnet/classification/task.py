@@ -38,6 +38,19 @@ def _build_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     return create_model(arch, **kwargs)
 
 
+def _criterion(loss: dict[str, Any], num_classes: int) -> tuple[Any, nn.Module]:
+    """``(timm Mixup or None, criterion)`` of the ``loss`` section: mixup/cutmix give soft targets (smoothed
+    by timm's Mixup), else cross-entropy with label smoothing."""
+    smoothing = float(loss["label_smoothing"] or 0)
+    if float(loss["mixup"] or 0) > 0 or float(loss["cutmix"] or 0) > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        return Mixup(mixup_alpha=float(loss["mixup"] or 0), cutmix_alpha=float(loss["cutmix"] or 0),
+                     label_smoothing=smoothing, num_classes=num_classes), SoftTargetCrossEntropy()
+    return None, nn.CrossEntropyLoss(label_smoothing=smoothing)
+
+
 class ClassificationTask(Task):
     name = "classification"
     key_metric = "top1"
@@ -93,18 +106,8 @@ class ClassificationTask(Task):
         mkw = model_kwargs_from_cfg(cfg, num_classes, info.in_chans)
         if mkw["num_classes"] != num_classes:
             raise ConfigError(f"model.num_classes={mkw['num_classes']} but the data has {num_classes} classes")
-        tc = cfg["train"]
-        self.mixup = None
-        if float(tc["mixup"] or 0) > 0 or float(tc["cutmix"] or 0) > 0:
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
-
-            self.mixup = Mixup(mixup_alpha=float(tc["mixup"] or 0), cutmix_alpha=float(tc["cutmix"] or 0),
-                               label_smoothing=float(tc["label_smoothing"] or 0), num_classes=num_classes)
-            self.criterion: nn.Module = SoftTargetCrossEntropy()
-        else:
-            self.criterion = nn.CrossEntropyLoss(label_smoothing=float(tc["label_smoothing"] or 0))
-        self.channels_last = bool(tc["channels_last"])
+        self.mixup, self.criterion = _criterion(cfg["loss"], num_classes)
+        self.channels_last = bool(cfg["train"]["channels_last"])
         self.batch_transform = getattr(train_ds, "batch_transform", None)  # uint8 batches -> augmented floats
         return TaskSetup(
             model=_build_model(cfg["model"]["name"], mkw), arch=cfg["model"]["name"], model_kwargs=mkw,

@@ -45,7 +45,6 @@ def register(subparsers) -> None:
 def handler(args) -> int:
     import json
 
-    from botnet.engine.config import merge
     from botnet.engine.rebuild import load_model
     from botnet.errors import resolve_device
     from botnet.io.atomic import atomic_write_bytes
@@ -63,7 +62,7 @@ def handler(args) -> int:
         model, meta = load_model(path, device=device, task="classification")
         if args.ema and meta.get("published"):  # before any evaluation: the folder holds one set of weights
             load_model(path, use_ema=True, task="classification")
-        cfg = _eval_config(merge(task.config_defaults, meta.get("config") or {}), args)
+        cfg = _eval_config(task.saved_config(meta.get("config")), args)
         run = dict(amp=args.amp, progress=not args.no_progress)
         which = (meta.get("extra") or {}).get("weights", "raw")
         results = {which: task.evaluate_checkpoint(model, meta, cfg, device, **run)}

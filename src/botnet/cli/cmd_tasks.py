@@ -52,7 +52,7 @@ def train_handler(args: argparse.Namespace) -> int:
 def eval_handler(args: argparse.Namespace) -> int:
     import json
 
-    from botnet.engine.config import apply_overrides, merge
+    from botnet.engine.config import apply_overrides
     from botnet.engine.rebuild import load_model
     from botnet.errors import resolve_device
     from botnet.io.atomic import atomic_write_bytes
@@ -62,7 +62,7 @@ def eval_handler(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
     task, device = load_task(args.task), resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device=device, task=args.task)
-    cfg = apply_overrides(merge(task.config_defaults, meta.get("config") or {}), args.set)
+    cfg = apply_overrides(task.saved_config(meta.get("config")), args.set)
     task.validate(cfg)
     metrics = task.evaluate_checkpoint(model, meta, cfg, device)
     print(f"{args.checkpoint}: {task.describe(metrics)}")

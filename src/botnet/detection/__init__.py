@@ -8,9 +8,10 @@ from botnet.tasks import TaskSpec
 
 SPEC = TaskSpec(name="detection", task="botnet.detection.task:DetectionTask", command="detect",
                 help="object detection / instance segmentation (botnet detect train | eval | predict | demo)",
-                generated=False, train_cmd="botnet detect train")
+                generated=False, schema="botnet.detection.config:DETECTION_SCHEMA", train_cmd="botnet detect train")
 _NAMES = {
-    "DETECTION_DEFAULTS": "botnet.detection.config", "validate_detection_config": "botnet.detection.config",
+    **{name: "botnet.detection.config" for name in ("DETECTION_DEFAULTS", "DETECTION_SCHEMA",
+                                                    "validate_detection_config")},
     **{name: "botnet.detection.models" for name in (
         "CanvasRCNNTransform", "botnet_fpn_backbone", "build_detector", "convert_frozen_batchnorm",
         "fasterrcnn_botnet50_fpn", "maskrcnn_botnet50_fpn")},

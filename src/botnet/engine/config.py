@@ -1,7 +1,8 @@
-"""Run configuration: named YAML recipes + command-line overrides.
+"""Run configuration: the declared keys every task shares, named YAML recipes, command-line overrides.
 
-A recipe is a YAML file (``configs/<name>.yaml``, or any path) holding a subset of
-:data:`DEFAULTS`; it is deep-merged over the defaults, then ``--set a.b=value`` overrides are
+:data:`ENGINE_SCHEMA` declares the shared sections (see :mod:`botnet.engine.schema_decl`); a task
+extends it with its own. A recipe is a YAML file (``configs/<name>.yaml``, or any path) holding a
+subset of a task's keys; it is deep-merged over the defaults, then ``--set a.b=value`` overrides are
 applied (values parsed as YAML, so ``--set optim.lr=0.1 --set train.amp=bf16
 --set data.mean=[0.5,0.5,0.5]`` work). A recipe may name a base with ``base: other-recipe``.
 """
@@ -15,70 +16,136 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ENGINE_DEFAULTS", "task_schema", "config_dirs", "list_recipes", "find_recipe", "recipe_chain", "load_config",
-           "apply_overrides", "set_by_path", "get_by_path", "merge"]
+from botnet.engine.schema_decl import Field, Schema, Section, check_typed
+from botnet.validation import Dict, List, Num
 
-# The sections and keys every task shares: one vocabulary, one set of units (seconds, epochs).
-# A task's schema is ``merge(ENGINE_DEFAULTS, its own model/data/eval keys)``; a recipe or --set key
-# outside the schema is an error.
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "model": {
-        "kwargs": {},               # extra botnet.create_model(**kwargs) options of the (backbone) model
-    },
-    "data": {
-        "batch_size": 128,          # per process
-        "num_workers": "auto",      # DataLoader worker processes per rank (auto: 0 on the CPU, see devices.py on CUDA)
-    },
-    "optim": {
-        "name": "sgd",              # any timm create_optimizer_v2 name: sgd, momentum, adamw, lamb ...
-        "lr": 0.1,                  # absolute lr; with lr_base_batch set, scaled by global batch / lr_base_batch
-        "lr_base_batch": None,      # e.g. 256 for "0.1 per 256 images"
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 4e-5,       # never on biases, norms or position tables (the model's no_weight_decay())
-    },
-    "sched": {
-        "name": "cosine",           # cosine | onecycle | step | multistep | poly | tanh | constant
-        "warmup_epochs": 0.0,       # linear warm-up (may be fractional)
-        "warmup_lr": 1e-6,
-        "min_lr": 0.0,
-        "step_epochs": 30,          # step: decay every N epochs
-        "milestones": [0.667, 0.917],  # multistep: decay points as fractions of the training
-        "gamma": 0.1,
-        "pct_start": 0.25,          # onecycle
-        "fit_time_budget": True,    # with train.time_budget: end the decay when the budget ends
-    },
-    "train": {
-        "epochs": 10,
-        "max_steps": None,          # stop after this many optimizer steps
-        "accum_steps": 1,           # batches per optimizer step (global batch = batch_size x this x processes)
-        "time_budget": None,        # wall-clock seconds for the run; then stop and evaluate
-        "ema": False,
-        "ema_decay": 0.9999,
-        "ema_warmup": False,        # timm ModelEmaV3 warm-up of the decay
-        "amp": "auto",              # auto | none | bf16 | fp16 (fp16 uses a gradient scaler); auto: the task's CUDA default
-        "grad_clip": None,          # max global gradient norm
-        "channels_last": "auto",    # auto | true | false; auto: the task's CUDA default, false on the CPU
-        "cudnn_benchmark": "auto",  # auto | true | false; auto: on for fixed shapes (classification), off for detection
-        "compile": False,           # torch.compile the model
-        "sync_bn": False,           # SyncBatchNorm under DDP (CUDA only)
-        "freeze_bn": False,         # keep BatchNorm in eval mode (running statistics; affine params still train)
-        "seed": 0,
-        "deterministic": False,
-        "device": "auto",           # auto | cpu | cuda | cuda:N
-        "threads": "auto",          # CPU threads: auto (measured: shared machines are often faster with fewer) or N
-        "eval_every": 1,            # evaluate every N epochs (0: only at the end)
-        "save_every_steps": None,   # also checkpoint every N steps
-        "log_every": 20,            # steps between log records
-        "progress": True,           # tqdm progress bars
-        "plots": True,              # PNG curves (and the task's pictures) at the end
-    },
-    "output": {"dir": None},        # default runs/<name>
-}
+__all__ = ["ENGINE_SCHEMA", "ENGINE_DEFAULTS", "task_schema", "Field", "Section", "Schema", "config_dirs", "list_recipes",
+           "find_recipe", "recipe_chain", "load_config", "apply_overrides", "set_by_path", "get_by_path", "merge",
+           "validate_engine_config", "check_model_kwargs", "check_threads", "check_typed"]
+
+_SCHEDULES = ("cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant")
+
+
+def check_threads(value: Any, key: str = "train.threads") -> None:
+    """``auto`` or a positive whole number; a number saved as text (``"4"``, from older runs' flag) too."""
+    from botnet.errors import ConfigError
+
+    if value in (None, "auto"):
+        return
+    try:
+        ok = int(value) == float(value) and int(value) > 0 and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: use auto or a positive number of threads")
+
+
+def _check_device(value: Any, key: str) -> None:
+    from botnet.errors import resolve_device
+
+    resolve_device(value)  # a device this machine lacks is a ConfigError naming it
+
+
+# The sections and keys every task shares: one vocabulary, one set of units (seconds, epochs). A
+# task extends this with its own sections and keys (``ENGINE_SCHEMA.extend``); a recipe or --set
+# key outside its schema is an error.
+ENGINE_SCHEMA = Schema([
+    Section("", (
+        Field("name", "run", str, nullable=True, help="the run's name; output.dir defaults to runs/NAME"),
+    )),
+    Section("model", (
+        Field("kwargs", {}, dict, nullable=True, spec=Dict(what="a mapping of create_model options"),
+              help="extra botnet.create_model(**kwargs) options of the network (the backbone, for detection)"),
+    ), help="the network"),
+    Section("data", (
+        Field("batch_size", 128, int, low=1, flag="--batch-size",
+              help="batch size per process (global batch = this x accumulation steps x processes)"),
+        Field("num_workers", "auto", int, low=0, auto=True, flag="--num-workers",
+              help="DataLoader worker processes per rank (0: in the training process; auto: 0 on the CPU, "
+                   "min(8, cores per process - 1) on CUDA)"),
+    ), help="the data and its loading"),
+    Section("optim", (
+        Field("name", "sgd", str, flag="--opt",
+              help="optimizer name for timm's create_optimizer_v2: sgd, adamw, lamb, ..."),
+        Field("lr", 0.1, float, low=0, flag="--lr",
+              help="peak learning rate (scaled by global batch / optim.lr_base_batch when set)"),
+        Field("lr_base_batch", None, float, low=0, low_open=True, nullable=True,
+              help="the global batch optim.lr is given for, e.g. 256 for \"0.1 per 256 images\""),
+        Field("momentum", 0.9, float, low=0, high=1, help="momentum (sgd, momentum, nesterov optimizers)"),
+        Field("nesterov", False, bool, help="Nesterov momentum (sgd)"),
+        Field("weight_decay", 4e-5, float, low=0, flag="--weight-decay",
+              help="weight decay (never on biases, norm parameters or position tables)"),
+    ), help="the optimizer"),
+    Section("sched", (
+        Field("name", "cosine", str, choices=_SCHEDULES, flag="--sched", help="learning-rate schedule"),
+        Field("warmup_epochs", 0.0, float, low=0, flag="--warmup-epochs",
+              help="linear warm-up length in epochs (fractional allowed)"),
+        Field("warmup_lr", 1e-6, float, low=0, nullable=True, help="learning rate at the start of the warm-up"),
+        Field("min_lr", 0.0, float, low=0, nullable=True, help="learning rate at the end of the decay"),
+        Field("step_epochs", 30, float, low=0, low_open=True, nullable=True, help="step: decay every N epochs"),
+        Field("milestones", [0.667, 0.917], list, nullable=True, spec=List(Num(low=0, high=1)),
+              help="multistep: decay points as fractions of the training"),
+        Field("gamma", 0.1, float, low=0, low_open=True,
+              help="step, multistep: decay factor at each point; poly: the power"),
+        Field("pct_start", 0.25, float, low=0, high=1, help="onecycle: fraction of the steps that raise the rate"),
+        Field("fit_time_budget", True, bool, help="with train.time_budget: end the decay when the budget ends"),
+    ), help="the learning-rate schedule"),
+    Section("train", (
+        Field("epochs", 10, float, low=0, low_open=True, flag="--epochs",
+              help="number of epochs (fractional allowed for classification)"),
+        Field("max_steps", None, int, low=1, nullable=True, flag="--max-steps",
+              help="stop after this many optimizer steps (the schedule still follows --epochs)"),
+        Field("accum_steps", 1, int, low=1, flag="--accum-steps",
+              help="gradient accumulation: batches per optimizer step"),
+        Field("time_budget", None, float, low=0, low_open=True, nullable=True, flag="--time-budget",
+              help="wall-clock budget in seconds; training stops when it is reached and the model is evaluated "
+                   "(the decay is fitted to it)"),
+        Field("ema", False, bool, flag="--ema",
+              help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it beside the raw weights"),
+        Field("ema_decay", 0.9999, float, low=0, high=1, flag="--ema-decay", help="EMA decay (with --ema)"),
+        Field("ema_warmup", False, bool, help="timm ModelEmaV3's warm-up of the decay"),
+        Field("amp", "auto", str, choices=("auto", "none", "bf16", "fp16"), nullable=True, flag="--amp",
+              help="mixed precision autocast (fp16 uses a gradient scaler; auto: bf16 for classification on CUDA, "
+                   "none on the CPU)"),
+        Field("grad_clip", None, float, low=0, low_open=True, nullable=True, flag="--grad-clip",
+              help="clip the global gradient norm to this value"),
+        Field("channels_last", "auto", bool, auto=True, flag="--channels-last",
+              help="use channels_last memory format (auto: the task's CUDA default, off on the CPU)"),
+        Field("cudnn_benchmark", "auto", bool, auto=True,
+              help="cudnn.benchmark (auto: on for fixed shapes, classification; off for detection)"),
+        Field("compile", False, bool, flag="--compile", help="torch.compile the model"),
+        Field("sync_bn", False, bool, flag="--sync-bn", help="convert BatchNorm to SyncBatchNorm under DDP (CUDA)"),
+        Field("freeze_bn", False, bool, flag="--freeze-bn",
+              help="keep BatchNorm layers in eval mode (running statistics) while training"),
+        Field("seed", 0, int, low=0, flag="--seed", help="random seed (data order, augmentation, initialisation)"),
+        Field("deterministic", False, bool, flag="--deterministic",
+              help="torch.use_deterministic_algorithms (bitwise repeatable runs; slower)"),
+        Field("device", "auto", str, check=_check_device, what="auto, cpu, cuda or cuda:N", flag="--device",
+              help="auto, cpu, cuda or cuda:N (under torchrun each rank takes GPU LOCAL_RANK)"),
+        Field("threads", "auto", int, low=1, auto=True, check=check_threads, what="an integer >= 1, or auto",
+              flag="--threads", help="CPU threads for torch: auto picks the fastest count by timing real steps "
+                                     "(on a busy shared machine fewer threads are often faster), or a number"),
+        Field("eval_every", 1, int, low=0, flag="--eval-every", help="evaluate every N epochs (0: only at the end)"),
+        Field("save_every_steps", None, int, low=1, nullable=True, flag="--save-every-steps",
+              help="also write RUN/last.safetensors every N steps"),
+        Field("log_every", 20, int, low=1, help="steps between log records"),
+        Field("progress", True, bool, flag="--progress",
+              help="tqdm progress bars on a terminal; --no-progress (or output to a file or pipe) logs a plain "
+                   "line every train.log_every steps instead"),
+        Field("plots", True, bool, flag="--plots", help="write PNG curves (and the task's pictures) at the end"),
+    ), help="the training loop"),
+    Section("output", (
+        Field("dir", None, str, nullable=True, flag="--output",
+              help="run directory (default runs/NAME: the recipe's name, else DATA-MODEL for classification, e.g. "
+                   "runs/flowers-botnet50; --print-config shows it)"),
+    ), help="where the run is written"),
+])
+ENGINE_DEFAULTS: dict[str, Any] = ENGINE_SCHEMA.defaults()
+
 
 def task_schema(own: dict[str, Any]) -> dict[str, Any]:
-    """The full schema of a task: :data:`ENGINE_DEFAULTS` with the task's own keys merged in."""
+    """The defaults of a task that does not declare its keys: :data:`ENGINE_DEFAULTS` with its own merged in
+    (its flags are the engine's; ``ENGINE_SCHEMA.extend`` declares keys with their checks and flags)."""
     return merge(ENGINE_DEFAULTS, own)
 
 
@@ -275,7 +342,7 @@ def recipe_chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
 def load_config(recipe: str | None, overrides: list[str] | None = None, *, defaults: dict) -> dict:
     """Defaults <- recipe (name or path) <- ``--set`` overrides.
 
-    ``defaults`` is the task's schema (:func:`task_schema`): a recipe key it does not know is an
+    ``defaults`` is the task's defaults (``SCHEMA.defaults()``): a recipe key it does not know is an
     error.
     """
     cfg = copy.deepcopy(defaults)
@@ -297,106 +364,7 @@ def _check_keys(data: dict, ref: dict, prefix: str) -> None:
             _check_keys(v, ref[k], f"{prefix}{k}.")
 
 
-# ----------------------------------------------------------------------------- validation
-def _num(cfg: dict, key: str, *, kind: type = float, low: float | None = None, high: float | None = None,
-         low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
-    """Check one numeric config value; raise :class:`ConfigError` naming the key and the range."""
-    from botnet.errors import ConfigError
-
-    v = get_by_path(cfg, key)
-    if v is None and optional:
-        return
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if ok and kind is int:
-        ok = float(v).is_integer()
-    if ok:
-        import math
-
-        ok = math.isfinite(float(v))
-    if ok and low is not None:
-        ok = v > low if low_open else v >= low
-    if ok and high is not None:
-        ok = v < high if high_open else v <= high
-    if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        rng = " and ".join(x for x in (lo, hi) if x)
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{key} = {v!r} is invalid: it must be {what}{' ' + rng if rng else ''}"
-                          f"{' (or null)' if optional else ''}")
-
-
-def _choice(cfg: dict, key: str, choices: tuple, optional: bool = False) -> None:
-    from botnet.errors import ConfigError
-
-    v = get_by_path(cfg, key)
-    if v is None and optional:
-        return
-    if v not in choices:
-        raise ConfigError(f"{key} = {v!r} is invalid: use one of {', '.join(map(str, choices))}")
-
-
-def check_sections(cfg: Any, schema: dict, prefix: str = "") -> None:
-    """Every section of ``schema`` (a key whose default is a non-empty mapping) is a mapping in
-    ``cfg``: ``--set train=5`` or ``--set data=null`` is one line naming the section, not a crash."""
-    from botnet.errors import ConfigError
-
-    for k, ref in schema.items():
-        if not (isinstance(ref, dict) and ref) or k == "kwargs":
-            continue
-        v = cfg.get(k) if isinstance(cfg, dict) else None
-        if not isinstance(v, dict):
-            raise ConfigError(f"{prefix}{k} = {v!r} is invalid: it must be a mapping of {prefix}{k}.* keys (known: "
-                              f"{', '.join(ref)}); set one of them with --set {prefix}{k}.KEY=VALUE")
-        check_sections(v, ref, f"{prefix}{k}.")
-
-
-def check_typed(cfg: dict, key: str, spec) -> None:
-    """Check one config value against a :mod:`botnet.validation` spec; one line naming the key."""
-    from botnet.errors import ConfigError
-    from botnet.validation import problem
-
-    v = get_by_path(cfg, key)
-    why = problem(v, spec, key)
-    if why:
-        raise ConfigError(f"{key} = {v!r} is invalid: {why.split('; ', 1)[-1]}" if why.startswith(key + " is")
-                          else f"{key} = {v!r} is invalid: {why}")
-
-
-def check_stats(cfg: dict) -> None:
-    """``data.mean`` / ``data.std``: both unset (the data set's statistics) or both lists of 1 or 3
-    finite numbers of the same length, std > 0 (a zero std turns every image into NaN)."""
-    from botnet.errors import ConfigError
-    from botnet.validation import List, Num
-
-    d = cfg["data"]
-    if d.get("mean") is None and d.get("std") is None:
-        return
-    for key in ("data.mean", "data.std"):
-        if get_by_path(cfg, key) is None:
-            other = "data.std" if key == "data.mean" else "data.mean"
-            raise ConfigError(f"{other} is set but {key} is not: give both (one number per channel), or neither "
-                              f"for the data set's own statistics")
-    check_typed(cfg, "data.mean", List(Num(), min_len=1, max_len=3))
-    check_typed(cfg, "data.std", List(Num(low=0, low_open=True), min_len=1, max_len=3))
-    if len(d["mean"]) != len(d["std"]) or len(d["mean"]) == 2:
-        raise ConfigError(f"data.mean {d['mean']} and data.std {d['std']} must both have 1 or 3 values (one per "
-                          f"channel)")
-
-
-def check_threads(value: Any, key: str = "train.threads") -> None:
-    from botnet.errors import ConfigError
-
-    if value in (None, "auto"):
-        return
-    try:
-        ok = int(value) == float(value) and int(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{key} = {value!r} is invalid: use auto or a positive number of threads")
-
-
+# ----------------------------------------------------------------------------- checks beyond one key
 def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> None:
     """Build ``arch`` with ``kwargs`` on the meta device (no memory, no time) to find bad options now."""
     import torch
@@ -418,47 +386,5 @@ def check_model_kwargs(arch: str, kwargs: dict, key: str = "model.kwargs") -> No
 
 
 def validate_engine_config(cfg: dict) -> dict:
-    """Check the sections every task shares (``optim``, ``sched``, ``train``, ``data.batch_size``...).
-
-    Every out-of-range value, unknown choice or unavailable device raises
-    :class:`botnet.errors.ConfigError` with a one-line message naming the key.
-    """
-    from botnet.errors import resolve_device
-    from botnet.validation import Bool, Str
-
-    check_sections(cfg, ENGINE_DEFAULTS)
-    for key in ("train.ema", "train.ema_warmup", "train.compile", "train.sync_bn", "train.freeze_bn",
-                "train.deterministic", "train.progress", "train.plots", "optim.nesterov", "sched.fit_time_budget"):
-        check_typed(cfg, key, Bool())
-    check_typed(cfg, "optim.name", Str(min_len=1))
-    check_typed(cfg, "output.dir", Str(min_len=1, nullable=True))
-    _num(cfg, "train.epochs", low=0, low_open=True)
-    _num(cfg, "train.max_steps", kind=int, low=1, optional=True)
-    _num(cfg, "train.accum_steps", kind=int, low=1)
-    _num(cfg, "train.time_budget", low=0, low_open=True, optional=True)
-    _num(cfg, "train.ema_decay", low=0, high=1)
-    _num(cfg, "train.grad_clip", low=0, low_open=True, optional=True)
-    _num(cfg, "train.seed", kind=int, low=0)
-    _num(cfg, "train.eval_every", kind=int, low=0)
-    _num(cfg, "train.save_every_steps", kind=int, low=1, optional=True)
-    _num(cfg, "train.log_every", kind=int, low=1)
-    _choice(cfg, "train.amp", ("auto", "none", "bf16", "fp16", None))
-    _choice(cfg, "train.channels_last", ("auto", True, False))
-    _choice(cfg, "train.cudnn_benchmark", ("auto", True, False))
-    check_threads(cfg["train"].get("threads"))
-    resolve_device(cfg["train"]["device"])
-    _num(cfg, "data.batch_size", kind=int, low=1)
-    if cfg["data"]["num_workers"] != "auto":
-        _num(cfg, "data.num_workers", kind=int, low=0)
-    _num(cfg, "optim.lr", low=0)
-    _num(cfg, "optim.weight_decay", low=0)
-    _num(cfg, "optim.momentum", low=0, high=1)
-    _num(cfg, "optim.lr_base_batch", low=0, low_open=True, optional=True)
-    _choice(cfg, "sched.name", ("cosine", "onecycle", "step", "multistep", "poly", "tanh", "constant"))
-    _num(cfg, "sched.warmup_epochs", low=0)
-    _num(cfg, "sched.min_lr", low=0)
-    if not isinstance(cfg["model"].get("kwargs") or {}, dict):
-        from botnet.errors import ConfigError
-
-        raise ConfigError(f"model.kwargs must be a mapping of create_model options, got {cfg['model']['kwargs']!r}")
-    return cfg
+    """Check the sections every task shares; each bad value is a one-line ``ConfigError`` naming its key."""
+    return ENGINE_SCHEMA.validate(cfg)

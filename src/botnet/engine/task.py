@@ -68,6 +68,15 @@ class Task:
         ``{key: where its value came from}`` for ``--print-config``."""
         return {}
 
+    def saved_config(self, saved: dict[str, Any] | None) -> dict[str, Any]:
+        """The whole config of a saved run (``config.json``, a checkpoint's or a published folder's): the task's
+        defaults with the saved values over them, keys its declared config renamed since moved to their place."""
+        from botnet.engine.config import merge
+        from botnet.tasks import config_schema, is_task
+
+        schema = config_schema(self.name) if is_task(self.name) else None
+        return merge(self.config_defaults, schema.migrate(saved or {}) if schema else (saved or {}))
+
     def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
         """The (untrained) model a checkpoint records as ``arch`` + ``model_kwargs`` (``load_model`` calls this)."""
         raise NotImplementedError

@@ -236,13 +236,12 @@ def _write_classifier(model, meta: dict[str, Any], info: dict[str, Any], tmp: Pa
     from timm.models import PretrainedCfg
     from timm.models._hub import save_config_for_hf
 
-    from botnet.classification import CLASSIFICATION_DEFAULTS
-    from botnet.engine.config import merge
+    from botnet.classification import CLASSIFICATION_SCHEMA
     from botnet.hub.card import classification_card
     from botnet.models import TIMM_NAMES
     from botnet.models.profile import profile_model
 
-    cfg = merge(CLASSIFICATION_DEFAULTS, info["config"] or {})
+    cfg = CLASSIFICATION_SCHEMA.from_saved(info["config"])
     kw, names = dict(meta["model_kwargs"]), list(meta.get("class_names") or [])
     data = run_preprocessing(cfg, int(kw.get("in_chans", 3)))
     # timm rebuilds PretrainedCfg(**pretrained_cfg): only its fields, and no weight source of ours
