@@ -13,19 +13,25 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from botnet.data.builder import ResumableSampler
 from botnet.engine import StepOutput, Task, TaskSetup
-from botnet.engine.config import task_schema
+from botnet.engine.config import ENGINE_SCHEMA
+from botnet.engine.schema_decl import Field, Section
 from botnet.layers import RelPosMHSA
 from botnet.tasks import TaskSpec, register_task
 
 ARCH = "toyseg_net"
-CONFIG = task_schema({
-    "name": "toyseg",
-    "model": {"width": 8, "heads": 2},
-    "data": {"batch_size": 8, "num_workers": 0, "img_size": 16, "num_train": 64, "num_val": 16, "seed": 0},
-    "seg": {"num_classes": 2, "ignore_border": 0},  # the task's own section
-    "optim": {"lr": 0.05},
-    "train": {"epochs": 3, "eval_every": 1},
-})
+# The task's config: the engine's sections with its own keys, each declared once (default, range, flag, help);
+# `botnet toyseg train` gets --width, --img-size and --num-classes from it, and validation and --print-config too.
+SCHEMA = ENGINE_SCHEMA.extend(
+    Section("model", (Field("width", 8, int, "channels of the stem and the attention", low=1, flag="--width"),
+                      Field("heads", 2, int, "attention heads (must divide the width)", low=1))),
+    Section("data", (Field("img_size", 16, int, "image size in pixels", low=8, flag="--img-size"),
+                     Field("num_train", 64, int, "generated training images", low=1),
+                     Field("num_val", 16, int, "generated validation images", low=1),
+                     Field("seed", 0, int, "seed of the generated images", low=0))),
+    Section("seg", (Field("num_classes", 2, int, "classes per pixel", low=2, flag="--num-classes"),),
+            help="the segmentation task's own keys"),
+    defaults={"name": "toyseg", "data.batch_size": 8, "data.num_workers": 0, "optim.lr": 0.05, "train.epochs": 3},
+)
 
 
 class ToySegNet(nn.Module):
@@ -69,15 +75,15 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> floa
 class ToySegTask(Task):
     name = "toyseg"
     key_metric = "miou"
-    config_defaults = CONFIG
+    config_defaults = SCHEMA.defaults()
 
     def validate(self, cfg: dict) -> None:
-        from botnet.engine.config import validate_engine_config
         from botnet.errors import ConfigError
 
-        validate_engine_config(cfg)
-        if int(cfg["seg"]["num_classes"]) < 2:
-            raise ConfigError(f"seg.num_classes = {cfg['seg']['num_classes']!r} is invalid: it must be >= 2")
+        SCHEMA.validate(cfg)
+        if cfg["model"]["width"] % cfg["model"]["heads"]:
+            raise ConfigError(f"model.heads = {cfg['model']['heads']} does not divide model.width = "
+                              f"{cfg['model']['width']}")
 
     def build_model(self, arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
         if arch != ARCH:
@@ -115,4 +121,5 @@ class ToySegTask(Task):
         return {"miou": mean_iou(pred, y, int(cfg["seg"]["num_classes"])), "n": int(x.shape[0])}
 
 
-SPEC = register_task(TaskSpec(name="toyseg", task="toyseg.task:ToySegTask", help="toy segmentation (a plug-in)"))
+SPEC = register_task(TaskSpec(name="toyseg", task="toyseg.task:ToySegTask", schema="toyseg.task:SCHEMA",
+                              help="toy segmentation (a plug-in)"))

@@ -4,6 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -64,3 +65,18 @@ def test_the_task_touches_nothing_outside_its_package():
     hits = subprocess.run(["git", "grep", "--untracked", "-l", "-i", "toyseg", "--", "src", "configs", "scripts",
                            "benchmarks", "pyproject.toml", ".ci"], cwd=ROOT, capture_output=True, text=True)
     assert hits.returncode == 1 and hits.stdout == "", hits.stdout
+
+
+def test_its_declared_config_gives_its_flags_checks_and_print_config(tmp_path, capsys):
+    assert main(["toyseg", "train", "--num-classes", "3", "--width", "12", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "num_classes: 3  # --num-classes" in out and "width: 12  # --width" in out and "seg:" in out
+    assert main(["toyseg", "train", "--set", "model.heads=5", "--output", str(tmp_path / "r")]) == 2
+    assert "model.heads = 5 does not divide model.width = 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused while the flags are parsed: one line naming the flag
+        main(["toyseg", "train", "--num-classes", "1"])
+    assert refused.value.code == 2 and "--num-classes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):
+        main(["toyseg", "train", "--help"])
+    assert "--num-classes" in capsys.readouterr().out
