@@ -19,7 +19,7 @@ import yaml
 from botnet.engine.schema_decl import Field, Schema, Section, check_typed
 from botnet.validation import Dict, List, Num
 
-__all__ = ["ENGINE_SCHEMA", "ENGINE_DEFAULTS", "task_schema", "Field", "Section", "Schema", "config_dirs", "list_recipes",
+__all__ = ["ENGINE_SCHEMA", "ENGINE_DEFAULTS", "Field", "Section", "Schema", "config_dirs", "list_recipes",
            "find_recipe", "recipe_chain", "load_config", "apply_overrides", "set_by_path", "get_by_path", "merge",
            "validate_engine_config", "check_model_kwargs", "check_threads", "check_typed"]
 
@@ -141,12 +141,6 @@ ENGINE_SCHEMA = Schema([
     ), help="where the run is written"),
 ])
 ENGINE_DEFAULTS: dict[str, Any] = ENGINE_SCHEMA.defaults()
-
-
-def task_schema(own: dict[str, Any]) -> dict[str, Any]:
-    """The defaults of a task that does not declare its keys: :data:`ENGINE_DEFAULTS` with its own merged in
-    (its flags are the engine's; ``ENGINE_SCHEMA.extend`` declares keys with their checks and flags)."""
-    return merge(ENGINE_DEFAULTS, own)
 
 
 def config_dirs() -> list[Path]:
