@@ -9,7 +9,7 @@ Names are imported on first use, so the config modules load without torch.
 from botnet.lazy import lazy_names
 
 _NAMES = {
-    "Trainer": "botnet.engine.trainer", "train": "botnet.engine.trainer", "default_hooks": "botnet.engine.trainer",
+    "Trainer": "botnet.engine.trainer", "train": "botnet.engine.trainer", "default_hooks": "botnet.engine.hooks",
     "Task": "botnet.engine.task", "TaskSetup": "botnet.engine.task", "StepOutput": "botnet.engine.task",
     "Hook": "botnet.engine.hooks", "load_model": "botnet.engine.rebuild",
 }

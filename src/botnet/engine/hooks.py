@@ -7,7 +7,7 @@ state (the keys join the checkpoint's ``extra`` mapping, so a hook's state is on
 comes back through ``load_state_dict`` on ``--resume``. A hook that wants the run to stop says so in
 ``wants_stop``; the trainer asks every hook on every rank and stops on all of them alike.
 
-The default hooks, in the order they are called (``Trainer.default_hooks``):
+The default hooks, in the order they are called (:func:`default_hooks`):
 
 ========================  =====================================================================
 ``ThreadsHook``           CPU thread count: measured (``train.threads=auto``) or fixed
@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from botnet.engine.task import StepOutput
     from botnet.engine.trainer import Trainer
 
-__all__ = ["Hook", "ThreadsHook", "ProgressHook", "CheckpointHook", "EvalHook", "TimeBudgetHook", "PlotsHook"]
+__all__ = ["Hook", "ThreadsHook", "ProgressHook", "CheckpointHook", "EvalHook", "TimeBudgetHook", "PlotsHook",
+           "default_hooks"]
 
 log = get_logger("engine")
 
@@ -67,24 +68,24 @@ class Hook:
 
 class ThreadsHook(Hook):
     """On the CPU: the thread count that runs fastest, measured on real steps (shared machines are often faster
-    with fewer threads), or the fixed ``train.threads``. A deterministic run keeps one count throughout."""
+    with fewer threads), or a fixed count. A deterministic run keeps one count throughout."""
 
-    def __init__(self):
+    def __init__(self, threads: int | str = "auto", *, deterministic: bool = False, verbose: bool = True):
+        self.threads, self.deterministic, self.verbose = threads, deterministic, verbose
         self.tuner = None
 
     def before_train(self) -> None:
         t = self.trainer
         if t.di.device.type != "cpu":
             return
-        threads = str(t.tc.get("threads", "auto"))
-        if threads == "auto" and not t.tc["deterministic"]:  # a changing count would make runs differ bitwise
+        if self.threads == "auto" and not self.deterministic:  # a changing count would make runs differ bitwise
             from botnet.engine.threads import ThreadTuner
 
-            self.tuner = ThreadTuner(verbose=t.di.is_main and bool(t.tc["progress"]))
-        elif threads != "auto":
+            self.tuner = ThreadTuner(verbose=t.di.is_main and self.verbose)
+        elif self.threads != "auto":
             import torch
 
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(int(self.threads))
 
     def after_step(self, out: StepOutput) -> None:
         if self.tuner is not None:
@@ -95,13 +96,13 @@ class ProgressHook(Hook):
     """Loss meters and throughput; a bar on a terminal, otherwise (a log file, a pipe, --no-progress) a plain
     line every ``train.log_every`` steps; the ``train`` and ``train_epoch`` records of ``metrics.jsonl``."""
 
-    def __init__(self):
+    def __init__(self, progress: bool = True, log_every: int = 20):
+        self.progress, self.log_every = progress, max(int(log_every), 1)
         self.bar = None
         self.items_per_s = 0.0
 
     def before_train(self) -> None:
-        t = self.trainer
-        self.show_bar = t.di.is_main and progress_enabled(t.tc["progress"])
+        self.show_bar = self.trainer.di.is_main and progress_enabled(self.progress)
 
     def before_epoch(self, epoch: int) -> None:
         from tqdm import tqdm
@@ -127,7 +128,7 @@ class ProgressHook(Hook):
             self.bar.total = t.epoch_steps
             self.bar.set_description(t.epoch_label(t.epoch), refresh=False)
         self.bar.update(1)
-        if t.step % max(int(t.tc["log_every"]), 1) == 0 or t.batch_in_epoch == t.epoch_steps:
+        if t.step % self.log_every == 0 or t.batch_in_epoch == t.epoch_steps:
             self._log_window(out)
 
     def _log_window(self, out: StepOutput) -> None:
@@ -163,6 +164,9 @@ class CheckpointHook(Hook):
     steps, and at step 0 under an elastic launch (a job restarted before its first save then resumes that one,
     where it would find a folder that holds a run and be refused)."""
 
+    def __init__(self, save_every_steps: int | None = None):
+        self.every = int(save_every_steps or 0)
+
     def before_train(self) -> None:
         from botnet.engine.distributed import elastic_launch
 
@@ -172,8 +176,7 @@ class CheckpointHook(Hook):
 
     def after_step(self, out: StepOutput) -> None:
         t = self.trainer
-        every = t.tc["save_every_steps"]
-        if every and t.step % int(every) == 0:
+        if self.every and t.step % self.every == 0:
             t.save("last", t.epoch, t.batch_in_epoch)
 
     def after_epoch(self, epoch: int) -> None:
@@ -186,7 +189,8 @@ class EvalHook(Hook):
     """Evaluation every ``train.eval_every`` epochs and at the end (raw weights, and the EMA beside them), and
     ``best.safetensors`` by the task's ``key_metric``. State: the best so far."""
 
-    def __init__(self):
+    def __init__(self, eval_every: int = 1):
+        self.every = int(eval_every or 0)
         self.best: dict[str, Any] = {}
         self.last: dict[str, dict[str, Any]] | None = None
         self.last_step = -1
@@ -198,8 +202,7 @@ class EvalHook(Hook):
 
     def after_epoch(self, epoch: int) -> None:
         t = self.trainer
-        every = int(t.tc["eval_every"] or 0)
-        if t.stop_reason or t.step >= t.total_steps or not every or (epoch + 1) % every:
+        if t.stop_reason or t.step >= t.total_steps or not self.every or (epoch + 1) % self.every:
             return  # the last evaluation is the final one, in after_train
         self.evaluate(t.epoch_value())
 
@@ -252,17 +255,17 @@ class TimeBudgetHook(Hook):
     """``train.time_budget`` seconds for the run: the schedule's decay is fitted to the steps the budget holds
     (from the recent step times and the evaluations still to come), and the run stops when it ends."""
 
-    def __init__(self):
+    def __init__(self, seconds: float | None = None, *, eval_every: int = 0, fit_schedule: bool = True):
+        self.seconds, self.eval_every, self.fit_schedule = seconds, int(eval_every or 0), fit_schedule
         self.budget, self.fitted = None, False
 
     def before_train(self) -> None:
         from botnet.engine.budget import BudgetFitter
 
         t = self.trainer
-        if t.tc["time_budget"]:
-            self.budget = BudgetFitter(float(t.tc["time_budget"]), t.t_start, t.planned_steps, t.spe,
-                                       int(t.tc["eval_every"] or 0), t.setup.num_val * t.setup.eval_passes,
-                                       2 if t.ema else 1)
+        if self.seconds:
+            self.budget = BudgetFitter(float(self.seconds), t.t_start, t.planned_steps, t.spe, self.eval_every,
+                                       t.setup.num_val * t.setup.eval_passes, 2 if t.ema else 1)
 
     def wants_stop(self) -> str | None:
         return "time_budget" if self.budget is not None and self.budget.exhausted() else None
@@ -273,7 +276,7 @@ class TimeBudgetHook(Hook):
             return
         self.budget.add_step(t.step_seconds)
         speed = t.hook(ProgressHook).items_per_s if t.hook(ProgressHook) else 0.0
-        if t.cfg["sched"].get("fit_time_budget", True) and speed > 0 and self.budget.due(t.step):
+        if self.fit_schedule and speed > 0 and self.budget.due(t.step):
             self._fit(speed)
 
     def _fit(self, speed: float) -> None:
@@ -301,8 +304,21 @@ class PlotsHook(Hook):
 
     def after_train(self, status: str) -> None:
         t = self.trainer
-        if t.di.is_main and t.tc["plots"] and t.hook(EvalHook) and t.hook(EvalHook).final is not None:
+        if t.di.is_main and t.hook(EvalHook) and t.hook(EvalHook).final is not None:
             t.task.plot(t.logger.records, t.run_dir)
+
+
+def default_hooks(cfg: dict) -> list[Hook]:
+    """Everything a run does besides its steps, in the order the hooks are called, each given its settings from
+    the config's typed ``train`` and ``sched`` sections."""
+    from botnet.engine.config import ENGINE_SCHEMA
+
+    train, sched = ENGINE_SCHEMA.section(cfg, "train"), ENGINE_SCHEMA.section(cfg, "sched")
+    hooks = [ThreadsHook(train.threads, deterministic=train.deterministic, verbose=train.progress),
+             ProgressHook(train.progress, train.log_every), CheckpointHook(train.save_every_steps),
+             EvalHook(train.eval_every),
+             TimeBudgetHook(train.time_budget, eval_every=train.eval_every, fit_schedule=sched.fit_time_budget)]
+    return hooks + ([PlotsHook()] if train.plots else [])
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

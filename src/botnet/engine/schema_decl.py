@@ -186,6 +186,25 @@ class Schema:
         """The name a key has now (``train.label_smoothing`` -> ``loss.label_smoothing``)."""
         return self.renamed.get(key, key)
 
+    # ------------------------------------------------------------------------- typed sections
+    def section(self, cfg: dict, name: str) -> Any:
+        """Section ``name`` of a (validated) ``cfg`` as a frozen dataclass of its declared keys, numbers of their
+        declared kind: what code that needs one section takes, rather than the whole dict (detectron2's
+        ``from_config`` habit). A key inside a declared mapping (``mosaic.canvas``) comes as that mapping."""
+        sec = next((s for s in self.sections if s.name == name), None)
+        if sec is None:
+            raise KeyError(f"no config section {name!r}")
+        node = cfg.get(name, {}) if name else cfg
+        values: dict[str, Any] = {}
+        for f in sec.fields:
+            top = f.key.split(".")[0]
+            if "." in f.key:
+                values[top] = dict(node.get(top) or {})
+            else:
+                values[top] = _typed_value(f, node.get(top, f.default))
+        cls = dataclasses.make_dataclass(f"{(name or 'top').capitalize()}Section", list(values), frozen=True)
+        return cls(**values)
+
     # ------------------------------------------------------------------------- the command line
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The flags, one argument group per section, each flag's help ending with the keys it sets
@@ -235,6 +254,13 @@ class Schema:
 
 
 # ----------------------------------------------------------------------------- one field
+def _typed_value(f: Field, v: Any) -> Any:
+    """``v`` as ``f``'s kind (an int given as 4.0 in YAML is 4); null, ``auto`` and other kinds as they are."""
+    if f.kind in (int, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f.kind(v)
+    return copy.deepcopy(v)
+
+
 def check_field(f: Field, key: str, v: Any) -> None:
     """Raise a one-line ``ConfigError`` when ``v`` is not a value ``f`` allows."""
     from botnet.errors import ConfigError

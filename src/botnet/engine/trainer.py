@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 
 from botnet.engine import checkpoint as ckpt
+from botnet.engine.config import ENGINE_SCHEMA
 from botnet.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup, gather_object,
                                        init_distributed, reduce_dict, seed_everything)
 from botnet.engine.devices import command_line, describe_machine
 from botnet.engine.guards import GracefulInterrupt, NonFiniteLossError
-from botnet.engine.hooks import (CheckpointHook, EvalHook, Hook, PlotsHook, ProgressHook, ThreadsHook, TimeBudgetHook,
-                                 scalars)
+from botnet.engine.hooks import EvalHook, Hook, default_hooks, scalars
 from botnet.engine.metrics_log import MetricsLogger
 from botnet.engine.rng import get_rng_state
 from botnet.engine.task import StepOutput, Task
@@ -38,7 +38,7 @@ from botnet.io.atomic import atomic_write_bytes, remove_stale_temp_files
 from botnet.io.weights import WEIGHTS_SUFFIX, read_weights_file, state_path_for
 from botnet.log import get_logger
 
-__all__ = ["Trainer", "autocast", "fit_global_batch", "run_dir_of", "train"]
+__all__ = ["Trainer", "autocast", "default_hooks", "fit_global_batch", "run_dir_of", "train"]
 
 log = get_logger("engine")
 
@@ -83,37 +83,36 @@ def train(task: Task, cfg: dict, resume=None, init_weights=None, dist_info: Dist
                    hooks=hooks).run()
 
 
-def default_hooks() -> list[Hook]:
-    """Everything a run does besides its steps, in the order the hooks are called (:mod:`botnet.engine.hooks`)."""
-    return [ThreadsHook(), ProgressHook(), CheckpointHook(), EvalHook(), TimeBudgetHook(), PlotsHook()]
-
-
 class Trainer:
     """The run's state (model, optimizer, schedule, EMA, scaler, its place in the data) and its steps; all else is
-    a hook's (``hooks``, default :func:`default_hooks`; pass more to add to them, e.g. ``default_hooks() + [mine]``)."""
+    a hook's (``hooks``, default :func:`~botnet.engine.hooks.default_hooks` of the config; pass more to add to
+    them, e.g. ``default_hooks(cfg) + [mine]``)."""
 
     def __init__(self, task: Task, cfg: dict, *, resume=None, init_weights=None, dist_info: DistInfo | None = None,
                  overwrite: bool = False, hooks: list[Hook] | None = None):
         """``overwrite``: a new run may replace the run already in the output folder (docs/run-folder.md)."""
         self.task, self.cfg, self.resume, self.init_weights = task, cfg, resume, init_weights
         task.resolve_config(cfg)  # the values left open (the run's name among them) before the folder is named
-        self.tc = cfg["train"]
         self.run_dir = run_dir_of(cfg)
         self.overwrite, self.folder_lock = overwrite, None
         self._dist_given = dist_info
         self.di: DistInfo | None = None
-        self.hooks = default_hooks() if hooks is None else list(hooks)
-        for h in self.hooks:
-            h.trainer = self
+        self.hooks: list[Hook] = [] if hooks is None else list(hooks)
+        self._default_hooks = hooks is None
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:
         self.task.validate(self.cfg)  # every bad value is a one-line ConfigError before any work
+        self.opts = ENGINE_SCHEMA.section(self.cfg, "train")  # the train section, typed
+        if self._default_hooks:
+            self.hooks = default_hooks(self.cfg)
+        for h in self.hooks:
+            h.trainer = self
         self._check_files()
         self._claim_folder()
         threads_before, benchmark_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
         try:
-            self.di = self._dist_given or init_distributed(self.tc["device"])
+            self.di = self._dist_given or init_distributed(self.opts.device)
             return self._run()
         finally:
             if self.folder_lock is not None:
@@ -154,12 +153,12 @@ class Trainer:
             self.folder_lock = claim_run_folder(self.run_dir, resume=bool(self.resume), overwrite=self.overwrite)
 
     def _run(self) -> dict[str, Any]:
-        di, tc = self.di, self.tc
+        di = self.di
         self.t_start = time.monotonic()
         if di.is_main:
             for f in remove_stale_temp_files(self.run_dir):
                 log.info(f"removed {f.name}, left by a save that was killed")
-        seed_everything(int(tc["seed"]), di.rank, deterministic=bool(tc["deterministic"]))
+        seed_everything(self.opts.seed, di.rank, deterministic=self.opts.deterministic)
         from botnet.engine.devices import resolve_device_defaults
 
         for key, (was, now) in resolve_device_defaults(self.cfg, self.task.cuda_defaults, di.device,
@@ -168,6 +167,7 @@ class Trainer:
                 log.info(f"{key}: {was} -> {now} on {di.device.type}")
         if self.resume:
             self._keep_global_batch()
+        self.opts = ENGINE_SCHEMA.section(self.cfg, "train")  # with the device's defaults and a refitted batch
         self.setup = self.task.setup(self.cfg, di)
         self._build()
         finished = bool(self.resume) and self._restore()
@@ -178,7 +178,7 @@ class Trainer:
                 log.info(f"run {self.run_dir} is already finished ({self.step} steps = {self.step / self.spe:g} epochs "
                          f"of {self.spe} steps); nothing was changed. To train longer, start a new run from its "
                          f"weights: --init-weights {self.resume_path} --output NEW_DIR")
-            return {"status": "already_finished", "steps": self.step, "epochs": float(tc["epochs"]),
+            return {"status": "already_finished", "steps": self.step, "epochs": self.opts.epochs,
                     "run_dir": str(self.run_dir)}
         self._wrap()
         if di.is_main and self.overwrite:  # only now: a bad input found above leaves the old run whole
@@ -201,13 +201,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
-        di, tc, cfg, s = self.di, self.tc, self.cfg, self.setup
+        di, opts, cfg, s = self.di, self.opts, self.cfg, self.setup
         model = s.model
         if self.init_weights:
             ckpt.load_weights(model, self.init_weights)  # strict: every tensor, same shapes, or a one-line error
             if di.is_main:
                 log.info(f"initial weights: all {len(model.state_dict())} tensors loaded from {self.init_weights}")
-        if tc["sync_bn"] and di.distributed:
+        if opts.sync_bn and di.distributed:
             if di.device.type == "cpu":
                 from botnet.errors import ConfigError
 
@@ -215,37 +215,37 @@ class Trainer:
                                   "--freeze-bn or plain BatchNorm on the CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(di.device)
-        if tc["channels_last"]:
+        if opts.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         from botnet.engine.optim import build_optimizer
         from botnet.engine.schedule import build_scheduler
 
         oc = cfg["optim"]
-        self.accum = int(tc.get("accum_steps") or 1)
+        self.accum = opts.accum_steps
         self.global_batch = int(cfg["data"]["batch_size"]) * self.accum * di.world_size
         lr = float(oc["lr"]) * (self.global_batch / float(oc["lr_base_batch"]) if oc.get("lr_base_batch") else 1.0)
         self.optimizer = build_optimizer(model, oc, lr)
         if isinstance(s.train_loader, torch.utils.data.DataLoader) and s.train_loader.generator is None:
             # each epoch's iterator draws a seed from the loader's generator, else from the global RNG: a resumed
             # run would draw it mid-epoch and shift every random number after it (the task's augmentation)
-            s.train_loader.generator = torch.Generator().manual_seed(int(tc["seed"]))
+            s.train_loader.generator = torch.Generator().manual_seed(opts.seed)
         self.spe = len(s.train_loader) // self.accum  # optimizer steps per epoch: floor(items / global batch)
-        self.epochs = float(tc["epochs"])
+        self.epochs = opts.epochs
         self.planned_steps = int(round(self.epochs * self.spe))
         self.scheduler = build_scheduler(self.optimizer, cfg["sched"], self.spe, self.epochs)
-        self.amp = str(tc["amp"] or "none")
+        self.amp = str(opts.amp or "none")
         self.scaler = torch.amp.GradScaler(di.device.type, enabled=(self.amp == "fp16"))
         self.ema = None
-        if tc["ema"]:
+        if opts.ema:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(model, decay=float(tc["ema_decay"]), use_warmup=bool(tc["ema_warmup"]))
+            self.ema = ModelEmaV3(model, decay=opts.ema_decay, use_warmup=opts.ema_warmup)
         # where the run is: start_epoch / skip_batches come from a resumed checkpoint
         self.start_epoch, self.step, self.skip_batches = 0, 0, 0
         self.epoch, self.batch_in_epoch, self.epoch_steps = 0, 0, self.spe
         self.total_steps = self.planned_steps  # a hook may refit it (the time budget)
-        self.max_steps = int(tc["max_steps"]) if tc["max_steps"] else None
+        self.max_steps = opts.max_steps
         self.history_seconds, self.train_seconds, self.step_seconds = 0.0, 0.0, 0.0
         self.loss_value, self.stop_reason = math.nan, None
         self.skipped = list(s.skipped_train)
@@ -257,11 +257,11 @@ class Trainer:
         ex = (getattr(self, "resume_meta", None) or {}).get("extra") or {}
         saved, was = ex.get("global_batch"), ex.get("world_size")
         world, batch = self.di.world_size, int(self.cfg["data"]["batch_size"])
-        accum = int(self.tc.get("accum_steps") or 1)
+        accum = int(self.cfg["train"].get("accum_steps") or 1)
         if not saved or was == world or batch * accum * world == saved:
             return  # same processes (a batch given anew is the user's), or a checkpoint that does not record them
         batch, accum = fit_global_batch(saved, world, batch, what=f"resume {self.run_dir}")
-        self.cfg["data"]["batch_size"], self.tc["accum_steps"] = batch, accum
+        self.cfg["data"]["batch_size"], self.cfg["train"]["accum_steps"] = batch, accum
         if self.di.is_main:
             log.info(f"resuming on {world} process(es) (saved on {was}): global batch {saved} kept as {world} x "
                      f"batch {batch} x {accum} accumulation step(s)")
@@ -272,8 +272,7 @@ class Trainer:
                                   ema=self.ema, scaler=self.scaler if self.scaler.is_enabled() else None,
                                   rank=self.di.rank)
         if not st["rng_restored"]:  # a rank the save had no stream for (more processes now): a seeded one
-            seed_everything(int(self.tc["seed"]) + int(st["step"]), self.di.rank,
-                            deterministic=bool(self.tc["deterministic"]))
+            seed_everything(self.opts.seed + int(st["step"]), self.di.rank, deterministic=self.opts.deterministic)
         ex = st["extra"]
         self.start_epoch, self.step = int(ex.get("epoch", st["epoch"])), int(st["step"])
         self.skip_batches = int(ex.get("batch_in_epoch", 0))
@@ -286,7 +285,7 @@ class Trainer:
                 f"{self.skip_batches}, but an epoch of this run has {self.spe} steps; the file is damaged, or the "
                 f"data changed since the save: resume with the same data, or start from its weights with "
                 f"--init-weights {self.resume_path}")
-        max_steps = int(self.tc["max_steps"] or 0)
+        max_steps = self.opts.max_steps or 0
         if self.step >= self.planned_steps or (max_steps and self.step >= max_steps):
             return True
         if self.di.is_main:
@@ -301,7 +300,7 @@ class Trainer:
         if self.di.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=self.di.device_ids, find_unused_parameters=self.task.find_unused_parameters)
-        if self.tc["compile"]:
+        if self.opts.compile:
             self.train_model = torch.compile(self.train_model)
 
     def _announce(self) -> None:
@@ -362,7 +361,7 @@ class Trainer:
 
     def set_train_mode(self) -> None:
         self.train_model.train()
-        if self.tc["freeze_bn"]:  # running statistics stay as they are; the affine parameters still train
+        if self.opts.freeze_bn:  # running statistics stay as they are; the affine parameters still train
             for m in self.train_model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
@@ -475,9 +474,9 @@ class Trainer:
         if flags["nonfinite"]:
             self._nonfinite(loss_v, epoch)
         opt, scaler = self.optimizer, self.scaler
-        if self.tc["grad_clip"]:
+        if self.opts.grad_clip:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tc["grad_clip"]))
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.grad_clip)
         scaler.step(opt)
         scaler.update()
         self.step += 1
