@@ -80,3 +80,21 @@ def test_its_declared_config_gives_its_flags_checks_and_print_config(tmp_path, c
     with pytest.raises(SystemExit):
         main(["toyseg", "train", "--help"])
     assert "--num-classes" in capsys.readouterr().out
+
+
+def test_an_installed_package_registers_it_through_its_entry_point(tmp_path):
+    """No import, no register_task call: an installed distribution's `botnet.tasks` entry point is enough."""
+    import os
+    import sys
+
+    dist = tmp_path / "toyseg_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toyseg-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[botnet.tasks]\ntoyseg = toyseg.task:SPEC\n")
+    path = [str(tmp_path), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    top = subprocess.run([sys.executable, "-m", "botnet.cli", "--help"], env=env, capture_output=True, text=True)
+    assert top.returncode == 0 and "toyseg" in top.stdout
+    sub = subprocess.run([sys.executable, "-m", "botnet.cli", "toyseg", "train", "--help"], env=env,
+                         capture_output=True, text=True)
+    assert sub.returncode == 0 and "--num-classes" in sub.stdout and "[seg.num_classes]" in sub.stdout
