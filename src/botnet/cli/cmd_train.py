@@ -67,7 +67,7 @@ def run_training(args, cfg: dict) -> tuple[int, dict | None]:
     if summary["status"] == "already_finished" or not is_main_process():
         return 0, summary
     line = (f"done ({summary['status']}): {summary['steps']} steps, {summary['epochs']:.2f} of "
-            f"{summary['epochs_planned']:g} epochs, train {summary['train_seconds']:.0f}s, "
+            f"{round(summary['epochs_planned'], 2):g} epochs, train {summary['train_seconds']:.0f}s, "
             f"wall {summary['wall_seconds']:.0f}s")
     for k, v in summary.get("final", {}).items():
         line += f" | {k} " + ", ".join(f"{m} {x:.4g}" for m, x in v.items() if m not in ("n", "n_skipped"))
