@@ -75,8 +75,9 @@ def test_scan_export_holds_no_custom_op(tmp_path):
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
 
 
-def _largest_intermediate(path, x: torch.Tensor) -> int:
-    """Elements of the largest tensor any node (Scan bodies included) writes, from ONNX Runtime's profile."""
+def _output_sizes(path, x: torch.Tensor) -> dict[str, list[int]]:
+    """{node name: elements of each tensor it writes} for every node (Scan bodies included), from ONNX
+    Runtime's profile of one run."""
     so = ort.SessionOptions()
     so.enable_profiling = True
     so.profile_file_prefix = str(path.with_suffix(""))
@@ -84,10 +85,18 @@ def _largest_intermediate(path, x: torch.Tensor) -> int:
     sess.run(None, {"images": x.numpy()})
     with open(sess.end_profiling()) as f:
         events = json.load(f)
-    sizes = [int(np.prod(shape)) for e in events if e.get("cat") == "Node"
-             for out in e["args"].get("output_type_shape", []) for shape in out.values()]
-    assert sizes, "no node events in the profile"
-    return max(sizes)
+    sizes = {}
+    for e in events:
+        if e.get("cat") == "Node":
+            outs = e["args"].get("output_type_shape", [])
+            sizes.setdefault(e["name"], []).extend(int(np.prod(s)) for out in outs for s in out.values())
+    assert any(sizes.values()), "no node events in the profile"
+    return sizes
+
+
+def _largest_intermediate(path, x: torch.Tensor) -> int:
+    """Elements of the largest tensor any node (Scan bodies included) writes."""
+    return max(n for sizes in _output_sizes(path, x).values() for n in sizes)
 
 
 def test_no_intermediate_grows_with_the_square_of_the_tokens(tmp_path, monkeypatch):
@@ -102,3 +111,14 @@ def test_no_intermediate_grows_with_the_square_of_the_tokens(tmp_path, monkeypat
     s_small, s_large = _largest_intermediate(scan, small), _largest_intermediate(scan, large)
     assert s_large == HEADS * 64 * n  # one step's logits: heads x block x N
     assert s_large <= 4 * s_small  # 4x the tokens, 4x the largest tensor: linear
+
+
+def test_scan_steps_copy_neither_keys_nor_values(tmp_path, monkeypatch):
+    # each step reads k and v where the projection wrote them: v's transpose in the body is fused into
+    # the MatMul by ONNX Runtime, so no step writes a tensor the size of k or v (heads x N x d)
+    monkeypatch.setattr(onnx_attention, "BLOCK", 64)
+    sizes = _output_sizes(_export(_layer("relative", torch.float32), tmp_path / "scan.onnx"), torch.randn(1, DIM, 32, 32))
+    body = {name: n for name, n in sizes.items() if "/body/" in name}
+    assert len(body) >= 4, sorted(sizes)
+    kv = HEADS * 32 * 32 * (DIM // HEADS)
+    assert all(kv not in n for n in body.values()), {name: n for name, n in body.items() if kv in n}

@@ -11,7 +11,8 @@ RelPosMHSA is exported as one ``botnet.RelPosAttention(x, weight, R_h?, R_w?, E?
   rows); the relative logits ``a = q·R_h`` (per key row) and ``b = q·R_w`` (per key column) as
   batched MatMuls;
 - a ``Scan`` over ceil(N / block) equal blocks of at most ``block`` queries, each computing its
-  (block x N) logits at head size d, adding ``a`` and ``b`` by broadcasting, Softmax, MatMul with v.
+  (block x N) logits at head size d, adding ``a`` and ``b`` by broadcasting, Softmax, MatMul with v
+  (k and v read in place, channel-major; the block's output transposed to channel-major in the step).
 
 Peak memory is a few heads x block x N floats, linear in N, and the file holds no custom op.
 Needs opset >= 15 (the exporter writes 18 and up); checked with ONNX Runtime 1.32.
@@ -82,9 +83,15 @@ class _Builder:
         return out
 
 
-def _body(prefix: str, elem_type: int, k: str, v_t: str, relative: bool):
-    """Scan body: a block of scaled queries (B, heads, rows, d) -> softmax(q·k + a[row] + b[col]) · v,
-    with k (B, heads, d, N) and v_t (B, heads, N, d) from the outer graph."""
+def _body(prefix: str, elem_type: int, k: str, v: str, relative: bool):
+    """Scan body: a block of scaled queries (B, heads, rows, d) -> softmax(q·k + a[row] + b[col]) · v as
+    (B, heads, d, rows), with k and v (B, heads, d, N) from the outer graph.
+
+    v stays channel-major: its transpose here is fused into the MatMul by ONNX Runtime (a transposed
+    pack of v, which each step packs anyway), where a transposed copy outside is one more pass over
+    v. The output is transposed here, on the block in cache, so the transpose outside moves whole
+    rows of ``rows`` numbers instead of single ones.
+    """
     from onnx import helper
 
     g = _Builder(prefix + "body/")
@@ -94,7 +101,8 @@ def _body(prefix: str, elem_type: int, k: str, v_t: str, relative: bool):
         # (B, heads, rows, H, 1) + (B, heads, rows, 1, W) -> the block's (rows, N) bias, key j = x * W + y
         bias = g.op("Add", g.op("Unsqueeze", ab, g.const([-1])), g.op("Unsqueeze", bb, g.const([-2])))
         logits = g.op("Add", logits, g.op("Reshape", bias, g.op("Shape", logits)))
-    out = g.op("MatMul", g.op("Softmax", logits, axis=-1), v_t)
+    out = g.op("MatMul", g.op("Softmax", logits, axis=-1), g.op("Transpose", v, perm=[0, 1, 3, 2]))
+    out = g.op("Transpose", out, perm=[0, 1, 3, 2])
     inputs = [helper.make_tensor_value_info(n, elem_type, None) for n in ([qb, ab, bb] if relative else [qb])]
     return helper.make_graph(g.nodes, prefix + "body", inputs, [helper.make_tensor_value_info(out, elem_type, None)])
 
@@ -143,7 +151,6 @@ def _lower_node(node, prefix: str, elem_type: int, block: int) -> list:
     if e is not None:
         k = g.op("Add", k, g.op("Transpose", e, perm=[1, 0]))  # absolute key embedding (N, d)
     q = g.op("Transpose", q, perm=[0, 1, 3, 2])  # (B, heads, N, d)
-    v_t = g.op("Transpose", v, perm=[0, 1, 3, 2])
     # ceil(N / block) steps of equal size ceil(N / steps) <= block (fewer than `steps` padded rows)
     steps = g.op("Div", g.op("Add", n_tok, g.const([block - 1])), g.const([block]))
     rows = g.op("Div", g.op("Sub", g.op("Add", n_tok, steps), g.const([1])), steps)
@@ -155,9 +162,9 @@ def _lower_node(node, prefix: str, elem_type: int, block: int) -> list:
         shape = g.op("Concat", g.const([0, 0, -1]), rows, g.op("Shape", t, start=3, end=4), axis=0)
         blocks = g.op("Reshape", g.op("Pad", t, pads), shape)
         scanned.append(g.op("Transpose", blocks, perm=[2, 0, 1, 3, 4]))
-    outs = g.op("Scan", *scanned, body=_body(prefix, elem_type, k, v_t, relative), num_scan_inputs=len(scanned))
-    # (steps, B, heads, rows, d) -> (B, heads, d, steps * rows) -> the N real tokens -> (B, C, H, W)
-    flat = g.op("Reshape", g.op("Transpose", outs, perm=[1, 2, 4, 0, 3]), g.const([0, 0, 0, -1]))
+    outs = g.op("Scan", *scanned, body=_body(prefix, elem_type, k, v, relative), num_scan_inputs=len(scanned))
+    # (steps, B, heads, d, rows) -> (B, heads, d, steps * rows) -> the N real tokens -> (B, C, H, W)
+    flat = g.op("Reshape", g.op("Transpose", outs, perm=[1, 2, 3, 0, 4]), g.const([0, 0, 0, -1]))
     tokens = g.op("Slice", flat, g.const([0]), n_tok, g.const([3]))
     g.nodes.append(g.h.make_node("Reshape", [tokens, g.op("Shape", x)], [node.output[0]], name=prefix + "out"))
     return g.nodes
