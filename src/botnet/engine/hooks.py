@@ -5,7 +5,8 @@ A hook sees the run at fixed points of :meth:`botnet.engine.Trainer.train_loop` 
 ``after_train``. Its ``state_dict()`` goes into every resumable checkpoint beside the trainer's own
 state (the keys join the checkpoint's ``extra`` mapping, so a hook's state is one entry there) and
 comes back through ``load_state_dict`` on ``--resume``. A hook that wants the run to stop says so in
-``wants_stop``; the trainer asks every hook on every rank and stops on all of them alike.
+``wants_stop`` (its status: ``stop_reason``); the trainer asks every hook on every rank and stops
+on all of them alike.
 
 The default hooks, in the order they are called (:func:`default_hooks`):
 
@@ -56,9 +57,11 @@ class Hook:
     def close(self) -> None:
         """Called however the loop ends (an error included): release what the hook holds open."""
 
-    def wants_stop(self) -> str | None:
-        """A reason to stop after the current step (the same on every rank after the trainer's reduction)."""
-        return None
+    stop_reason = "stopped"  # the run's status when this hook stops it
+
+    def wants_stop(self) -> bool:
+        """Stop after the current step: when any rank's hook says so, every rank stops (the trainer reduces)."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -267,8 +270,10 @@ class TimeBudgetHook(Hook):
             self.budget = BudgetFitter(float(self.seconds), t.t_start, t.planned_steps, t.spe, self.eval_every,
                                        t.setup.num_val * t.setup.eval_passes, 2 if t.ema else 1)
 
-    def wants_stop(self) -> str | None:
-        return "time_budget" if self.budget is not None and self.budget.exhausted() else None
+    stop_reason = "time_budget"
+
+    def wants_stop(self) -> bool:
+        return self.budget is not None and self.budget.exhausted()
 
     def after_step(self, out: StepOutput) -> None:
         t = self.trainer

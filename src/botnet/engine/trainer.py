@@ -466,11 +466,9 @@ class Trainer:
         """The update after the step's backward passes; the stop decision (Ctrl-C, a hook's, max steps) is taken
         on every rank alike."""
         loss_v = self.loss_value
-        flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested)}
-        wanted = [r for r in (h.wants_stop() for h in self.hooks) if r]
-        flags.update({f"hook:{r}": 1.0 for r in wanted})
+        flags = self._stop_flags(loss_v)
         if self.di.distributed:
-            flags = reduce_dict(flags, op="max")  # every rank sends the same keys: the hooks are the same
+            flags = reduce_dict(flags, op="max")
         if flags["nonfinite"]:
             self._nonfinite(loss_v, epoch)
         opt, scaler = self.optimizer, self.scaler
@@ -485,11 +483,18 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         if flags["interrupt"]:
             self.stop("interrupted")
-        for key, v in flags.items():
-            if key.startswith("hook:") and v:
-                self.stop(key[5:])
+        for i, h in enumerate(self.hooks):
+            if flags[f"hook{i}"]:
+                self.stop(h.stop_reason)
         if self.max_steps and self.step >= self.max_steps:
             self.stop("max_steps")
+
+    def _stop_flags(self, loss_v: float) -> dict[str, float]:
+        """This rank's reasons to stop, one key per reason and per hook whatever their answers, so every rank
+        reduces the same keys (a key only where a hook wants to stop would make the ranks' tensors differ)."""
+        flags = {"nonfinite": float(not math.isfinite(loss_v)), "interrupt": float(self.interrupt.requested)}
+        flags.update({f"hook{i}": float(bool(h.wants_stop())) for i, h in enumerate(self.hooks)})
+        return flags
 
     def _nonfinite(self, loss_v: float, epoch: int) -> None:
         self.call("close")
