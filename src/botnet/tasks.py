@@ -64,8 +64,17 @@ def _load_entry_points() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _SPECS:  # a registration in this process wins over an installed one
+        if ep.name in _SPECS:  # a registration in this process wins over an installed one
+            continue
+        try:
             spec = ep.load()
+        except Exception as e:  # another package's bug must not take botnet's own commands down with it
+            from botnet.log import get_logger
+
+            get_logger("tasks").warning(f"task {ep.name!r} of {ep.value} could not be loaded ({type(e).__name__}: "
+                                        f"{' '.join(str(e).split())[:160]}); it is left out")
+            continue
+        if isinstance(spec, TaskSpec):
             _SPECS[spec.name] = spec
 
 

@@ -98,3 +98,18 @@ def test_an_installed_package_registers_it_through_its_entry_point(tmp_path):
     sub = subprocess.run([sys.executable, "-m", "botnet.cli", "toyseg", "train", "--help"], env=env,
                          capture_output=True, text=True)
     assert sub.returncode == 0 and "--num-classes" in sub.stdout and "[seg.num_classes]" in sub.stdout
+
+
+def test_a_broken_installed_task_is_left_out_with_a_warning(tmp_path):
+    """Another package's broken entry point costs its own task, not botnet's commands."""
+    import os
+    import sys
+
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[botnet.tasks]\nbroken = no_such_module_here:SPEC\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    top = subprocess.run([sys.executable, "-m", "botnet.cli", "--help"], env=env, capture_output=True, text=True)
+    assert top.returncode == 0 and "detect" in top.stdout
+    assert "task 'broken'" in top.stderr and "left out" in top.stderr
