@@ -105,11 +105,18 @@ def test_written_files_get_the_umask_mode_not_mkstemp_private(tmp_path):
     from botnet.export import _write_atomic
     from botnet.io.atomic import atomic_write_bytes
 
+    import tempfile
+
+    from botnet.io.atomic import make_shareable
+
     old = os.umask(0o022)
     try:
         a = atomic_write_bytes(tmp_path / "summary.json", b"{}")
         b = _write_atomic(tmp_path / "model.onnx", lambda tmp: open(tmp, "wb").write(b"x"))
+        folder = tempfile.mkdtemp(dir=tmp_path)  # a publish is built in one, then swapped into place
+        make_shareable(folder)
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(a).st_mode) == 0o644
     assert stat.S_IMODE(os.stat(b).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755

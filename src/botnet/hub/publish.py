@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from botnet.errors import CheckpointError, ConfigError, UserInputError, one_line
+from botnet.io.atomic import make_shareable
 from botnet.io.dirswap import remove_written, swap_into_place
 from botnet.io.folders import check_output_dir
 from botnet.io.published import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
@@ -128,11 +129,8 @@ def _weights_file(run: Path, weights: str) -> tuple[Path, bool]:
 def _swap_in(tmp: Path, out: Path) -> None:
     """Swap the finished folder into place in one step (a kill leaves the old or the new publish);
     an earlier publish is then emptied of the three files publish wrote, and nothing else."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a published folder is for sharing
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    for f in (tmp, *tmp.iterdir()):  # mkdtemp made the folder private; a published folder is for sharing
+        make_shareable(f)
     if out.is_dir() and any(out.iterdir()) and not is_previous_publish(out):  # changed since the check
         raise ConfigError(f"OUT_DIR {out} changed while publishing and is no longer an earlier publish; nothing "
                           f"was replaced")

@@ -65,11 +65,11 @@ def unlink_quiet(path: str | os.PathLike | None) -> None:
 
 
 def make_shareable(path: str | os.PathLike) -> None:
-    """The mode a plain ``open(path, "w")`` would give (0666 less the umask): ``mkstemp`` makes its files private,
-    and a run's checkpoints or an exported model are for others to read too."""
+    """The mode a plain ``open(path, "w")`` or ``mkdir`` would give (0666 / 0777 less the umask): ``mkstemp`` and
+    ``mkdtemp`` make theirs private, and a run's checkpoints, an export or a publish are for others to read too."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
 def write_temp(path: Path, write_fn: Callable[[str], None], point: str | None = None) -> str:
