@@ -1,7 +1,10 @@
 """What the bad-input tests share: run a command in-process, check its one-line error, fingerprint
-a folder, make a small image folder or COCO set. Importable from any test (pytest puts tests/ on sys.path)."""
+a folder, make a small image folder or COCO set, leave what a killed command leaves. Importable from any test (pytest puts tests/ on sys.path)."""
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +156,32 @@ def table_failures(capsys, rows, check=assert_one_line_error):
         except AssertionError as e:
             failures.append(f"botnet {' '.join(map(str, args))[:160]}: rc={rc} err={err.strip()[-300:]!r} ({e})")
     return failures
+
+
+_HOLD_TEMP = """
+import sys, time
+from botnet.io.temp_beside import TempBeside
+claim = TempBeside(sys.argv[1], folder=sys.argv[2] == "folder", suffix=sys.argv[3])
+if claim.path.is_dir():
+    (claim.path / "part-000.tar").write_bytes(b"x" * 1000)
+else:
+    claim.path.write_bytes(b"x" * 1000)
+print(claim.path, flush=True)
+time.sleep(600)
+"""
+
+
+def hold_temp(dest: Path, kind: str, suffix: str):
+    """A process holding a temporary for ``dest``, as a command does while it writes: (process, path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_TEMP, str(dest), kind, suffix], stdout=subprocess.PIPE, env=env,
+                            text=True)
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def abandoned_temp(dest: Path, kind: str = "folder", suffix: str = ".tmp") -> Path:
+    """The temporary a command killed (SIGKILL) while writing ``dest`` leaves beside it."""
+    proc, path = hold_temp(dest, kind, suffix)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return path

@@ -34,8 +34,8 @@ def _trained(seed):
     return m, opt
 
 
-def _save(run, step, pair=True):
-    m, opt = _trained(step)
+def _save(run, step, pair=True, trained=None):
+    m, opt = trained or _trained(step)
     name = "last" if pair else "best"
     ckpt.save_checkpoint(run / name, m, optimizer=opt if pair else None, step=step, arch="mlp", save_state=pair)
 
@@ -43,12 +43,14 @@ def _save(run, step, pair=True):
 def _kill_during_save(run, point, pair=True):
     """Save step NEW in a forked child that SIGKILLs itself at ``point`` (through the env hook);
     returns True when the kill happened (False: the sequence never reached ``point``)."""
+    # trained here: a forked child cannot run autograd once the parent's autograd threads have started
+    trained = _trained(NEW)
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
         code = 1
         try:
             os.environ[atomic.FAULT_ENV] = f"{point}:1"
-            _save(run, NEW, pair)
+            _save(run, NEW, pair, trained)
             code = 0
         finally:
             os._exit(code)

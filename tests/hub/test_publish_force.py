@@ -7,7 +7,7 @@ import pytest
 
 from botnet.cli import main
 from botnet.io import dirswap
-from helpers import assert_one_line_error, run, tree
+from helpers import abandoned_temp, assert_one_line_error, run, tree
 
 
 @pytest.fixture()
@@ -116,3 +116,16 @@ def test_exchange_leaves_one_of_the_two_folders_at_every_instant(tmp_path):
         pytest.skip("no renameat2(RENAME_EXCHANGE) on this system: publish falls back to two renames")
     assert (old / "config.json").read_text() == "new" and (new / "config.json").read_text() == "old"
     assert dirswap.remove_written(new, ["config.json"]) and not new.exists()
+
+
+def test_what_a_killed_publish_left_is_cleared_by_the_next_one(demo_run, earlier, tmp_path, capsys):
+    out = tmp_path / "pub"
+    left = abandoned_temp(out)  # killed while writing, or right after swapping out the earlier publish
+    (left / "part-000.tar").unlink()
+    for f in earlier.iterdir():
+        shutil.copy(f, left / f.name)
+    (left / "mine.txt").write_text("a file publish did not write\n")
+    rc, _, err = run(capsys, ["publish", demo_run, out, "--no-eval"])
+    assert rc == 0, err
+    assert sorted(p.name for p in left.iterdir()) == ["mine.txt"]  # publish's three files only
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in earlier.iterdir())

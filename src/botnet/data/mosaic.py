@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -314,13 +313,18 @@ def generate_fashion_mosaic(
     parent = os.path.dirname(os.path.abspath(out_dir))
     check_output_dir(parent, f"the folder of {what}")
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", suffix=".tmp", dir=parent)
-    try:
-        summary = _write_set(tmp, out_dir, cfg, source, progress)
-        _swap(tmp, out_dir, state)
-    except BaseException:
-        _remove_set(tmp)
-        raise
+    from botnet.io.temp_beside import TempBeside, remove_abandoned
+
+    dest = os.path.abspath(out_dir)
+    remove_abandoned(dest, lambda p: _remove_set(str(p)), what="an interrupted data-set generation")
+    with TempBeside(dest, folder=True) as claim:
+        tmp = str(claim.path)
+        try:
+            summary = _write_set(tmp, out_dir, cfg, source, progress)
+            _swap(tmp, out_dir, state)
+        except BaseException:
+            _remove_set(tmp)
+            raise
     return {**summary, "reused": False}
 
 
@@ -338,9 +342,9 @@ def _write_set(tmp: str, out_dir: str, cfg: MosaicConfig, source: str | None, pr
     marker = {"generator": GENERATOR, "botnet_version": __version__, "settings": asdict(cfg)}
     with open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(marker, f, indent=1)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a data set is shared like any folder
+    from botnet.io.atomic import make_shareable
+
+    make_shareable(tmp)  # mkdtemp made it private; a data set is shared like any folder
     return summary
 
 

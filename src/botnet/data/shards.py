@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from botnet.data.errors import DataError, DatasetNotFoundError
+from botnet.io.atomic import fault_point
 
 __all__ = ["INDEX", "MARKER", "GENERATOR", "TASKS", "ShardIndex", "ShardJob", "read_index", "write_shards", "IMAGE_KEYS",
            "image_field"]
@@ -163,7 +163,11 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, *, splits: tupl
     parent = out.absolute().parent
     check_output_dir(str(parent), "the folder of OUT")
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    from botnet.io.temp_beside import TempBeside, remove_abandoned
+
+    remove_abandoned(parent / out.name, _remove_shards, what="an interrupted botnet data shards")
+    claim = TempBeside(parent / out.name, folder=True)
+    tmp = claim.path
     try:
         info = {"name": out.absolute().name, "format": FORMAT, **job.info, "splits": {}}
         for s in splits:
@@ -172,10 +176,13 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, *, splits: tupl
         for name, data in job.files.items():
             _write_synced(tmp / name, data)
         _finish(tmp, info, src, dict(splits=list(splits), max_count=max_count, max_size=max_size, seed=seed))
+        fault_point("shards.swap")
         _swap(tmp, out, state)
     except BaseException:
         _remove_shards(tmp)
         raise
+    finally:
+        claim.close()
     return {**info, "out": str(out), "left_out": [{"file": p, "reason": r} for p, r in job.left_out]}
 
 
@@ -309,9 +316,9 @@ def _finish(tmp: Path, info: dict, src: Path, settings: dict) -> None:
     marker = {"generator": GENERATOR, "botnet_version": __version__, "source": str(src.resolve()),
               "settings": settings}
     (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a data set is shared like any folder
+    from botnet.io.atomic import make_shareable
+
+    make_shareable(tmp)  # mkdtemp made it private; a data set is shared like any folder
 
 
 def _swap(tmp: Path, out: Path, state: str) -> None:

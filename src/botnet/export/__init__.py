@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,7 +31,8 @@ import torch
 from torch import nn
 
 from botnet.errors import ConfigError
-from botnet.io.atomic import make_shareable
+from botnet.io.atomic import fault_point, make_shareable, unlink_quiet
+from botnet.io.temp_beside import TempBeside, remove_abandoned
 
 __all__ = ["FORMATS", "ONNX_ATTENTION", "export_model", "export_onnx", "export_torchscript", "export_program",
            "load_exported", "run_exported", "verify", "verify_inputs", "dynamic_shapes", "check_out_path", "read_export_marker"]
@@ -175,20 +175,20 @@ def _check_existing(p: Path, fmt: str | None, overwrite: bool, what: str) -> Non
 def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
     """``write(tmp)`` beside ``path`` (same suffix: the savers look at it), fsync, rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
-        make_shareable(tmp)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    suffix = ".tmp" + path.suffix
+    remove_abandoned(path, os.unlink, suffix=suffix, what="an interrupted export")
+    with TempBeside(path, suffix=suffix) as claim:
+        tmp = str(claim.path)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            make_shareable(tmp)
+            write(tmp)
+            fault_point("export.fsync")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            unlink_quiet(tmp)
+            raise
     return path
 
 

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from botnet.errors import CheckpointError, ConfigError, UserInputError, one_line
 from botnet.io.atomic import make_shareable
 from botnet.io.dirswap import remove_written, swap_into_place
 from botnet.io.folders import check_output_dir
+from botnet.io.temp_beside import TempBeside, remove_abandoned
 from botnet.io.published import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, published_folder
 from botnet.io.weights import resolve_checkpoint
 from botnet.log import get_logger
@@ -47,7 +47,11 @@ def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weigh
     model, meta = load_model(wpath, use_ema=use_ema)
     info = dict(_provenance(run, wpath, meta, weights, hardware), name=out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
+    # a killed publish left its new folder, or (killed right after the swap) the earlier publish: the
+    # same three files either way
+    remove_abandoned(out, lambda p: remove_written(p, PUBLISHED_FILES), what="an interrupted publish")
+    claim = TempBeside(out, folder=True)
+    tmp = claim.path
     try:
         task = task_of(meta)
         if task == "classification":  # timm's own format, so timm.create_model reads the folder
@@ -63,6 +67,8 @@ def publish_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, weigh
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        claim.close()
     return out
 
 
