@@ -3,6 +3,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,12 @@ def test_planted_pth_weights_are_refused_everywhere(run_dir, tmp_path, capsys, z
                  ["train", "--init-weights", str(pth), "--limit-train", "64", "--limit-val", "32", "--no-progress",
                   "--output", str(tmp_path / "t")]):
         capsys.readouterr()
-        assert main(args) == 2, args
+        with warnings.catch_warnings(record=True) as caught:  # what a user's terminal would show too
+            warnings.simplefilter("always")
+            assert main(args) == 2, args
         err = capsys.readouterr().err
         assert str(pth) in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not caught, (args, [str(w.message)[:120] for w in caught])
     model = botnet.create_model("resnet50", num_classes=10)
     with pytest.raises(Exception, match="(?i)weights.only|cannot read"):
         botnet.load_resnet_weights(model, pth)

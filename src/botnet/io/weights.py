@@ -9,6 +9,7 @@ hub all read weights through here.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -136,7 +137,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"cannot read checkpoint {path}: {short_error(e)} (truncated, or not a "
                                   f"safetensors file)") from e
     try:  # .pt / .pth: a state_dict or a dict holding one (torchvision / timm files); never unpickles objects
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on the pickle protocol: the outcome is told in one line
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {path} as tensors only: {short_error(e).split('. ')[0]}. Accepted: "
                               f".safetensors, or a .pt/.pth file holding only tensors (a state dict)") from e
