@@ -2,6 +2,8 @@
 them with a non-square attention grid."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -146,9 +148,12 @@ def test_cli_export_with_checkpoint(model, inputs, tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "m.ts"
-    rc = botnet.cli.main(["export", "botnet_mini", "--format", "torchscript", "--out", str(out),
-                          "--checkpoint", str(ckpt), "--img-size", "28"])
+    with warnings.catch_warnings(record=True) as caught:  # torch's deprecation notes: the help says it once
+        warnings.simplefilter("always")
+        rc = botnet.cli.main(["export", "botnet_mini", "--format", "torchscript", "--out", str(out),
+                              "--checkpoint", str(ckpt), "--img-size", "28"])
     assert rc == 0 and out.is_file()
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
     # the checkpoint's classes and channels were picked up and its weights exported
     errs = verify(model, "torchscript", out, inputs)
     assert max(errs) <= 1e-4, errs

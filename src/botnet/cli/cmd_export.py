@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         description=(
             "Export MODEL (a name from `botnet.list_models()`) with dynamic batch, height and width. "
             "onnx: dynamo exporter (needs onnxscript), input 'images', output 'logits'. "
-            "torchscript: torch.jit.trace (runs at other sizes too). export: torch.export program (.pt2). "
+            "torchscript: torch.jit.trace (runs at other sizes too; torch marks TorchScript deprecated, and "
+            "export is its successor). export: torch.export program (.pt2). "
             "ONNX attention: each BoT attention layer becomes a Scan over blocks of 512 queries (standard "
             "ops, opset >= 15; checked with onnxruntime 1.32), so ONNX Runtime's memory stays linear in "
             "the number of tokens; --onnx-attention sdpa keeps the exporter's translation instead. "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -239,10 +240,19 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, mi
     return _write_atomic(path, lambda tmp: onnx.save_model(proto, tmp))
 
 
+@contextlib.contextmanager
+def _asked_for_torchscript():
+    """torch 2.x warns that ``torch.jit.trace`` / ``load`` are deprecated on every call; a user who asked
+    for TorchScript knows (the command's help names ``--format export`` as its successor)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
     path = Path(path)
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _asked_for_torchscript():
         traced = torch.jit.trace(model, (example,), check_trace=False)
     extra = {MARKER_FILE: _marker_text("torchscript")}
     return _write_atomic(path, lambda tmp: traced.save(tmp, _extra_files=extra))
@@ -300,7 +310,8 @@ def load_exported(fmt: str, path: str | Path):
 
         return run
     if fmt == "torchscript":
-        mod = torch.jit.load(path)
+        with _asked_for_torchscript():
+            mod = torch.jit.load(path)
         return lambda x: mod(x)
     if fmt == "export":
         mod = torch.export.load(path).module()
