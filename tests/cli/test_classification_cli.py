@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from botnet.cli import build_parser, main
 from botnet.data import fashion_mnist as fm
+from helpers import assert_one_line_error, run as run_cli
 
 HAVE_FMNIST = fm._complete(fm.SYSTEM_DIR) is not None
 needs_data = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -127,6 +128,15 @@ def test_demo_checkpoint_works_with_eval_predict_and_other_arch_is_refused(tmp_p
     flipped = capsys.readouterr().out
     assert flipped.count("%") == 2 and "each image averaged with its mirror image" in flipped
     assert json.loads((tmp_path / "p.json").read_text())["tta"] == "hflip"
+    # a mistyped path: one line naming it, or, with --skip-bad, skipped and listed like an unreadable file
+    missing = tmp_path / "no-such.png"
+    rc, _, err = run_cli(capsys, ["predict", samples[0], missing, "--checkpoint", run])
+    assert_one_line_error(rc, err, f"cannot read image file {missing}: no such file")
+    assert main(["predict", str(samples[0]), str(missing), "--checkpoint", str(run), "--skip-bad"]) == 0
+    said = capsys.readouterr()
+    assert f"skipped unreadable file {missing}: no such file" in said.err and "1 skipped" in said.out
+    rc, _, err = run_cli(capsys, ["attention", missing, "--checkpoint", run, "--out", tmp_path / "att"])
+    assert_one_line_error(rc, err, f"cannot read image file {missing}: no such file")
     import re
 
     listed = re.findall(r"^\s+\d\. (.+?)\s+(\d+\.\d+)%$", out, flags=re.M)

@@ -47,10 +47,10 @@ def predict_files(model, transform, class_names, paths: list[str], topk: int = 5
     for p in paths:
         try:
             img = load_image(p, in_chans, invert)
-        except BadImageError as e:
+        except (BadImageError, FileNotFoundError) as e:
             if not skip_bad:
                 raise
-            skipped.append((p, e.reason))
+            skipped.append((p, e.reason if isinstance(e, BadImageError) else "no such file"))
             continue
         x = transform(img).unsqueeze(0).to(device)
         prob = log_probs(model, x, tta).exp()[0]

@@ -46,7 +46,7 @@ def handler(args) -> int:
     from botnet.classification.task import log_probs
     from botnet.cli.cmd_predict import views
 
-    from botnet.cli.paths import check_input_images
+    from botnet.cli.paths import check_input_images, missing_image
     from botnet.io.folders import check_output_dir
 
     check_output_dir(args.out, "--output")
@@ -70,6 +70,8 @@ def handler(args) -> int:
                                      f"{views(args.tta).split(':')[0]}), query at y={args.query[0]:.2f}, "
                                      f"x={args.query[1]:.2f}")
                 print(f"{out}: predicted {names[c]} {100 * float(pred[c]):.2f}% ({views(args.tta)})")
-    except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise missing_image(e, offer_skip=False) from None
+    except (CheckpointError, BadImageError, ValueError) as e:
         raise UserInputError(' '.join(str(e).split())) from None
     return 0

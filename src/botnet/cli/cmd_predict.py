@@ -52,7 +52,7 @@ def handler(args) -> int:
     from botnet.io.atomic import atomic_write_bytes
     from botnet.classification.predict import load_for_inference, predict_files
 
-    from botnet.cli.paths import check_input_images
+    from botnet.cli.paths import check_input_images, missing_image
     from botnet.io.folders import check_output_file
 
     check_output_file(args.json, "--json")
@@ -62,7 +62,9 @@ def handler(args) -> int:
         tta = args.tta
         results, skipped = predict_files(model, transform, names, args.images, args.topk, args.skip_bad,
                                          args.invert, args.device, tta)
-    except (CheckpointError, BadImageError, FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise missing_image(e) from None
+    except (CheckpointError, BadImageError, ValueError) as e:
         raise UserInputError(' '.join(str(e).split())) from None
     for r in results:
         print(r["file"])

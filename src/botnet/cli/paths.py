@@ -27,3 +27,12 @@ def check_input_images(paths: list[str], skip_bad: bool = False, offer_skip: boo
                                 + (" or pass --skip-bad to skip unreadable files" if offer_skip else ""))
             bad.append((p, reason))
     return bad
+
+
+def missing_image(e: FileNotFoundError, offer_skip: bool = True):
+    """The one-line error for an image path that does not exist (predict and attention name it where they
+    read it, after the checkpoint)."""
+    from botnet.errors import UserInputError
+
+    return UserInputError(f"cannot read image file {e.filename}: no such file; check the path"
+                          + (", or pass --skip-bad to skip unreadable files" if offer_skip else ""))
