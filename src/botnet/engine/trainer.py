@@ -537,7 +537,8 @@ class Trainer:
                 summary.update(self.task.finalize(self.run_dir, s, final, self.logger.records, self.cfg) or {})
             _write_json(self.run_dir / "summary.json", summary)
             if self.skipped:
-                log.warning(f"skipped {len(self.skipped)} unreadable training files, e.g. {self.skipped[:3]}")
+                shown = ", ".join(str(f) for f in self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+                log.warning(f"skipped {len(self.skipped)} unreadable training file(s): {shown} (listed in summary.json)")
         self.logger.close()
         barrier()
         return summary
