@@ -121,12 +121,19 @@ def test_plain_files_get_numbered_ids_and_the_training_category_ids(det_run, tmp
     listed = [d for r in recs for d in r["detections"]]
     assert listed and all(d["score"] >= 0.05 and d["category_id"] >= 107 for d in listed)
     assert len(listed) == sum(r["score"] >= 0.05 for r in res)
+    # the checkpoint as `botnet predict` takes it: the same predictions
+    again = tmp_path / "q"
+    assert main(["detect", "predict", *files, "--checkpoint", str(run), "--out", str(again),
+                 "--score-threshold", "0.05"]) == 0
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "drawing"} for r in rs]  # noqa: E731 (its own folder)
+    assert drop(json.load(open(again / "predictions.json"))) == drop(recs)
 
 
 @needs_fmnist
 @pytest.mark.parametrize("extra, words", [
     (["--ann", "VAL_ANN"], "--ann and --images go together"),
     ([], "give image files, or --images DIR --ann FILE"),
+    (["NO_RUN"], "give the checkpoint: botnet detect predict CHECKPOINT IMAGE"),
     (["OTHER_PNG", "--images", "VAL_DIR", "--ann", "VAL_ANN"], "is not one of the usable images"),
 ])
 def test_bad_predict_arguments_are_one_line(det_run, tmp_path, capsys, extra, words):
@@ -135,7 +142,8 @@ def test_bad_predict_arguments_are_one_line(det_run, tmp_path, capsys, extra, wo
     other = tmp_path / "other.png"
     Image.new("RGB", (40, 30)).save(other)
     subst = {"VAL_ANN": str(det_run["val_ann"]), "VAL_DIR": str(det_run["val_images"]), "OTHER_PNG": str(other)}
-    rc = main(["detect", "predict", str(det_run["run"]), *[subst.get(a, a) for a in extra], "--out", str(tmp_path / "o")])
+    head = [] if extra == ["NO_RUN"] else [str(det_run["run"])]
+    rc = main(["detect", "predict", *head, *[subst.get(a, a) for a in extra if a != "NO_RUN"], "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
 

@@ -52,9 +52,12 @@ def register(subparsers) -> None:
                                    "(per image: file, image_id, detections with score >= --score-threshold) and "
                                    "coco_results.json (every detection, in COCO results format). See "
                                    "docs/detection.md.")
-    r.add_argument("checkpoint", help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME")
+    r.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint file, run directory, published folder or hf-hub:ORG/NAME (or --checkpoint)")
     r.add_argument("files", nargs="*", metavar="IMAGE",
                    help="image files (image_id 1, 2, ... in this order; with --ann, images of that file)")
+    r.add_argument("--checkpoint", dest="checkpoint_opt", metavar="CHECKPOINT", default=None,
+                   help="the checkpoint as botnet predict takes it (then every positional argument is an image)")
     r.add_argument("--images", dest="image_dir", metavar="DIR", default=None, help="image folder of --ann")
     r.add_argument("--ann", metavar="FILE", default=None,
                    help="COCO instances JSON: image_id and category_id from it, ground truth drawn beside; without "
@@ -180,6 +183,11 @@ def _predict(args: argparse.Namespace) -> int:
     from botnet.errors import ConfigError
     from botnet.io.folders import check_output_dir
 
+    if args.checkpoint_opt is not None:  # `detect predict IMAGE... --checkpoint C`, as `botnet predict` takes it
+        args.files = ([args.checkpoint] if args.checkpoint is not None else []) + args.files
+        args.checkpoint = args.checkpoint_opt
+    if args.checkpoint is None:
+        raise ConfigError("give the checkpoint: botnet detect predict CHECKPOINT IMAGE ..., or --checkpoint CHECKPOINT")
     check_output_dir(args.output, "--output")
     if bool(args.ann) != bool(args.image_dir):
         raise ConfigError("--ann and --images go together (the instances JSON and its image folder)")
