@@ -101,3 +101,18 @@ def test_shards_killed_before_the_swap_are_cleared_by_the_next_run(tmp_path):
     assert f"left {left}: it holds files botnet did not write" in done.stderr
     assert sum(read_index(tmp_path / "data" / "shards", ("train", "val")).splits["train"][1]) == 6
     assert notes.read_text() == "mine\n"
+
+
+def test_an_export_never_replaces_a_file_that_appeared_while_it_ran(tmp_path):
+    from botnet.errors import ConfigError
+    from botnet.export import _write_atomic
+
+    out = tmp_path / "m.onnx"
+
+    def write(tmp):  # the export's own file, while someone puts theirs at --out
+        Path(tmp).write_bytes(b"new export")
+        out.write_text("mine\n")
+
+    with pytest.raises(ConfigError, match="changed while exporting"):
+        _write_atomic(out, write)
+    assert out.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

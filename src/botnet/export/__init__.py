@@ -174,7 +174,9 @@ def _check_existing(p: Path, fmt: str | None, overwrite: bool, what: str) -> Non
 
 
 def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """``write(tmp)`` beside ``path`` (same suffix: the savers look at it), fsync, rename into place."""
+    """``write(tmp)`` beside ``path`` (same suffix: the savers look at it), fsync, rename into place, over
+    nothing or an earlier botnet export only (``path`` may have changed since :func:`check_out_path`: an
+    export can take minutes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + path.suffix
     remove_abandoned(path, os.unlink, suffix=suffix, what="an interrupted export")
@@ -186,6 +188,9 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
             fault_point("export.fsync")
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            if os.path.lexists(path) and (not path.is_file() or read_export_marker(path) is None):
+                raise ConfigError(f"{path} changed while exporting and is no longer an earlier botnet export; "
+                                  f"nothing was replaced: export again to a new file name")
             os.replace(tmp, path)
         except BaseException:
             unlink_quiet(tmp)
